@@ -1,0 +1,23 @@
+//! The domain of kvsync, free of IO: what a pair is, how changes are versioned and
+//! ordered, when a replica applies a change, and how changes travel as events.
+//!
+//! Everything here is deterministic given its inputs (the physical clock is passed in),
+//! which is what lets the property tests check convergence exhaustively.
+
+pub mod clock;
+pub mod digest;
+pub mod event;
+pub mod key;
+pub mod merge;
+pub mod node_id;
+pub mod pair;
+pub mod version;
+
+pub use clock::{Clock, Timestamp};
+pub use digest::Digest;
+pub use event::{Event, EventError, Op};
+pub use key::{Key, KeyError};
+pub use merge::{Entry, Outcome, Replica};
+pub use node_id::{NodeId, NodeIdError};
+pub use pair::{Values, ValuesError};
+pub use version::{Version, VersionError};
