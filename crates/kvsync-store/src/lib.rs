@@ -1,1 +1,420 @@
-//! placeholder
+//! MongoDB adapter: one document per key in the `pairs` collection.
+//!
+//! ```text
+//! { _id: <key>, values: [..] | null, deleted: bool, ver: <version text>,
+//!   outbox: { id, ver, values, deleted } }   // present while a local change awaits publication
+//! ```
+//!
+//! Version text sorts like the version itself (see `kvsync_core::Version`), so the merge
+//! rule becomes a plain conditional write on `ver`. The outbox mark is written in the same
+//! single-document write as the change it describes, so an acknowledged change can never
+//! exist without its pending publication, and no multi-document transaction is needed.
+
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use kvsync_core::{Digest, Entry, Event, Key, NodeId, Op, Outcome, Timestamp, Values, Version};
+use mongodb::{
+    bson::{doc, Bson, Document},
+    error::{ErrorKind, WriteFailure},
+    options::{ClientOptions, IndexOptions},
+    Client, Collection, Database, IndexModel,
+};
+use uuid::Uuid;
+
+const COLLECTION: &str = "pairs";
+const DUPLICATE_KEY: i32 = 11000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached (down, unreachable, or not answering in time).
+    #[error("MongoDB is unavailable: {0}")]
+    Unavailable(String),
+    /// The database answered, but with an error we do not expect.
+    #[error("MongoDB error: {0}")]
+    Backend(String),
+    /// A stored document does not have the shape this program writes.
+    #[error("corrupt document for key {key:?}: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+impl From<mongodb::error::Error> for StoreError {
+    fn from(e: mongodb::error::Error) -> Self {
+        match &*e.kind {
+            ErrorKind::ServerSelection { .. }
+            | ErrorKind::Io(_)
+            | ErrorKind::ConnectionPoolCleared { .. }
+            | ErrorKind::DnsResolve { .. }
+            | ErrorKind::Shutdown => StoreError::Unavailable(e.to_string()),
+            _ => StoreError::Backend(e.to_string()),
+        }
+    }
+}
+
+fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    match &*e.kind {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
+        ErrorKind::Command(c) => c.code == DUPLICATE_KEY,
+        _ => false,
+    }
+}
+
+/// A pair as stored, tombstones included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPair {
+    pub key: Key,
+    pub entry: Entry,
+}
+
+impl StoredPair {
+    pub fn origin(&self) -> &NodeId {
+        &self.entry.version.node
+    }
+}
+
+/// Why a compare-and-swap write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum CasError {
+    #[error("the pair changed since it was read")]
+    Conflict,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    db: Database,
+    pairs: Collection<Document>,
+}
+
+impl Store {
+    /// Prepares a client. This does not need the server to be up: operations fail with
+    /// [`StoreError::Unavailable`] after `timeout` until it is.
+    pub async fn connect(uri: &str, database: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let mut options = ClientOptions::parse(uri)
+            .await
+            .map_err(|e| StoreError::Backend(format!("invalid MongoDB URI: {e}")))?;
+        options.app_name = Some("kvsync".into());
+        options.server_selection_timeout = Some(timeout);
+        options.connect_timeout = Some(timeout);
+        let client = Client::with_options(options)?;
+        let db = client.database(database);
+        let pairs = db.collection(COLLECTION);
+        Ok(Self { client, db, pairs })
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.db
+            .run_command(doc! { "ping": 1 })
+            .await?;
+        Ok(())
+    }
+
+    /// Indexes for the relay's scan and the clock's start-up read. Idempotent.
+    pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
+        let sparse = IndexOptions::builder().sparse(true).build();
+        self.pairs
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "outbox.id": 1 })
+                    .options(sparse)
+                    .build(),
+            )
+            .await?;
+        self.pairs
+            .create_index(IndexModel::builder().keys(doc! { "ver": 1 }).build())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn get(&self, key: &Key) -> Result<Option<StoredPair>, StoreError> {
+        let found = self.pairs.find_one(doc! { "_id": key.as_str() }).await?;
+        found.map(|d| decode_pair(&d)).transpose()
+    }
+
+    /// Writes a local change if the stored version is still `expected` (`None`: no
+    /// document at all), together with the outbox mark for `event_id`.
+    pub async fn write_local(
+        &self,
+        key: &Key,
+        expected: Option<&Version>,
+        entry: &Entry,
+        event_id: Uuid,
+    ) -> Result<(), CasError> {
+        let mut document = entry_doc(entry);
+        document.insert(
+            "outbox",
+            doc! {
+                "id": event_id.to_string(),
+                "ver": entry.version.to_string(),
+                "values": values_bson(entry.values.as_ref()),
+                "deleted": entry.is_tombstone(),
+            },
+        );
+        match expected {
+            None => {
+                document.insert("_id", key.as_str());
+                match self.pairs.insert_one(document).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if is_duplicate_key(&e) => Err(CasError::Conflict),
+                    Err(e) => Err(StoreError::from(e).into()),
+                }
+            }
+            Some(expected) => {
+                let filter = doc! { "_id": key.as_str(), "ver": expected.to_string() };
+                let result = self.pairs.replace_one(filter, document).await.map_err(StoreError::from)?;
+                if result.matched_count == 1 {
+                    Ok(())
+                } else {
+                    Err(CasError::Conflict)
+                }
+            }
+        }
+    }
+
+    /// Applies a peer's change if it is newer than what is stored: one conditional
+    /// upsert, so a stale or duplicate event changes nothing. A pending outbox mark of
+    /// our own is kept: that change is still published (and is stale for the peers).
+    pub async fn apply_remote(&self, event: &Event) -> Result<Outcome, StoreError> {
+        let version = event.version.to_string();
+        let filter = doc! { "_id": event.key.as_str(), "ver": { "$lt": &version } };
+        let update = doc! { "$set": entry_doc(&Entry::from_event(event)) };
+        match self.pairs.update_one(filter, update).upsert(true).await {
+            Ok(_) => Ok(Outcome::Applied),
+            // The key exists with a version at least as new: the upsert's insert collides.
+            Err(e) if is_duplicate_key(&e) => Ok(Outcome::Stale),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Clears the outbox mark once the broker has acknowledged `event_id`. A newer local
+    /// change has replaced the mark in the meantime if the id no longer matches.
+    pub async fn clear_outbox(&self, key: &Key, event_id: Uuid) -> Result<(), StoreError> {
+        self.pairs
+            .update_one(
+                doc! { "_id": key.as_str(), "outbox.id": event_id.to_string() },
+                doc! { "$unset": { "outbox": "" } },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Up to `limit` changes awaiting publication.
+    pub async fn pending(&self, limit: i64) -> Result<Vec<Event>, StoreError> {
+        let mut cursor = self
+            .pairs
+            .find(doc! { "outbox": { "$exists": true } })
+            .limit(limit)
+            .await?;
+        let mut events = Vec::new();
+        while let Some(d) = cursor.try_next().await? {
+            events.push(decode_outbox(&d)?);
+        }
+        Ok(events)
+    }
+
+    pub async fn count_pending(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .pairs
+            .count_documents(doc! { "outbox": { "$exists": true } })
+            .await?)
+    }
+
+    /// Live pairs whose key starts with `prefix`, in key order, after `after`.
+    /// Returns the page and whether more follow.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<StoredPair>, bool), StoreError> {
+        // Keys sharing a prefix are contiguous in byte order: start at the prefix (or
+        // after the cursor) and stop at the first key without it.
+        let range = match after {
+            Some(after) if after >= prefix => doc! { "$gt": after },
+            _ => doc! { "$gte": prefix },
+        };
+        let mut cursor = self
+            .pairs
+            .find(doc! { "_id": range, "deleted": false })
+            .sort(doc! { "_id": 1 })
+            .limit(limit as i64 + 1)
+            .await?;
+        let mut page = Vec::with_capacity(limit.min(1024));
+        let mut more = false;
+        while let Some(d) = cursor.try_next().await? {
+            let pair = decode_pair(&d)?;
+            if !pair.key.as_str().starts_with(prefix) {
+                break;
+            }
+            if page.len() == limit {
+                more = true;
+                break;
+            }
+            page.push(pair);
+        }
+        Ok((page, more))
+    }
+
+    /// Every live key with its version (for "clear all").
+    pub async fn live_versions(&self) -> Result<Vec<(Key, Version)>, StoreError> {
+        let mut cursor = self
+            .pairs
+            .find(doc! { "deleted": false })
+            .projection(doc! { "_id": 1, "ver": 1 })
+            .await?;
+        let mut out = Vec::new();
+        while let Some(d) = cursor.try_next().await? {
+            out.push((decode_key(&d)?, decode_version(&d, "ver")?));
+        }
+        Ok(out)
+    }
+
+    /// Number of live pairs.
+    pub async fn count_live(&self) -> Result<u64, StoreError> {
+        Ok(self.pairs.count_documents(doc! { "deleted": false }).await?)
+    }
+
+    /// Digest over every (key, version, deleted), tombstones included.
+    pub async fn digest(&self) -> Result<(u64, String), StoreError> {
+        let mut cursor = self
+            .pairs
+            .find(doc! {})
+            .sort(doc! { "_id": 1 })
+            .projection(doc! { "_id": 1, "ver": 1, "deleted": 1 })
+            .await?;
+        let mut digest = Digest::new();
+        while let Some(d) = cursor.try_next().await? {
+            let key = decode_key(&d)?;
+            let version = decode_version(&d, "ver")?;
+            digest.add(key.as_str(), &version, decode_deleted(&d)?);
+        }
+        Ok(digest.finish())
+    }
+
+    /// Every stored entry in key order, tombstones included (for tests and tools).
+    pub async fn dump(&self) -> Result<Vec<StoredPair>, StoreError> {
+        let mut cursor = self.pairs.find(doc! {}).sort(doc! { "_id": 1 }).await?;
+        let mut out = Vec::new();
+        while let Some(d) = cursor.try_next().await? {
+            out.push(decode_pair(&d)?);
+        }
+        Ok(out)
+    }
+
+    /// The greatest timestamp stored, so a restarted node's clock starts after it.
+    pub async fn max_timestamp(&self) -> Result<Option<Timestamp>, StoreError> {
+        let found = self
+            .pairs
+            .find_one(doc! {})
+            .sort(doc! { "ver": -1 })
+            .projection(doc! { "_id": 1, "ver": 1 })
+            .await?;
+        found
+            .map(|d| decode_version(&d, "ver").map(|v| v.ts))
+            .transpose()
+    }
+
+    pub async fn shutdown(self) {
+        self.client.shutdown().await;
+    }
+}
+
+fn values_bson(values: Option<&Values>) -> Bson {
+    match values {
+        Some(v) => Bson::Array(v.as_slice().iter().map(|s| Bson::String(s.clone())).collect()),
+        None => Bson::Null,
+    }
+}
+
+fn entry_doc(entry: &Entry) -> Document {
+    doc! {
+        "values": values_bson(entry.values.as_ref()),
+        "deleted": entry.is_tombstone(),
+        "ver": entry.version.to_string(),
+    }
+}
+
+fn corrupt(d: &Document, reason: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        key: format!("{:?}", d.get("_id")),
+        reason: reason.into(),
+    }
+}
+
+fn decode_key(d: &Document) -> Result<Key, StoreError> {
+    let raw = d.get_str("_id").map_err(|_| corrupt(d, "_id is not a string"))?;
+    Key::parse(raw).map_err(|e| corrupt(d, e.to_string()))
+}
+
+fn decode_version(d: &Document, field: &str) -> Result<Version, StoreError> {
+    d.get_str(field)
+        .map_err(|_| corrupt(d, format!("{field} is not a string")))?
+        .parse()
+        .map_err(|e: kvsync_core::VersionError| corrupt(d, e.to_string()))
+}
+
+fn decode_deleted(d: &Document) -> Result<bool, StoreError> {
+    // Lenient: some servers hand back booleans written by other tools as numbers.
+    match d.get("deleted") {
+        Some(Bson::Boolean(b)) => Ok(*b),
+        Some(Bson::Int32(i)) => Ok(*i != 0),
+        Some(Bson::Int64(i)) => Ok(*i != 0),
+        None | Some(Bson::Null) => Ok(false),
+        Some(_) => Err(corrupt(d, "deleted is not a boolean")),
+    }
+}
+
+fn decode_values(d: &Document, key: &Key, field: &str, deleted: bool) -> Result<Option<Values>, StoreError> {
+    if deleted {
+        return Ok(None);
+    }
+    let array = d
+        .get_array(field)
+        .map_err(|_| corrupt(d, format!("{field} is not an array")))?;
+    let values = array
+        .iter()
+        .map(|b| b.as_str().map(str::to_owned))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| corrupt(d, format!("{field} holds a non-string")))?;
+    Values::new(values, key.as_str().len())
+        .map(Some)
+        .map_err(|e| corrupt(d, e.to_string()))
+}
+
+fn decode_pair(d: &Document) -> Result<StoredPair, StoreError> {
+    let key = decode_key(d)?;
+    let version = decode_version(d, "ver")?;
+    let deleted = decode_deleted(d)?;
+    let values = decode_values(d, &key, "values", deleted)?;
+    Ok(StoredPair {
+        key,
+        entry: Entry { values, version },
+    })
+}
+
+fn decode_outbox(d: &Document) -> Result<Event, StoreError> {
+    let key = decode_key(d)?;
+    let outbox = d
+        .get_document("outbox")
+        .map_err(|_| corrupt(d, "outbox is not a document"))?;
+    let id = outbox
+        .get_str("id")
+        .ok()
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .ok_or_else(|| corrupt(d, "outbox.id is not a UUID"))?;
+    let version = decode_version(outbox, "ver")?;
+    let deleted = decode_deleted(outbox)?;
+    let op = match decode_values(outbox, &key, "values", deleted)? {
+        Some(values) => Op::Put(values),
+        None => Op::Delete,
+    };
+    Ok(Event {
+        id,
+        origin: version.node.clone(),
+        key,
+        version,
+        op,
+    })
+}

@@ -1,0 +1,281 @@
+//! The application layer: local writes, replicated applies and the change feed, in
+//! terms of the domain types. HTTP, Kafka and MongoDB specifics stay in their adapters.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use kvsync_core::{Clock, Entry, Event, Key, NodeId, Op, Outcome, Values, ValuesError, Version};
+use kvsync_store::{CasError, Store, StoreError, StoredPair};
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, OnceCell};
+
+use crate::metrics::Metrics;
+
+/// How often a local write re-reads and retries when a concurrent change slipped in
+/// between its read and its conditional write.
+const MAX_CAS_ATTEMPTS: usize = 32;
+const FEED_CAPACITY: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("no pair with this key")]
+    NotFound,
+    #[error("precondition failed")]
+    PreconditionFailed { current: Option<StoredPair> },
+    #[error(transparent)]
+    Values(#[from] ValuesError),
+    #[error("the pair is being changed too often concurrently; retry")]
+    Contended,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A conditional request's precondition (RFC 9110 If-Match / If-None-Match).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Precondition {
+    #[default]
+    None,
+    /// The live pair's version must be one of these.
+    IfMatch(Vec<Version>),
+    /// A live pair must exist (`If-Match: *`).
+    Exists,
+    /// No live pair may exist (`If-None-Match: *`).
+    Absent,
+}
+
+impl Precondition {
+    fn check(&self, live: Option<&StoredPair>) -> bool {
+        match self {
+            Precondition::None => true,
+            Precondition::IfMatch(versions) => {
+                live.is_some_and(|p| versions.contains(&p.entry.version))
+            }
+            Precondition::Exists => live.is_some(),
+            Precondition::Absent => live.is_none(),
+        }
+    }
+}
+
+/// One change applied on this node, local or replicated, as the change feed shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    pub key: String,
+    pub values: Option<Vec<String>>,
+    pub deleted: bool,
+    pub version: String,
+    pub origin: String,
+    pub updated_at: String,
+}
+
+impl Change {
+    fn of(event: &Event) -> Self {
+        Self {
+            key: event.key.as_str().to_owned(),
+            values: event.values().map(|v| v.as_slice().to_vec()),
+            deleted: event.is_delete(),
+            version: event.version.to_string(),
+            origin: event.origin.to_string(),
+            updated_at: rfc3339(event.version.ts.wall_ms),
+        }
+    }
+}
+
+pub fn rfc3339(wall_ms: u64) -> String {
+    let t = UNIX_EPOCH + std::time::Duration::from_millis(wall_ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What a successful write did.
+#[derive(Debug)]
+pub struct Written {
+    pub pair: StoredPair,
+    pub created: bool,
+}
+
+pub struct App {
+    pub node: NodeId,
+    pub store: Store,
+    pub metrics: Metrics,
+    clock: Mutex<Clock>,
+    /// The clock must start after every version already stored (the physical clock may
+    /// have gone backwards across a restart); done once, when MongoDB first answers.
+    clock_ready: OnceCell<()>,
+    feed: broadcast::Sender<Arc<Change>>,
+    outbox: mpsc::Sender<Event>,
+}
+
+impl App {
+    pub fn new(
+        node: NodeId,
+        store: Store,
+        metrics: Metrics,
+        outbox: mpsc::Sender<Event>,
+    ) -> Self {
+        Self {
+            node,
+            store,
+            metrics,
+            clock: Mutex::new(Clock::new()),
+            clock_ready: OnceCell::new(),
+            feed: broadcast::channel(FEED_CAPACITY).0,
+            outbox,
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+        self.feed.subscribe()
+    }
+
+    pub async fn ensure_clock(&self) -> Result<(), StoreError> {
+        self.clock_ready
+            .get_or_try_init(|| async {
+                if let Some(ts) = self.store.max_timestamp().await? {
+                    self.observe(ts);
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    fn observe(&self, ts: kvsync_core::Timestamp) {
+        self.clock.lock().expect("clock lock").observe(ts);
+    }
+
+    fn next_version(&self, after: Option<&Version>) -> Version {
+        let mut clock = self.clock.lock().expect("clock lock");
+        if let Some(v) = after {
+            clock.observe(v.ts);
+        }
+        Version::new(clock.tick(now_ms()), self.node.clone())
+    }
+
+    pub async fn get(&self, key: &Key) -> Result<StoredPair, AppError> {
+        match self.store.get(key).await? {
+            Some(p) if !p.entry.is_tombstone() => Ok(p),
+            _ => Err(AppError::NotFound),
+        }
+    }
+
+    /// The common shape of every local write: read, check, compute, conditional write;
+    /// again if another change got in between.
+    async fn write<F>(&self, key: &Key, pre: &Precondition, next: F) -> Result<Written, AppError>
+    where
+        F: Fn(Option<&StoredPair>) -> Result<Option<Values>, AppError>,
+    {
+        self.ensure_clock().await?;
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let stored = self.store.get(key).await?;
+            let live = stored.as_ref().filter(|p| !p.entry.is_tombstone());
+            if !pre.check(live) {
+                return Err(AppError::PreconditionFailed {
+                    current: live.cloned(),
+                });
+            }
+            let values = next(live)?;
+            let stored_version = stored.as_ref().map(|p| &p.entry.version);
+            let version = self.next_version(stored_version);
+            let op = match values {
+                Some(v) => Op::Put(v),
+                None => Op::Delete,
+            };
+            let event = Event::new(key.clone(), version, op);
+            let entry = Entry::from_event(&event);
+            match self
+                .store
+                .write_local(key, stored_version, &entry, event.id)
+                .await
+            {
+                Ok(()) => {
+                    let created = live.is_none();
+                    self.announce(&event);
+                    self.metrics.local_writes.inc();
+                    // The outbox mark is durable; the relay publishes right away, and
+                    // its periodic scan covers a full queue, a broker outage or a crash.
+                    let _ = self.outbox.try_send(event);
+                    return Ok(Written {
+                        pair: StoredPair {
+                            key: key.clone(),
+                            entry,
+                        },
+                        created,
+                    });
+                }
+                Err(CasError::Conflict) => continue,
+                Err(CasError::Store(e)) => return Err(e.into()),
+            }
+        }
+        Err(AppError::Contended)
+    }
+
+    pub async fn put(
+        &self,
+        key: &Key,
+        values: Values,
+        pre: &Precondition,
+    ) -> Result<Written, AppError> {
+        self.write(key, pre, |_| Ok(Some(values.clone()))).await
+    }
+
+    pub async fn append(&self, key: &Key, value: String) -> Result<Written, AppError> {
+        let key_len = key.as_str().len();
+        self.write(key, &Precondition::None, |live| {
+            let next = match live.and_then(|p| p.entry.values.as_ref()) {
+                Some(values) => values.appended(value.clone(), key_len)?,
+                None => Values::new(vec![value.clone()], key_len)?,
+            };
+            Ok(Some(next))
+        })
+        .await
+    }
+
+    pub async fn delete(&self, key: &Key, pre: &Precondition) -> Result<(), AppError> {
+        let pre = match pre {
+            Precondition::None => &Precondition::Exists,
+            other => other,
+        };
+        match self.write(key, pre, |_| Ok(None)).await {
+            Ok(_) => Ok(()),
+            Err(AppError::PreconditionFailed { current: None }) => Err(AppError::NotFound),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes every live pair, each as an ordinary replicated delete.
+    pub async fn clear(&self) -> Result<u64, AppError> {
+        let mut deleted = 0;
+        for (key, _) in self.store.live_versions().await? {
+            match self.delete(&key, &Precondition::None).await {
+                Ok(()) => deleted += 1,
+                // Deleted concurrently by someone else: just as good.
+                Err(AppError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Applies a peer's event under the merge rule.
+    pub async fn apply_remote(&self, event: &Event) -> Result<Outcome, StoreError> {
+        self.observe(event.version.ts);
+        let outcome = self.store.apply_remote(event).await?;
+        if outcome == Outcome::Applied {
+            self.announce(event);
+        }
+        Ok(outcome)
+    }
+
+    fn announce(&self, event: &Event) {
+        // No subscribers is fine.
+        let _ = self.feed.send(Arc::new(Change::of(event)));
+    }
+}

@@ -1,0 +1,228 @@
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Parser, ValueEnum};
+use kvsync_core::NodeId;
+use kvsync_kafka::KafkaSettings;
+
+/// A kvsync node: a REST API and web UI over its own MongoDB, replicated to its peers
+/// through a Kafka topic. Every flag can also be set through the environment variable
+/// shown with it.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "kvsync-node", version, about, long_about = None)]
+pub struct Config {
+    /// This node's id: ASCII letters, digits, '.', '_' or '-'. It names the node's
+    /// consumer group (kvsync-<id>) and breaks ties between concurrent writes, so every
+    /// node needs its own. Defaults to the host name.
+    #[arg(long, env = "KVSYNC_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Address the HTTP API and web UI listen on.
+    #[arg(long, env = "KVSYNC_HTTP_ADDR", default_value = "0.0.0.0:3003")]
+    pub http_addr: SocketAddr,
+
+    /// MongoDB connection string (credentials may be included; they are never logged).
+    #[arg(
+        long,
+        env = "KVSYNC_MONGODB_URI",
+        default_value = "mongodb://127.0.0.1:27017",
+        hide_env_values = true
+    )]
+    pub mongodb_uri: String,
+
+    /// MongoDB database holding this node's pairs.
+    #[arg(long, env = "KVSYNC_MONGODB_DB", default_value = "kvsync")]
+    pub mongodb_db: String,
+
+    /// How long a MongoDB operation waits for a reachable server before the request
+    /// fails with 503.
+    #[arg(long, env = "KVSYNC_MONGODB_TIMEOUT_MS", default_value_t = 2000)]
+    pub mongodb_timeout_ms: u64,
+
+    /// Kafka bootstrap servers, comma separated (host:port,...).
+    #[arg(long, env = "KVSYNC_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+
+    /// Topic that carries every change. Created at start-up if missing.
+    #[arg(long, env = "KVSYNC_KAFKA_TOPIC", default_value = "kvsync.pairs")]
+    pub kafka_topic: String,
+
+    /// Partitions for the topic when this node creates it.
+    #[arg(long, env = "KVSYNC_KAFKA_PARTITIONS", default_value_t = 3)]
+    pub kafka_partitions: i32,
+
+    /// Replication factor for the topic when this node creates it.
+    #[arg(long, env = "KVSYNC_KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
+    pub kafka_replication_factor: i32,
+
+    /// Longest time the broker may hold a fetch open (fetch.wait.max.ms). Lower means
+    /// lower replication latency on brokers that always wait this long, at the cost of
+    /// more idle fetches.
+    #[arg(long, env = "KVSYNC_KAFKA_FETCH_WAIT_MS", default_value_t = 5)]
+    pub kafka_fetch_wait_ms: u32,
+
+    /// Kafka security.protocol: plaintext, ssl, sasl_plaintext or sasl_ssl.
+    #[arg(long, env = "KVSYNC_KAFKA_SECURITY_PROTOCOL")]
+    pub kafka_security_protocol: Option<String>,
+
+    /// Kafka SASL mechanism, e.g. PLAIN, SCRAM-SHA-256, SCRAM-SHA-512.
+    #[arg(long, env = "KVSYNC_KAFKA_SASL_MECHANISM")]
+    pub kafka_sasl_mechanism: Option<String>,
+
+    /// Kafka SASL user name.
+    #[arg(long, env = "KVSYNC_KAFKA_SASL_USERNAME")]
+    pub kafka_sasl_username: Option<String>,
+
+    /// Kafka SASL password (never logged).
+    #[arg(long, env = "KVSYNC_KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub kafka_sasl_password: Option<String>,
+
+    /// CA certificate file for verifying the brokers' TLS certificates.
+    #[arg(long, env = "KVSYNC_KAFKA_SSL_CA_LOCATION")]
+    pub kafka_ssl_ca_location: Option<String>,
+
+    /// Further librdkafka properties as key=value, separated by ';' in the environment
+    /// variable (e.g. "ssl.certificate.location=/certs/client.pem;ssl.key.location=...").
+    /// Values are never logged.
+    #[arg(
+        long = "kafka-option",
+        env = "KVSYNC_KAFKA_OPTIONS",
+        value_delimiter = ';',
+        value_parser = parse_key_value,
+        hide_env_values = true
+    )]
+    pub kafka_options: Vec<(String, String)>,
+
+    /// Bearer token required on every API route except /healthz and /readyz (and the
+    /// static UI). Unset: no authentication.
+    #[arg(long, env = "KVSYNC_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// Origins allowed to call the API from other sites (CORS), comma separated, or '*'.
+    /// Unset: CORS is off (the UI is served from the same origin and needs none).
+    #[arg(long, env = "KVSYNC_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Log format.
+    #[arg(long, env = "KVSYNC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter in tracing's env-filter syntax, e.g. "info" or "info,kvsync_node=debug".
+    #[arg(long, env = "KVSYNC_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Events stamped further than this ahead of this node's clock are rejected, so a
+    /// peer with a wrong clock (or a forged event) cannot drag every later write into
+    /// the future.
+    #[arg(long, env = "KVSYNC_MAX_CLOCK_SKEW_MS", default_value_t = 300_000)]
+    pub max_clock_skew_ms: u64,
+
+    /// How often the outbox relay looks for changes not yet acknowledged by the broker
+    /// (after an outage or a crash); it backs off while the broker is down.
+    #[arg(long, env = "KVSYNC_RELAY_INTERVAL_MS", default_value_t = 1000)]
+    pub relay_interval_ms: u64,
+
+    /// How long shutdown waits for in-flight requests and publications.
+    #[arg(long, env = "KVSYNC_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub shutdown_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_key_value(raw: &str) -> Result<(String, String), String> {
+    let (k, v) = raw
+        .split_once('=')
+        .ok_or_else(|| format!("expected key=value, got {:?}", raw.split('=').next()))?;
+    let k = k.trim();
+    if k.is_empty() {
+        return Err("empty librdkafka property name".into());
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+impl Config {
+    pub fn node_id(&self) -> Result<NodeId, kvsync_core::NodeIdError> {
+        match &self.node_id {
+            Some(id) => NodeId::parse(id.clone()),
+            None => Ok(NodeId::sanitize(&host_name())),
+        }
+    }
+
+    pub fn kafka(&self, node: &NodeId) -> KafkaSettings {
+        let mut extra = Vec::new();
+        let named = [
+            ("security.protocol", &self.kafka_security_protocol),
+            ("sasl.mechanism", &self.kafka_sasl_mechanism),
+            ("sasl.username", &self.kafka_sasl_username),
+            ("sasl.password", &self.kafka_sasl_password),
+            ("ssl.ca.location", &self.kafka_ssl_ca_location),
+        ];
+        for (k, v) in named {
+            if let Some(v) = v {
+                extra.push((k.to_owned(), v.clone()));
+            }
+        }
+        extra.extend(self.kafka_options.iter().cloned());
+        KafkaSettings {
+            brokers: self.kafka_brokers.clone(),
+            topic: self.kafka_topic.clone(),
+            partitions: self.kafka_partitions,
+            replication_factor: self.kafka_replication_factor,
+            fetch_wait_ms: self.kafka_fetch_wait_ms,
+            client_id: format!("kvsync-{node}"),
+            extra,
+        }
+    }
+
+    pub fn mongodb_timeout(&self) -> Duration {
+        Duration::from_millis(self.mongodb_timeout_ms)
+    }
+}
+
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_owned())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "kvsync".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Config::command().debug_assert();
+    }
+
+    #[test]
+    fn security_settings_pass_through() {
+        let c = Config::try_parse_from([
+            "kvsync-node",
+            "--node-id",
+            "n1",
+            "--kafka-sasl-username",
+            "u",
+            "--kafka-sasl-password",
+            "secret",
+            "--kafka-option",
+            "ssl.key.password=a=b",
+        ])
+        .unwrap();
+        let k = c.kafka(&c.node_id().unwrap());
+        assert!(k.extra.contains(&("sasl.password".into(), "secret".into())));
+        assert!(k.extra.contains(&("ssl.key.password".into(), "a=b".into())));
+        assert!(!format!("{k:?}").contains("secret"));
+        assert!(Config::try_parse_from(["kvsync-node", "--kafka-option", "novalue"]).is_err());
+    }
+}

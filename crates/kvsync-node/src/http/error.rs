@@ -1,0 +1,147 @@
+//! The one place where errors become HTTP responses: `{"error": code, "detail": text}`.
+
+use axum::{
+    extract::rejection::{JsonRejection, PathRejection, QueryRejection},
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use kvsync_core::{KeyError, ValuesError};
+use kvsync_store::StoreError;
+use serde_json::{json, Value};
+
+use super::pairs::PairBody;
+use crate::app::AppError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub error: &'static str,
+    pub detail: String,
+    /// For 412: the pair as it is now (null if absent), so a client can offer it.
+    pub current: Option<Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            error,
+            detail: detail.into(),
+            current: None,
+        }
+    }
+
+    pub fn bad_request(error: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, error, detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", detail)
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this node requires a bearer token (Authorization: Bearer <token>)",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.error, "detail": self.detail });
+        if let Some(current) = self.current {
+            body["current"] = current;
+        }
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<KeyError> for ApiError {
+    fn from(e: KeyError) -> Self {
+        Self::bad_request("invalid_key", e.to_string())
+    }
+}
+
+impl From<ValuesError> for ApiError {
+    fn from(e: ValuesError) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "database unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database_unavailable",
+                    "MongoDB is not reachable; retry later",
+                )
+            }
+            e => {
+                tracing::error!(error = %e, "database error");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "database error")
+            }
+        }
+    }
+}
+
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        match e {
+            AppError::NotFound => Self::not_found("no pair with this key"),
+            AppError::PreconditionFailed { current } => Self {
+                current: Some(
+                    current
+                        .map(|p| json!(PairBody::from(&p)))
+                        .unwrap_or(Value::Null),
+                ),
+                ..Self::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    "precondition_failed",
+                    "the pair does not match the request's precondition (changed elsewhere?)",
+                )
+            },
+            AppError::Values(e) => e.into(),
+            AppError::Contended => {
+                Self::new(StatusCode::CONFLICT, "contended", AppError::Contended.to_string())
+            }
+            AppError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        let error = match &r {
+            JsonRejection::JsonSyntaxError(_) => "malformed_json",
+            JsonRejection::JsonDataError(_) => "invalid_body",
+            JsonRejection::MissingJsonContentType(_) => "unsupported_media_type",
+            _ if r.status() == StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+            _ => "invalid_body",
+        };
+        Self::new(r.status(), error, r.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        Self::bad_request("invalid_key", r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        Self::bad_request("invalid_query", r.body_text())
+    }
+}

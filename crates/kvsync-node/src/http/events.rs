@@ -1,0 +1,54 @@
+//! `/api/events`: the change feed as Server-Sent Events.
+
+use std::convert::Infallible;
+
+use axum::{
+    extract::State,
+    response::sse::{Event, KeepAlive, Sse},
+};
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{extract::Q, Ctx};
+
+#[derive(Deserialize)]
+pub struct EventsParams {
+    #[serde(default)]
+    prefix: String,
+    /// Accepted (and checked by the auth layer) because EventSource cannot send headers.
+    #[serde(default, rename = "access_token")]
+    _access_token: Option<String>,
+}
+
+/// `hello` on connect, then one `change` per change applied on this node (local or
+/// replicated) whose key has the prefix. `resync` tells a client that fell too far
+/// behind to reload, since it missed changes.
+pub async fn events(
+    State(ctx): State<Ctx>,
+    Q(params): Q<EventsParams>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let mut rx = ctx.app.subscribe();
+    let hello = Event::default()
+        .event("hello")
+        .data(json!({ "node": ctx.app.node.as_str() }).to_string());
+    let prefix = params.prefix;
+    let changes = async_stream::stream! {
+        yield Ok(hello);
+        loop {
+            match rx.recv().await {
+                Ok(change) if change.key.starts_with(&prefix) => {
+                    let data = serde_json::to_string(&*change).expect("a change serializes");
+                    yield Ok(Event::default().event("change").data(data));
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => yield Ok(Event::default().event("resync").data("{}")),
+                Err(RecvError::Closed) => break,
+            }
+        }
+    };
+    // End the stream at shutdown, or graceful shutdown would wait for it forever.
+    let shutdown = ctx.shutdown.clone().cancelled_owned();
+    Sse::new(changes.take_until(shutdown)).keep_alive(KeepAlive::default())
+}

@@ -1,0 +1,129 @@
+//! Extractors whose rejections are our JSON errors rather than axum's plain text.
+
+use axum::{
+    extract::{FromRequest, FromRequestParts, Path, Query, Request},
+    http::{header, request::Parts, HeaderMap},
+    Json,
+};
+use kvsync_core::{Key, Version};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use crate::app::Precondition;
+
+/// The `{key}` path segment, percent-decoded and validated.
+pub struct KeyPath(pub Key);
+
+impl<S: Send + Sync> FromRequestParts<S> for KeyPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state).await?;
+        Ok(Self(Key::parse(raw)?))
+    }
+}
+
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let Json(v) = Json::<T>::from_request(req, state).await?;
+        Ok(Self(v))
+    }
+}
+
+pub struct Q<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Q<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(v) = Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Self(v))
+    }
+}
+
+/// `If-Match` / `If-None-Match` as a [`Precondition`]. Entity tags are versions; weak
+/// tags never match (If-Match uses strong comparison), so they are refused outright.
+pub fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
+    let text = |name: header::HeaderName| -> Result<Option<String>, ApiError> {
+        let values: Vec<_> = headers.get_all(&name).iter().collect();
+        if values.is_empty() {
+            return Ok(None);
+        }
+        let joined = values
+            .iter()
+            .map(|v| v.to_str())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| ApiError::bad_request("invalid_precondition", format!("{name} is not ASCII")))?
+            .join(",");
+        Ok(Some(joined))
+    };
+    match (text(header::IF_MATCH)?, text(header::IF_NONE_MATCH)?) {
+        (None, None) => Ok(Precondition::None),
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "invalid_precondition",
+            "send either If-Match or If-None-Match, not both",
+        )),
+        (None, Some(v)) if v.trim() == "*" => Ok(Precondition::Absent),
+        (None, Some(_)) => Err(ApiError::bad_request(
+            "invalid_precondition",
+            "only `If-None-Match: *` is supported on writes",
+        )),
+        (Some(v), None) if v.trim() == "*" => Ok(Precondition::Exists),
+        (Some(v), None) => v
+            .split(',')
+            .map(|tag| {
+                let tag = tag.trim();
+                let inner = tag
+                    .strip_prefix('"')
+                    .and_then(|t| t.strip_suffix('"'))
+                    .unwrap_or(tag);
+                inner.parse::<Version>().map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_precondition",
+                        format!("If-Match: {tag:?} is not a version this node issues (use the ETag of a GET)"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Precondition::IfMatch),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn with(name: header::HeaderName, v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(name, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn parses_preconditions() {
+        let v = "0000019361a2b3c4-00000003-node1";
+        assert_eq!(precondition(&HeaderMap::new()).unwrap(), Precondition::None);
+        assert_eq!(
+            precondition(&with(header::IF_MATCH, &format!("\"{v}\""))).unwrap(),
+            Precondition::IfMatch(vec![v.parse().unwrap()])
+        );
+        assert_eq!(
+            precondition(&with(header::IF_MATCH, v)).unwrap(),
+            Precondition::IfMatch(vec![v.parse().unwrap()])
+        );
+        assert_eq!(precondition(&with(header::IF_MATCH, "*")).unwrap(), Precondition::Exists);
+        assert_eq!(
+            precondition(&with(header::IF_NONE_MATCH, "*")).unwrap(),
+            Precondition::Absent
+        );
+        for bad in ["\"nope\"", "W/\"0000019361a2b3c4-00000003-node1\"", ""] {
+            assert!(precondition(&with(header::IF_MATCH, bad)).is_err(), "{bad}");
+        }
+        assert!(precondition(&with(header::IF_NONE_MATCH, "\"x\"")).is_err());
+    }
+}

@@ -1,0 +1,127 @@
+//! The HTTP adapter: routes, middleware and the mapping of errors to JSON.
+
+mod auth;
+mod error;
+mod events;
+mod extract;
+pub mod pairs;
+mod ops;
+mod ui;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    http::{header, HeaderValue, Method},
+    middleware::{self, Next},
+    response::Response,
+    routing::{get, post},
+    Router,
+};
+use kvsync_kafka::ConsumerState;
+use tokio_util::sync::CancellationToken;
+use tower_http::{
+    cors::{AllowOrigin, CorsLayer},
+    trace::{DefaultOnFailure, TraceLayer},
+};
+
+pub use auth::Token;
+pub use error::ApiError;
+
+use crate::{app::App, metrics::HttpLabels};
+
+/// Request bodies above this are refused with 413 before they are parsed. A maximal
+/// pair (1 MiB of values) fits with room for JSON escaping.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+pub struct Shared {
+    pub app: Arc<App>,
+    pub consumer: ConsumerState,
+    pub topic: String,
+    pub group: String,
+    pub token: Option<Token>,
+    pub shutdown: CancellationToken,
+}
+
+pub type Ctx = Arc<Shared>;
+
+pub fn router(ctx: Ctx, cors_origins: &[String]) -> Router {
+    let mut router = Router::new()
+        .route("/api/pairs", get(pairs::list).delete(pairs::clear))
+        .route(
+            "/api/pairs/{key}",
+            get(pairs::get).put(pairs::put).delete(pairs::delete),
+        )
+        .route("/api/pairs/{key}/values", post(pairs::append))
+        .route("/api/events", get(events::events))
+        .route("/api/node", get(ops::node))
+        .route("/api/digest", get(ops::digest))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(ui::fallback)
+        .method_not_allowed_fallback(ui::method_not_allowed)
+        .layer(middleware::from_fn_with_state(ctx.clone(), auth::require_token))
+        .layer(middleware::from_fn_with_state(ctx.clone(), count_requests))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // A 503 while MongoDB is down is expected operation, not an error of ours.
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN)),
+        );
+    if let Some(cors) = cors_layer(cors_origins) {
+        router = router.layer(cors);
+    }
+    router.with_state(ctx)
+}
+
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    let origins: Vec<&String> = origins.iter().filter(|o| !o.trim().is_empty()).collect();
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o.trim() == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o.trim()).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::PUT, Method::POST, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::IF_MATCH,
+                header::IF_NONE_MATCH,
+            ])
+            .expose_headers([header::ETAG])
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
+async fn count_requests(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
+    let method = req.method().to_string();
+    // The route template, not the path, so keys do not explode the label set.
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(req).await;
+    ctx.app
+        .metrics
+        .http_requests
+        .get_or_create(&HttpLabels {
+            method,
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+

@@ -1,0 +1,148 @@
+//! `/api/pairs`: the key-value API.
+
+use axum::{
+    extract::State,
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use kvsync_core::{Values, Version};
+use kvsync_store::StoredPair;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{
+    error::ApiError,
+    extract::{precondition, JsonBody, KeyPath, Q},
+    Ctx,
+};
+use crate::app::{rfc3339, Written};
+
+pub const DEFAULT_PAGE: usize = 100;
+pub const MAX_PAGE: usize = 1000;
+
+/// A pair as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct PairBody {
+    pub key: String,
+    pub values: Vec<String>,
+    pub version: String,
+    pub updated_at: String,
+    pub origin: String,
+}
+
+impl From<&StoredPair> for PairBody {
+    fn from(p: &StoredPair) -> Self {
+        Self {
+            key: p.key.as_str().to_owned(),
+            values: p
+                .entry
+                .values
+                .as_ref()
+                .map(|v| v.as_slice().to_vec())
+                .unwrap_or_default(),
+            version: p.entry.version.to_string(),
+            updated_at: rfc3339(p.entry.version.ts.wall_ms),
+            origin: p.origin().to_string(),
+        }
+    }
+}
+
+fn etag(version: &Version) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).expect("versions are ASCII")
+}
+
+fn pair_response(status: StatusCode, pair: &StoredPair) -> Response {
+    let mut response = (status, Json(PairBody::from(pair))).into_response();
+    response
+        .headers_mut()
+        .insert(header::ETAG, etag(&pair.entry.version));
+    response
+}
+
+fn written(w: Written) -> Response {
+    let status = if w.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    pair_response(status, &w.pair)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    #[serde(default)]
+    prefix: String,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+pub async fn list(State(ctx): State<Ctx>, Q(p): Q<ListParams>) -> Result<Response, ApiError> {
+    let limit = p.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    let (page, more) = ctx
+        .app
+        .store
+        .list(&p.prefix, p.after.as_deref(), limit)
+        .await?;
+    let next = more.then(|| page.last().map(|p| p.key.as_str().to_owned()));
+    let pairs: Vec<PairBody> = page.iter().map(PairBody::from).collect();
+    Ok(Json(json!({ "pairs": pairs, "next": next.flatten() })).into_response())
+}
+
+pub async fn get(State(ctx): State<Ctx>, KeyPath(key): KeyPath) -> Result<Response, ApiError> {
+    let pair = ctx.app.get(&key).await?;
+    Ok(pair_response(StatusCode::OK, &pair))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutBody {
+    values: Vec<String>,
+}
+
+pub async fn put(
+    State(ctx): State<Ctx>,
+    KeyPath(key): KeyPath,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<PutBody>,
+) -> Result<Response, ApiError> {
+    let pre = precondition(&headers)?;
+    let values = Values::new(body.values, key.as_str().len())?;
+    Ok(written(ctx.app.put(&key, values, &pre).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppendBody {
+    value: String,
+}
+
+pub async fn append(
+    State(ctx): State<Ctx>,
+    KeyPath(key): KeyPath,
+    JsonBody(body): JsonBody<AppendBody>,
+) -> Result<Response, ApiError> {
+    Ok(written(ctx.app.append(&key, body.value).await?))
+}
+
+pub async fn delete(
+    State(ctx): State<Ctx>,
+    KeyPath(key): KeyPath,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let pre = precondition(&headers)?;
+    ctx.app.delete(&key, &pre).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn clear(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
+    let deleted = ctx.app.clear().await?;
+    Ok(Json(json!({ "deleted": deleted })).into_response())
+}

@@ -1,0 +1,140 @@
+//! A kvsync node, wired from its adapters: MongoDB store, Kafka bus, HTTP API.
+
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod relay;
+pub mod replicator;
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use kvsync_kafka::{KafkaSettings, Publisher, Subscriber};
+use kvsync_store::Store;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{app::App, config::Config, metrics::Metrics, relay::Relay};
+
+const OUTBOX_QUEUE: usize = 8192;
+
+/// Runs a node until `shutdown` is cancelled, then stops in order: HTTP first (finishing
+/// in-flight requests), then the consumer (committing offsets), then the relay
+/// (finishing publications).
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let node = config.node_id().context("invalid node id")?;
+    let kafka = config.kafka(&node);
+    let group = format!("kvsync-{node}");
+    tracing::info!(
+        node = %node,
+        http = %config.http_addr,
+        mongodb_db = %config.mongodb_db,
+        brokers = %kafka.brokers,
+        topic = %kafka.topic,
+        group = %group,
+        auth = config.api_token.is_some(),
+        "starting kvsync node"
+    );
+
+    let store = Store::connect(&config.mongodb_uri, &config.mongodb_db, config.mongodb_timeout())
+        .await
+        .context("MongoDB configuration")?;
+    let publisher = Publisher::new(&kafka).context("Kafka producer")?;
+    let subscriber = Subscriber::new(&kafka, &group).context("Kafka consumer")?;
+    let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX_QUEUE);
+    let app = Arc::new(App::new(node, store, Metrics::new(), outbox_tx));
+
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding {}", config.http_addr))?;
+    let ctx = Arc::new(http::Shared {
+        app: app.clone(),
+        consumer: subscriber.state(),
+        topic: kafka.topic.clone(),
+        group,
+        token: config.api_token.as_deref().map(http::Token::new),
+        shutdown: shutdown.clone(),
+    });
+    let router = http::router(ctx, &config.cors_origins);
+
+    // Neither MongoDB nor Kafka has to be up for the node to start: these retry.
+    tokio::spawn(prepare_store(app.clone(), shutdown.clone()));
+    tokio::spawn(ensure_topic(kafka.clone(), shutdown.clone()));
+
+    let consumer_stop = CancellationToken::new();
+    let replicator = tokio::spawn(replicator::run(
+        app.clone(),
+        subscriber,
+        config.max_clock_skew_ms,
+        consumer_stop.clone(),
+    ));
+    let relay_stop = CancellationToken::new();
+    let drain = Duration::from_millis(config.shutdown_timeout_ms);
+    let relay = tokio::spawn(
+        Relay::new(
+            app.clone(),
+            publisher,
+            Duration::from_millis(config.relay_interval_ms.max(10)),
+        )
+        .run(outbox_rx, relay_stop.clone(), drain),
+    );
+
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await
+        .context("HTTP server")?;
+    tracing::info!("HTTP stopped; stopping consumer and relay");
+
+    consumer_stop.cancel();
+    relay_stop.cancel();
+    let _ = tokio::time::timeout(drain, replicator).await;
+    let _ = tokio::time::timeout(drain + Duration::from_secs(1), relay).await;
+    if let Ok(app) = Arc::try_unwrap(app) {
+        app.store.shutdown().await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn prepare_store(app: Arc<App>, shutdown: CancellationToken) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let result = async {
+            app.store.ensure_indexes().await?;
+            app.ensure_clock().await
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                tracing::info!("MongoDB ready");
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "MongoDB not ready; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn ensure_topic(kafka: KafkaSettings, shutdown: CancellationToken) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match kafka.ensure_topic().await {
+            Ok(()) => {
+                tracing::info!(topic = %kafka.topic, "topic ready");
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot ensure topic yet; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}

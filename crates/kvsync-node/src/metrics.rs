@@ -1,0 +1,127 @@
+//! Prometheus metrics. The same counters feed `/metrics` and `/api/node`.
+
+use std::sync::Arc;
+
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{exponential_buckets, Histogram},
+    },
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub local_writes: Counter,
+    pub published: Counter,
+    pub publish_failures: Counter,
+    pub applied: Counter,
+    pub skipped_stale: Counter,
+    pub skipped_own: Counter,
+    pub rejected: Family<ReasonLabels, Counter>,
+    pub replication_lag: Histogram,
+    pub outbox_backlog: Gauge,
+    pub assigned_partitions: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        let local_writes = Counter::default();
+        let published = Counter::default();
+        let publish_failures = Counter::default();
+        let applied = Counter::default();
+        let skipped_stale = Counter::default();
+        let skipped_own = Counter::default();
+        let rejected = Family::<ReasonLabels, Counter>::default();
+        // 0.5 ms to ~16 s.
+        let replication_lag = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let outbox_backlog = Gauge::default();
+        let assigned_partitions = Gauge::default();
+
+        let mut r = Registry::with_prefix("kvsync");
+        r.register("http_requests", "HTTP requests by method, route and status", http_requests.clone());
+        r.register("local_writes", "Changes made on this node", local_writes.clone());
+        r.register("events_published", "Events acknowledged by the broker", published.clone());
+        r.register("publish_failures", "Publication attempts that failed (retried by the relay)", publish_failures.clone());
+        r.register("events_applied", "Peer events applied", applied.clone());
+        r.register("events_skipped_stale", "Peer events older than (or equal to) the stored version", skipped_stale.clone());
+        r.register("events_skipped_own", "Events from this node, skipped by its consumer", skipped_own.clone());
+        r.register("events_rejected", "Events that failed decoding or validation, by reason", rejected.clone());
+        r.register(
+            "replication_lag_seconds",
+            "Time from a peer's write (its version's clock) to its apply here",
+            replication_lag.clone(),
+        );
+        r.register("outbox_backlog", "Local changes not yet acknowledged by the broker", outbox_backlog.clone());
+        r.register("consumer_assigned_partitions", "Topic partitions assigned to this node's consumer", assigned_partitions.clone());
+
+        Self {
+            registry: Arc::new(r),
+            http_requests,
+            local_writes,
+            published,
+            publish_failures,
+            applied,
+            skipped_stale,
+            skipped_own,
+            rejected,
+            replication_lag,
+            outbox_backlog,
+            assigned_partitions,
+        }
+    }
+
+    pub fn reject(&self, reason: &str) {
+        self.rejected
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        // The reasons are a small fixed set (EventError::kind), so summing is cheap.
+        [
+            "too_large", "malformed", "schema", "key", "values", "op_shape", "forged", "future",
+        ]
+        .iter()
+        .map(|r| {
+            self.rejected
+                .get_or_create(&ReasonLabels {
+                    reason: (*r).to_owned(),
+                })
+                .get()
+        })
+        .sum()
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

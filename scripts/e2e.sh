@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Browser tests of the web UI: starts a real two-node cluster (kvsync-cluster) and drives
+# headless Chromium with playwright-core. Screenshots land in target/e2e-artifacts/.
+#
+#   scripts/e2e.sh                 # build, then run all browser tests
+#   KVSYNC_E2E_SKIP_BUILD=1 scripts/e2e.sh   # reuse the existing debug build
+#
+# Needs: scripts/install-deps.sh --browser (Chromium, playwright-core) and Node.js >= 18.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TOOLS="${KVSYNC_TOOLS:-$HOME/.cache/kvsync-tools}"
+export KVSYNC_TOOLS="$TOOLS"
+export NODE_PATH="$TOOLS/node/node_modules${NODE_PATH:+:$NODE_PATH}"
+
+if ! command -v node >/dev/null 2>&1; then
+  echo "e2e: node (Node.js >= 18) is required" >&2
+  exit 1
+fi
+if [ ! -x "${CHROMIUM_PATH:-/usr/bin/chromium}" ] || [ ! -d "$TOOLS/node/node_modules/playwright-core" ]; then
+  echo "e2e: Chromium or playwright-core missing; installing (scripts/install-deps.sh --browser)" >&2
+  scripts/install-deps.sh --browser
+fi
+
+if [ "${KVSYNC_E2E_SKIP_BUILD:-0}" != "1" ] && [ -z "${KVSYNC_CLUSTER_BIN:-}" ]; then
+  cargo build -p kvsync-node -p kvsync-testkit
+fi
+
+mkdir -p target/e2e-artifacts
+exec node --test --test-concurrency=1 --test-timeout=600000 "$@" tests/e2e/*.test.mjs
