@@ -1,0 +1,181 @@
+// Thin client for the node's REST API. All URLs are relative so the page works from any origin.
+
+const TOKEN_KEY = 'kvsync.token';
+
+/** An API failure with a message meant for people, not programs. */
+export class ApiError extends Error {
+  constructor(message, { status = 0, code = '', detail = '', body = null } = {}) {
+    super(message);
+    this.name = 'ApiError';
+    this.status = status;
+    this.code = code;
+    this.detail = detail;
+    this.body = body;
+  }
+}
+
+export function getToken() {
+  try {
+    return sessionStorage.getItem(TOKEN_KEY) || '';
+  } catch {
+    return '';
+  }
+}
+
+export function setToken(token) {
+  try {
+    if (token) sessionStorage.setItem(TOKEN_KEY, token);
+    else sessionStorage.removeItem(TOKEN_KEY);
+  } catch {
+    /* storage unavailable: the token lives only as long as this call chain */
+  }
+}
+
+// Called when the node answers 401; must resolve once a new token is stored (or reject).
+let askForToken = async () => {
+  throw new ApiError('This node needs an access token.', { status: 401, code: 'unauthorized' });
+};
+let pendingTokenPrompt = null;
+
+export function onTokenNeeded(fn) {
+  askForToken = fn;
+}
+
+function tokenPromptOnce(rejected) {
+  // Several requests may hit 401 at the same time; ask the person only once.
+  if (!pendingTokenPrompt) {
+    pendingTokenPrompt = Promise.resolve(askForToken(rejected)).finally(() => {
+      pendingTokenPrompt = null;
+    });
+  }
+  return pendingTokenPrompt;
+}
+
+export function keyPath(key) {
+  return 'api/pairs/' + encodeURIComponent(key);
+}
+
+/** Turns an error response into a sentence a person can act on. */
+function describe(status, body, fallbackText) {
+  const detail = body && typeof body.detail === 'string' ? body.detail : '';
+  const code = body && typeof body.error === 'string' ? body.error : '';
+  const extra = detail || code || fallbackText || '';
+  switch (true) {
+    case status === 400 || status === 422:
+      return `The node did not accept this request${extra ? ': ' + extra : '.'}`;
+    case status === 401:
+      return 'This node needs a valid access token.';
+    case status === 403:
+      return 'This node does not allow that action.';
+    case status === 404:
+      return 'That key does not exist (it may have been deleted elsewhere).';
+    case status === 412:
+      return 'This pair was changed elsewhere.';
+    case status === 413:
+      return `That is too large for the node${detail ? ': ' + detail : '.'}`;
+    case status === 429:
+      return 'The node is busy right now. Please try again in a moment.';
+    case status >= 500:
+      return `The node ran into a problem${extra ? ': ' + extra : '.'} Please try again.`;
+    default:
+      return `The request failed (HTTP ${status})${extra ? ': ' + extra : '.'}`;
+  }
+}
+
+/**
+ * Performs a request. Resolves to { status, data, etag } for 2xx responses and for statuses
+ * listed in `accept`; throws ApiError otherwise.
+ */
+export async function request(method, path, { body, headers = {}, accept = [], retried = false } = {}) {
+  const h = { Accept: 'application/json', ...headers };
+  if (body !== undefined) h['Content-Type'] = 'application/json';
+  const token = getToken();
+  if (token) h.Authorization = `Bearer ${token}`;
+
+  let res;
+  try {
+    res = await fetch(path, {
+      method,
+      headers: h,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      cache: 'no-store',
+    });
+  } catch {
+    throw new ApiError("Can't reach the node. Check that it is running and your network is up.", { status: 0 });
+  }
+
+  let data = null;
+  let text = '';
+  if (res.status !== 204) {
+    text = await res.text().catch(() => '');
+    if (text) {
+      try {
+        data = JSON.parse(text);
+      } catch {
+        data = null;
+      }
+    }
+  }
+
+  if (res.status === 401 && !retried) {
+    await tokenPromptOnce(Boolean(token));
+    return request(method, path, { body, headers, accept, retried: true });
+  }
+
+  if (res.ok || accept.includes(res.status)) {
+    return { status: res.status, data, etag: res.headers.get('ETag') };
+  }
+  throw new ApiError(describe(res.status, data, text.slice(0, 200)), {
+    status: res.status,
+    code: data && data.error,
+    detail: data && data.detail,
+    body: data,
+  });
+}
+
+export const api = {
+  node: () => request('GET', 'api/node').then((r) => r.data),
+
+  list({ prefix = '', limit = 100, after = null } = {}) {
+    const q = new URLSearchParams();
+    if (prefix) q.set('prefix', prefix);
+    q.set('limit', String(limit));
+    if (after !== null && after !== undefined) q.set('after', after);
+    return request('GET', `api/pairs?${q}`).then((r) => r.data);
+  },
+
+  get: (key) => request('GET', keyPath(key), { accept: [404] }).then((r) => (r.status === 404 ? null : r.data)),
+
+  append: (key, value) => request('POST', keyPath(key) + '/values', { body: { value } }).then((r) => r.data),
+
+  /**
+   * Replaces the values. `version` is the version the edit was based on (If-Match);
+   * `null` means "only if it does not exist" (If-None-Match: *); `undefined` means unconditional.
+   * Resolves to { ok: true, pair } or { ok: false, current } on a 412 conflict.
+   */
+  async put(key, values, version) {
+    const headers = {};
+    if (version === null) headers['If-None-Match'] = '*';
+    else if (version !== undefined) headers['If-Match'] = `"${version}"`;
+    const r = await request('PUT', keyPath(key), { body: { values }, headers, accept: [412] });
+    if (r.status === 412) return { ok: false, current: r.data ? r.data.current ?? null : null };
+    return { ok: true, pair: r.data };
+  },
+
+  /** Deletes the pair; with `version`, only if it is still that version. */
+  async remove(key, version) {
+    const headers = {};
+    if (version !== undefined && version !== null) headers['If-Match'] = `"${version}"`;
+    const r = await request('DELETE', keyPath(key), { headers, accept: [404, 412] });
+    if (r.status === 412) return { ok: false, current: r.data ? r.data.current ?? null : null };
+    return { ok: true, existed: r.status !== 404 };
+  },
+
+  clear: () => request('DELETE', 'api/pairs').then((r) => r.data),
+};
+
+/** URL of the event stream; EventSource cannot send headers, so the token goes in the query. */
+export function eventsUrl() {
+  const token = getToken();
+  return token ? `api/events?access_token=${encodeURIComponent(token)}` : 'api/events';
+}

@@ -1,0 +1,372 @@
+// Browser tests of the web UI against a real two-node cluster (broker + MongoDB-protocol servers).
+// Run with scripts/e2e.sh, or: node --test --test-concurrency=1 tests/e2e/
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import {
+  LIVE_TIMEOUT,
+  apiClient,
+  eventually,
+  launchBrowser,
+  rowSel,
+  rowValues,
+  screenshot,
+  startCluster,
+  uniq,
+  waitForRow,
+  watchPage,
+} from './harness.mjs';
+
+const DESKTOP = { width: 1280, height: 860 };
+
+let cluster;
+let browser;
+let node1;
+let node2;
+let api1;
+let api2;
+/** Page open on node 1 and page open on node 2, both loaded once and never reloaded. */
+let pageA;
+let pageB;
+const pageErrors = [];
+const dialogs = [];
+
+async function openPage(url, viewport = DESKTOP) {
+  const context = await browser.newContext({ viewport });
+  const page = await context.newPage();
+  page.on('pageerror', (err) => pageErrors.push(`${url}: ${err.message}`));
+  page.on('dialog', (d) => {
+    dialogs.push(`${d.type()}: ${d.message()}`);
+    d.dismiss().catch(() => {});
+  });
+  await page.goto(url);
+  await page.locator('#live-status[data-state="live"]').waitFor({ timeout: 30_000 });
+  return page;
+}
+
+function row(page, key) {
+  return page.locator(rowSel(key));
+}
+
+/** Adds a value through the page's "Add a value" form. */
+async function addThroughForm(page, key, value) {
+  await page.getByLabel('Key', { exact: true }).fill(key);
+  await page.getByLabel('Value', { exact: true }).fill(value);
+  await page.getByRole('button', { name: 'Add value', exact: true }).click();
+}
+
+before(async () => {
+  cluster = await startCluster({ nodes: 2 });
+  [node1, node2] = cluster.info.nodes;
+  assert.ok(node1 && node2, 'the cluster reports two nodes');
+  api1 = apiClient(node1.url);
+  api2 = apiClient(node2.url);
+  browser = await launchBrowser();
+  pageA = await openPage(node1.url + '/');
+  pageB = await openPage(node2.url + '/');
+});
+
+after(async () => {
+  try {
+    if (pageA) await screenshot(pageA, 'final-node1.png', { fullPage: true }).catch(() => {});
+    if (pageB) await screenshot(pageB, 'final-node2.png', { fullPage: true }).catch(() => {});
+    if (browser) await browser.close();
+  } finally {
+    if (cluster) await cluster.stop();
+  }
+});
+
+describe('kvsync web UI on two nodes', { concurrency: false }, () => {
+  test('header shows which node each page talks to, and that it is live', async () => {
+    assert.equal(await pageA.locator('#node-id').textContent(), node1.id);
+    assert.equal(await pageB.locator('#node-id').textContent(), node2.id);
+    assert.equal(await pageA.locator('#live-status').getAttribute('data-state'), 'live');
+    assert.equal((await pageB.locator('#live-status .live-text').textContent()).trim(), 'Live');
+  });
+
+  test('a pair created on node 1 appears on node 2\'s open page without reload, highlighted', async (t) => {
+    const key = uniq('create');
+    const watchB = await watchPage(pageB);
+    const started = Date.now();
+    await addThroughForm(pageA, key, 'hello');
+    await waitForRow(pageA, key, ['hello']);
+    await waitForRow(pageB, key, ['hello']);
+    t.diagnostic(`visible on node 2's page after ${Date.now() - started} ms`);
+    const seen = await watchB();
+    assert.ok(seen.notReloaded, 'page B was not reloaded');
+    assert.ok(seen.flashed.includes(key), 'the new row was highlighted on page B');
+    // The data really is in node 2's store, not just on the page.
+    const stored = await api2.get(key);
+    assert.equal(stored.status, 200);
+    assert.deepEqual(stored.json.values, ['hello']);
+
+    // Adding a second value appends to the same pair.
+    await addThroughForm(pageA, key, 'world');
+    await waitForRow(pageB, key, ['hello', 'world']);
+    assert.equal(await pageB.locator(rowSel(key)).count(), 1);
+  });
+
+  test('an edit on node 1 (change, add, remove values) appears on node 2 without reload', async () => {
+    const key = uniq('edit');
+    assert.equal((await api1.put(key, ['one', 'two', 'three'])).status, 201);
+    await waitForRow(pageA, key, ['one', 'two', 'three']);
+    await waitForRow(pageB, key, ['one', 'two', 'three']);
+    const watchB = await watchPage(pageB);
+
+    await row(pageA, key).locator('[data-action="edit"]').click();
+    const editor = row(pageA, key);
+    await editor.getByLabel('Value 1', { exact: true }).fill('ONE');
+    await editor.getByRole('button', { name: 'Remove value 2', exact: true }).click();
+    await editor.getByRole('button', { name: '+ Add value' }).click();
+    await editor.getByLabel('Value 3', { exact: true }).fill('four');
+    await editor.getByRole('button', { name: 'Save' }).click();
+
+    await waitForRow(pageA, key, ['ONE', 'three', 'four']);
+    await waitForRow(pageB, key, ['ONE', 'three', 'four']);
+    const seen = await watchB();
+    assert.ok(seen.notReloaded, 'page B was not reloaded');
+    assert.ok(seen.flashed.includes(key), 'the changed row was highlighted on page B');
+    assert.deepEqual((await api2.get(key)).json.values, ['ONE', 'three', 'four']);
+  });
+
+  test('a pair deleted on node 1 disappears from node 2\'s open page', async () => {
+    const key = uniq('delete');
+    const keep = uniq('keep');
+    await api1.put(key, ['bye']);
+    await api1.put(keep, ['stay']);
+    await waitForRow(pageB, key, ['bye']);
+    await waitForRow(pageB, keep, ['stay']);
+    await waitForRow(pageA, key, ['bye']);
+    const watchB = await watchPage(pageB);
+
+    await row(pageA, key).locator('[data-action="delete"]').click();
+    const dialog = pageA.locator('#confirm-dialog');
+    await dialog.waitFor();
+    assert.match(await dialog.textContent(), new RegExp(key));
+    await dialog.getByRole('button', { name: 'Delete' }).click();
+
+    await waitForRow(pageA, key, null);
+    await waitForRow(pageB, key, null);
+    assert.ok((await watchB()).notReloaded, 'page B was not reloaded');
+    assert.deepEqual(await rowValues(pageB, keep), ['stay'], 'other rows are untouched');
+    assert.equal((await api2.get(key)).status, 404);
+  });
+
+  test('a stale save shows the conflict, offers their values, and can overwrite', async () => {
+    const key = uniq('conflict');
+    await api1.put(key, ['base']);
+    await waitForRow(pageA, key, ['base']);
+
+    // Page A starts editing the version it loaded.
+    await row(pageA, key).locator('[data-action="edit"]').click();
+    const editor = row(pageA, key);
+    const first = editor.getByLabel('Value 1', { exact: true });
+    await first.fill('mine');
+
+    // Meanwhile someone changes the pair on node 2.
+    const theirs = await api2.put(key, ['theirs-1', 'theirs-2']);
+    assert.equal(theirs.status, 200);
+    await eventually(async () => {
+      const r = await api1.get(key);
+      return r.status === 200 && r.json.version === theirs.json.version;
+    }, { what: 'the change to replicate to node 1' });
+
+    // The live update must not clobber the open editor: the notice appears, the draft stays.
+    const conflict = editor.locator('.conflict');
+    await conflict.getByText('changed elsewhere while you were editing').waitFor({ timeout: LIVE_TIMEOUT });
+    assert.equal(await first.inputValue(), 'mine');
+
+    // Saving with the stale version is refused (412) and explained in plain words.
+    await editor.getByRole('button', { name: 'Save' }).click();
+    await conflict.getByText('your changes were not saved').waitFor();
+    const offered = await conflict.locator('.theirs .value').allTextContents();
+    assert.deepEqual(offered, ['theirs-1', 'theirs-2'], 'the newer values are offered');
+    assert.ok(await conflict.getByRole('button', { name: 'Show theirs' }).isVisible());
+    assert.ok(await conflict.getByRole('button', { name: 'Overwrite with mine' }).isVisible());
+    assert.deepEqual((await api1.get(key)).json.values, ['theirs-1', 'theirs-2'], 'the stale save changed nothing');
+    await screenshot(pageA, 'conflict-node1.png');
+
+    // "Show theirs" drops the draft and shows the current values.
+    await conflict.getByRole('button', { name: 'Show theirs' }).click();
+    await waitForRow(pageA, key, ['theirs-1', 'theirs-2']);
+
+    // Edit again, have it change underneath once more, then overwrite with mine.
+    await row(pageA, key).locator('[data-action="edit"]').click();
+    await editor.getByLabel('Value 2', { exact: true }).fill('mine-2');
+    const again = await api2.put(key, ['third']);
+    assert.equal(again.status, 200);
+    await conflict.locator('.theirs .value', { hasText: 'third' }).waitFor({ timeout: LIVE_TIMEOUT });
+    await conflict.getByRole('button', { name: 'Overwrite with mine' }).click();
+    await waitForRow(pageA, key, ['theirs-1', 'mine-2']);
+    await waitForRow(pageB, key, ['theirs-1', 'mine-2']);
+    assert.deepEqual((await api2.get(key)).json.values, ['theirs-1', 'mine-2']);
+  });
+
+  test('HTML in keys and values is shown as text, never run', async () => {
+    const evilValue = '<img src=x onerror=alert(1)>';
+    const evilKey = uniq('<b>bold</b>');
+    const before = dialogs.length;
+    await addThroughForm(pageA, evilKey, evilValue);
+    await waitForRow(pageA, evilKey, [evilValue]);
+    await waitForRow(pageB, evilKey, [evilValue]);
+    for (const page of [pageA, pageB]) {
+      const r = row(page, evilKey);
+      assert.equal(await r.locator('.key-text').textContent(), evilKey);
+      assert.equal(await r.locator('.value').first().textContent(), evilValue);
+      assert.equal(await page.locator('#pairs-body img, #pairs-body b').count(), 0, 'no element was created from data');
+    }
+    // Editing shows it as the input's text too.
+    await row(pageB, evilKey).locator('[data-action="edit"]').click();
+    assert.equal(await row(pageB, evilKey).getByLabel('Value 1', { exact: true }).inputValue(), evilValue);
+    await row(pageB, evilKey).getByRole('button', { name: 'Cancel' }).click();
+    assert.equal(dialogs.length, before, `no dialog fired: ${dialogs.slice(before).join(', ')}`);
+  });
+
+  test('filter by key prefix and load more pages', async () => {
+    const prefix = uniq('page') + ':';
+    const keys = [];
+    for (let i = 0; i < 105; i++) keys.push(`${prefix}${String(i).padStart(3, '0')}`);
+    // Create in parallel batches through the API of node 2.
+    for (let i = 0; i < keys.length; i += 15) {
+      await Promise.all(keys.slice(i, i + 15).map((k) => api2.put(k, ['v'])));
+    }
+    await pageA.getByLabel('Filter by key prefix').fill(prefix);
+    await pageA.waitForFunction(
+      (p) => {
+        const rows = [...document.querySelectorAll('#pairs-body tr.pair-row')];
+        return rows.length === 100 && rows.every((r) => r.dataset.key.startsWith(p));
+      },
+      prefix,
+      { timeout: LIVE_TIMEOUT },
+    );
+    const shown = await pageA.locator('#pairs-body tr.pair-row').evaluateAll((rs) => rs.map((r) => r.dataset.key));
+    assert.deepEqual(shown, keys.slice(0, 100), 'first page, sorted by key');
+    await pageA.getByRole('button', { name: 'Load more' }).click();
+    await pageA.waitForFunction(() => document.querySelectorAll('#pairs-body tr.pair-row').length === 105, null, { timeout: LIVE_TIMEOUT });
+    assert.ok(await pageA.locator('#load-more').isHidden(), 'no more pages');
+    const all = await pageA.locator('#pairs-body tr.pair-row').evaluateAll((rs) => rs.map((r) => r.dataset.key));
+    assert.deepEqual(all, keys);
+
+    // A live change to a key outside the filter does not show up; one inside it does.
+    const outside = uniq('outside');
+    await api2.put(outside, ['x']);
+    const inside = `${prefix}050a`;
+    await api2.put(inside, ['live']);
+    await waitForRow(pageA, inside, ['live']);
+    assert.equal(await rowValues(pageA, outside), null);
+    const order = await pageA.locator('#pairs-body tr.pair-row').evaluateAll((rs) => rs.map((r) => r.dataset.key));
+    assert.equal(order.indexOf(inside), order.indexOf(`${prefix}050`) + 1, 'live rows are inserted in key order');
+
+    await pageA.getByLabel('Filter by key prefix').fill('');
+    await pageA.waitForFunction(() => [...document.querySelectorAll('#pairs-body tr.pair-row')].some((r) => !r.dataset.key.includes(':')), null, { timeout: LIVE_TIMEOUT });
+  });
+
+  test('works with the keyboard alone', async () => {
+    const key = uniq('keys');
+    await pageA.locator('#add-key').fill('');
+    await pageA.locator('#add-key').focus();
+    await pageA.keyboard.type(key);
+    await pageA.keyboard.press('Tab');
+    assert.equal(await pageA.evaluate(() => document.activeElement.id), 'add-value');
+    await pageA.keyboard.type('typed');
+    await pageA.keyboard.press('Enter');
+    await waitForRow(pageA, key, ['typed']);
+
+    await row(pageA, key).locator('[data-action="edit"]').focus();
+    await pageA.keyboard.press('Enter');
+    await pageA.waitForFunction(() => document.activeElement?.classList.contains('value-input'));
+    await pageA.keyboard.press('End');
+    await pageA.keyboard.type('!');
+    await pageA.keyboard.press('Enter'); // Enter saves
+    await waitForRow(pageA, key, ['typed!']);
+    await waitForRow(pageB, key, ['typed!']);
+    assert.equal(await pageA.evaluate(() => document.activeElement?.dataset.action), 'edit', 'focus returns to the Edit button');
+
+    await pageA.keyboard.press('Enter');
+    await pageA.waitForFunction(() => document.activeElement?.classList.contains('value-input'));
+    await pageA.keyboard.type('discarded');
+    await pageA.keyboard.press('Escape'); // Esc cancels
+    await waitForRow(pageA, key, ['typed!']);
+
+    // A visible focus style exists on buttons.
+    const shadow = await pageA.evaluate(() => getComputedStyle(document.activeElement).boxShadow);
+    assert.notEqual(shadow, 'none', 'the focused button shows a focus ring');
+  });
+
+  test('phone width: no sideways scrolling, controls reachable', async () => {
+    const context = await browser.newContext({ viewport: { width: 375, height: 812 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true });
+    const phone = await context.newPage();
+    phone.on('pageerror', (err) => pageErrors.push(`phone: ${err.message}`));
+    const key = uniq('phone');
+    await api1.put(key, ['a fairly long value that has to wrap on a narrow screen', 'second']);
+    await phone.goto(node1.url + '/');
+    await phone.locator('#live-status[data-state="live"]').waitFor({ timeout: 30_000 });
+    await phone.getByLabel('Filter by key prefix').fill(key);
+    await waitForRow(phone, key, ['a fairly long value that has to wrap on a narrow screen', 'second']);
+    const overflow = await phone.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+    assert.ok(overflow <= 0, `page scrolls sideways by ${overflow}px`);
+    for (const name of ['Add value', 'Clear database…']) {
+      const box = await phone.getByRole('button', { name, exact: true }).boundingBox();
+      assert.ok(box && box.x >= 0 && box.x + box.width <= 375, `${name} fits the screen`);
+    }
+    const edit = await row(phone, key).locator('[data-action="edit"]').boundingBox();
+    assert.ok(edit && edit.x + edit.width <= 375 && edit.height >= 30, 'Edit button fits and is tappable');
+    await phone.getByLabel('Filter by key prefix').fill('');
+    await phone.waitForFunction(() => document.querySelectorAll('#pairs-body tr.pair-row').length > 1);
+    await screenshot(phone, 'phone-node1.png', { fullPage: false });
+    await context.close();
+  });
+
+  test('clear database asks first, then empties both pages', async () => {
+    await api1.put(uniq('clear'), ['x']);
+    await pageA.waitForFunction(() => document.querySelectorAll('#pairs-body tr.pair-row').length > 0);
+    await screenshot(pageA, 'before-clear-node1.png', { fullPage: true });
+
+    // Cancelling keeps everything.
+    await pageA.getByRole('button', { name: 'Clear database…' }).click();
+    await pageA.locator('#confirm-dialog').getByRole('button', { name: 'Cancel' }).click();
+    const listed = await api2.list();
+    assert.ok(listed.json.pairs.length > 0, 'cancel did not clear');
+
+    await pageA.getByRole('button', { name: 'Clear database…' }).click();
+    await pageA.locator('#confirm-dialog').getByRole('button', { name: 'Clear database' }).click();
+    await pageA.getByText('The database was cleared').waitFor();
+    await pageA.waitForFunction(() => document.querySelectorAll('#pairs-body tr.pair-row:not(.removing)').length === 0, null, { timeout: LIVE_TIMEOUT });
+    await pageB.waitForFunction(() => document.querySelectorAll('#pairs-body tr.pair-row:not(.removing)').length === 0, null, { timeout: LIVE_TIMEOUT });
+    await eventually(async () => (await api2.list()).json.pairs.length === 0, { what: 'node 2 to be empty' });
+  });
+
+  test('screenshots of both pages', async () => {
+    const seed = [
+      ['config:feature-flags', ['dark-mode', 'beta-search']],
+      ['orders:2024-0117', ['pending', 'paid', 'shipped']],
+      ['session:9f2c', ['<img src=x onerror=alert(1)>']],
+      ['user:1001', ['Ada Lovelace', 'ada@example.com']],
+      ['user:1002', ['Grace Hopper', 'grace@example.com', 'admin']],
+      ['user:1003', ['Linus', '']],
+    ];
+    for (const [k, v] of seed) await api1.put(k, v);
+    for (const [k, v] of seed) await waitForRow(pageB, k, v);
+    for (const [k, v] of seed) await waitForRow(pageA, k, v);
+    await row(pageA, 'user:1002').locator('[data-action="edit"]').click();
+    await row(pageA, 'user:1002').getByLabel('Value 3', { exact: true }).fill('owner');
+    // A change on node 2 while node 1 edits shows the conflict notice in the screenshot.
+    await api2.append('user:1002', 'on-call');
+    await row(pageA, 'user:1002').locator('.conflict').waitFor({ timeout: LIVE_TIMEOUT });
+    await pageA.locator('#add-key').fill('');
+    await pageA.evaluate(() => document.activeElement.blur());
+    // Let the highlights of the seeded rows fade, then change one row so exactly it is highlighted.
+    await pageA.waitForFunction(() => !document.querySelector('#pairs-body tr.flash'), null, { timeout: LIVE_TIMEOUT });
+    await api2.append('orders:2024-0117', 'delivered');
+    await waitForRow(pageA, 'orders:2024-0117', ['pending', 'paid', 'shipped', 'delivered']);
+    await pageB.waitForFunction(() => !document.querySelector('#pairs-body tr.flash'), null, { timeout: LIVE_TIMEOUT });
+    await screenshot(pageA, 'desktop-node1.png', { fullPage: true });
+    await screenshot(pageB, 'desktop-node2.png', { fullPage: true });
+    await row(pageA, 'user:1002').getByRole('button', { name: 'Cancel' }).click();
+  });
+
+  test('no script errors on any page', () => {
+    assert.deepEqual(pageErrors, []);
+    assert.deepEqual(dialogs, []);
+  });
+});
