@@ -1,1 +1,456 @@
-//! placeholder
+//! Real services for tests, benchmarks and local runs: a Kafka-protocol broker (tansu),
+//! MongoDB-protocol servers (nx-27017) and kvsync nodes, each a child process on a free
+//! loopback port, stopped when dropped. No mocks.
+
+mod client;
+mod process;
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+
+pub use client::{Client, Pair};
+pub use process::{free_port, Proc};
+
+/// Where the external tools live: `$KVSYNC_TOOLS` (default `~/.cache/kvsync-tools`), as
+/// installed by `scripts/install-deps.sh`, else the `PATH`.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    pub tansu: PathBuf,
+    pub nx_27017: PathBuf,
+}
+
+impl Tools {
+    pub fn locate() -> Result<Self> {
+        let root = std::env::var_os("KVSYNC_TOOLS")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/kvsync-tools")));
+        let find = |rel: &str, name: &str| -> Result<PathBuf> {
+            if let Some(p) = root.as_ref().map(|r| r.join(rel)).filter(|p| p.is_file()) {
+                return Ok(p);
+            }
+            std::env::var_os("PATH")
+                .into_iter()
+                .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+                .with_context(|| format!("{name} not found: run scripts/install-deps.sh"))
+        };
+        Ok(Self {
+            tansu: find("bin/tansu", "tansu")?,
+            nx_27017: find("venv/bin/nx-27017", "nx-27017")?,
+        })
+    }
+}
+
+/// The `kvsync-node` binary: `$KVSYNC_NODE_BIN`, else next to the running executable
+/// (or its parent, for test binaries in `target/*/deps`).
+pub fn node_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("KVSYNC_NODE_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join("kvsync-node");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("kvsync-node binary not found next to {exe:?}: build it or set KVSYNC_NODE_BIN")
+}
+
+async fn wait_for_port(port: u16, proc: &mut Proc, timeout: Duration) -> Result<()> {
+    wait_until(timeout, &format!("{} to listen on {port}", proc.name()), || {
+        let alive = proc.is_running();
+        async move {
+            if !alive {
+                return true; // Reported below.
+            }
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        }
+    })
+    .await?;
+    if !proc.is_running() {
+        bail!("{} exited during start-up; log: {}", proc.name(), proc.log_tail(20));
+    }
+    Ok(())
+}
+
+/// Polls `check` until it holds, or fails after `timeout` naming `what`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut delay = Duration::from_millis(10);
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// A tansu broker with durable (SQLite) storage in its own directory.
+pub struct Broker {
+    pub port: u16,
+    dir: PathBuf,
+    tansu: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl Broker {
+    pub async fn start(tools: &Tools, dir: &Path, port: u16) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut b = Self {
+            port: if port == 0 { free_port()? } else { port },
+            dir: dir.to_owned(),
+            tansu: tools.tansu.clone(),
+            proc: None,
+        };
+        b.resume_service().await?;
+        Ok(b)
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the broker again (same port, same data) after [`Broker::kill`].
+    pub async fn resume_service(&mut self) -> Result<()> {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let mut proc = Proc::spawn(
+            "tansu",
+            std::process::Command::new(&self.tansu)
+                .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+                // tansu resolves sqlite:// paths against its working directory.
+                .args(["--storage-engine", "sqlite://broker.db"])
+                .current_dir(&self.dir),
+            &self.dir.join("broker.log"),
+        )?;
+        wait_for_port(self.port, &mut proc, Duration::from_secs(30)).await?;
+        self.proc = Some(proc);
+        Ok(())
+    }
+
+    /// SIGKILL: the broker vanishes mid-flight.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    /// SIGSTOP / SIGCONT: the broker hangs with its connections open.
+    pub fn pause(&self) {
+        if let Some(p) = &self.proc {
+            p.signal(libc::SIGSTOP);
+        }
+    }
+
+    pub fn unpause(&self) {
+        if let Some(p) = &self.proc {
+            p.signal(libc::SIGCONT);
+        }
+    }
+}
+
+/// An nx-27017 MongoDB-protocol server on SQLite.
+pub struct Mongo {
+    pub port: u16,
+    dir: PathBuf,
+    nx: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl Mongo {
+    pub async fn start(tools: &Tools, dir: &Path, port: u16) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut m = Self {
+            port: if port == 0 { free_port()? } else { port },
+            dir: dir.to_owned(),
+            nx: tools.nx_27017.clone(),
+            proc: None,
+        };
+        m.resume_service().await?;
+        Ok(m)
+    }
+
+    pub fn uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn resume_service(&mut self) -> Result<()> {
+        let d = &self.dir;
+        let mut proc = Proc::spawn(
+            "nx-27017",
+            std::process::Command::new(&self.nx)
+                .arg("--db")
+                .arg(d.join("data.db"))
+                .args(["-p", &self.port.to_string()])
+                .arg("--pid-file")
+                .arg(d.join("nx.pid"))
+                .arg("--log-file")
+                .arg(d.join("nx.log")),
+            &d.join("nx.out"),
+        )?;
+        wait_for_port(self.port, &mut proc, Duration::from_secs(30)).await?;
+        self.proc = Some(proc);
+        Ok(())
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+}
+
+/// How to run one kvsync node.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub id: String,
+    pub http_port: u16,
+    pub mongodb_uri: String,
+    pub brokers: String,
+    pub topic: String,
+    /// Further `KVSYNC_*` settings.
+    pub env: Vec<(String, String)>,
+}
+
+pub struct Node {
+    pub spec: NodeSpec,
+    pub url: String,
+    bin: PathBuf,
+    dir: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl Node {
+    /// Starts the node; it is reachable (healthz) on return, not necessarily ready.
+    pub async fn start(bin: &Path, dir: &Path, spec: NodeSpec) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut n = Self {
+            url: format!("http://127.0.0.1:{}", spec.http_port),
+            spec,
+            bin: bin.to_owned(),
+            dir: dir.to_owned(),
+            proc: None,
+        };
+        n.restart().await?;
+        Ok(n)
+    }
+
+    pub async fn restart(&mut self) -> Result<()> {
+        let s = &self.spec;
+        let mut cmd = std::process::Command::new(&self.bin);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("KVSYNC_NODE_ID", &s.id)
+            .env("KVSYNC_HTTP_ADDR", format!("127.0.0.1:{}", s.http_port))
+            .env("KVSYNC_MONGODB_URI", &s.mongodb_uri)
+            .env("KVSYNC_KAFKA_BROKERS", &s.brokers)
+            .env("KVSYNC_KAFKA_TOPIC", &s.topic)
+            .env("KVSYNC_LOG", "info")
+            .envs(s.env.iter().map(|(k, v)| (k, v)));
+        let log = self.dir.join(format!("{}.log", s.id));
+        let mut proc = Proc::spawn(&format!("kvsync-node {}", s.id), &mut cmd, &log)?;
+        wait_for_port(s.http_port, &mut proc, Duration::from_secs(30)).await?;
+        self.proc = Some(proc);
+        Ok(())
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url)
+    }
+
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let c = self.client();
+        wait_until(timeout, &format!("{} to be ready", self.spec.id), || {
+            let c = c.clone();
+            async move { c.ready().await }
+        })
+        .await
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    /// SIGTERM, then wait for a graceful exit. Returns the exit code.
+    pub async fn terminate(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        match self.proc.take() {
+            Some(mut p) => p.terminate(timeout).await,
+            None => Ok(None),
+        }
+    }
+
+    pub fn pause(&self) {
+        if let Some(p) = &self.proc {
+            p.signal(libc::SIGSTOP);
+        }
+    }
+
+    pub fn unpause(&self) {
+        if let Some(p) = &self.proc {
+            p.signal(libc::SIGCONT);
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(|p| p.pid())
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.proc
+            .as_ref()
+            .map(|p| p.log_tail(lines))
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub nodes: usize,
+    pub topic: String,
+    /// Settings for every node (`KVSYNC_*`).
+    pub env: Vec<(String, String)>,
+    /// 0: free ports. Otherwise node i listens on `http_port + i`.
+    pub http_port: u16,
+    pub broker_port: u16,
+    /// 0: free ports. Otherwise MongoDB i listens on `mongo_port + i`.
+    pub mongo_port: u16,
+    /// Where data and logs go; a temporary directory (removed on drop) if `None`.
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            nodes: 2,
+            topic: "kvsync.pairs".into(),
+            env: Vec::new(),
+            http_port: 0,
+            broker_port: 0,
+            mongo_port: 0,
+            dir: None,
+        }
+    }
+}
+
+/// A broker, and per node a MongoDB-protocol server and a kvsync node.
+pub struct Cluster {
+    pub broker: Broker,
+    pub mongos: Vec<Mongo>,
+    pub nodes: Vec<Node>,
+    options: ClusterOptions,
+    tools: Tools,
+    bin: PathBuf,
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Cluster {
+    /// Starts everything and waits until every node is ready.
+    pub async fn start(options: ClusterOptions) -> Result<Self> {
+        let tools = Tools::locate()?;
+        let bin = node_binary()?;
+        let (dir, tmp) = match &options.dir {
+            Some(d) => (d.clone(), None),
+            None => {
+                let t = tempfile::Builder::new().prefix("kvsync-test-").tempdir()?;
+                (t.path().to_owned(), Some(t))
+            }
+        };
+        let broker = Broker::start(&tools, &dir.join("broker"), options.broker_port).await?;
+        let mut c = Self {
+            broker,
+            mongos: Vec::new(),
+            nodes: Vec::new(),
+            options: options.clone(),
+            tools,
+            bin,
+            dir,
+            _tmp: tmp,
+        };
+        for _ in 0..options.nodes {
+            c.add_node_unready().await?;
+        }
+        for n in &c.nodes {
+            n.wait_ready(Duration::from_secs(90)).await?;
+        }
+        Ok(c)
+    }
+
+    /// Starts one more node (with its own MongoDB), as a node joining later would.
+    pub async fn add_node(&mut self) -> Result<&Node> {
+        self.add_node_unready().await?;
+        let node = self.nodes.last().expect("just added");
+        node.wait_ready(Duration::from_secs(90)).await?;
+        Ok(node)
+    }
+
+    async fn add_node_unready(&mut self) -> Result<()> {
+        let i = self.nodes.len();
+        let port = |base: u16| -> Result<u16> {
+            Ok(if base == 0 { free_port()? } else { base + i as u16 })
+        };
+        let mongo = Mongo::start(
+            &self.tools,
+            &self.dir.join(format!("mongo{}", i + 1)),
+            port(self.options.mongo_port)?,
+        )
+        .await?;
+        let spec = NodeSpec {
+            id: format!("node{}", i + 1),
+            http_port: port(self.options.http_port)?,
+            mongodb_uri: mongo.uri(),
+            brokers: self.broker.addr(),
+            topic: self.options.topic.clone(),
+            env: self.options.env.clone(),
+        };
+        let node = Node::start(&self.bin, &self.dir.join("nodes"), spec).await?;
+        self.mongos.push(mongo);
+        self.nodes.push(node);
+        Ok(())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn clients(&self) -> Vec<Client> {
+        self.nodes.iter().map(Node::client).collect()
+    }
+
+    /// Waits until every node holds the same state (equal digests, tombstones
+    /// included) and returns that digest.
+    pub async fn converged(&self, timeout: Duration) -> Result<(u64, String)> {
+        let clients = self.clients();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut digests = Vec::new();
+            for c in &clients {
+                digests.push(c.digest().await.map_err(|e| e.to_string()));
+            }
+            if let [Ok(first), rest @ ..] = digests.as_slice() {
+                if rest.iter().all(|d| d.as_ref() == Ok(first)) {
+                    return Ok(first.clone());
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("nodes did not converge within {timeout:?}; digests: {digests:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

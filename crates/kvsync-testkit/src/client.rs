@@ -1,0 +1,208 @@
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// A small HTTP client for one node's API.
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+/// A pair as the API returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Pair {
+    pub key: String,
+    pub values: Vec<String>,
+    pub version: String,
+    pub updated_at: String,
+    pub origin: String,
+}
+
+fn path_key(key: &str) -> String {
+    // Percent-encode everything but unreserved characters.
+    key.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl Client {
+    pub fn new(base: &str) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .expect("HTTP client"),
+            token: None,
+        }
+    }
+
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_owned());
+        self
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn pair_url(&self, key: &str) -> String {
+        self.url(&format!("/api/pairs/{}", path_key(key)))
+    }
+
+    /// A request builder with the token (if any) attached.
+    pub fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, url);
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    async fn pair_from(resp: reqwest::Response) -> Result<Pair> {
+        let status = resp.status();
+        if !status.is_success() {
+            bail!("HTTP {status}: {}", resp.text().await.unwrap_or_default());
+        }
+        Ok(resp.json().await?)
+    }
+
+    pub async fn put(&self, key: &str, values: &[&str]) -> Result<Pair> {
+        let resp = self
+            .request(reqwest::Method::PUT, &self.pair_url(key))
+            .json(&json!({ "values": values }))
+            .send()
+            .await?;
+        Self::pair_from(resp).await
+    }
+
+    pub async fn append(&self, key: &str, value: &str) -> Result<Pair> {
+        let resp = self
+            .request(reqwest::Method::POST, &format!("{}/values", self.pair_url(key)))
+            .json(&json!({ "value": value }))
+            .send()
+            .await?;
+        Self::pair_from(resp).await
+    }
+
+    /// `Ok(None)` when the pair is absent.
+    pub async fn get(&self, key: &str) -> Result<Option<Pair>> {
+        let resp = self
+            .request(reqwest::Method::GET, &self.pair_url(key))
+            .send()
+            .await?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        Self::pair_from(resp).await.map(Some)
+    }
+
+    /// Returns whether a pair was deleted (false: it was absent).
+    pub async fn delete(&self, key: &str) -> Result<bool> {
+        let resp = self
+            .request(reqwest::Method::DELETE, &self.pair_url(key))
+            .send()
+            .await?;
+        match resp.status().as_u16() {
+            204 => Ok(true),
+            404 => Ok(false),
+            s => bail!("HTTP {s}: {}", resp.text().await.unwrap_or_default()),
+        }
+    }
+
+    pub async fn clear(&self) -> Result<u64> {
+        let resp = self
+            .request(reqwest::Method::DELETE, &self.url("/api/pairs"))
+            .send()
+            .await?
+            .error_for_status()?;
+        let v: Value = resp.json().await?;
+        v["deleted"].as_u64().context("deleted count")
+    }
+
+    /// Every live pair, following pagination.
+    pub async fn list_all(&self) -> Result<Vec<Pair>> {
+        #[derive(Deserialize)]
+        struct Page {
+            pairs: Vec<Pair>,
+            next: Option<String>,
+        }
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut req = self
+                .request(reqwest::Method::GET, &self.url("/api/pairs"))
+                .query(&[("limit", "1000")]);
+            if let Some(a) = &after {
+                req = req.query(&[("after", a)]);
+            }
+            let page: Page = req.send().await?.error_for_status()?.json().await?;
+            out.extend(page.pairs);
+            match page.next {
+                Some(n) => after = Some(n),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// `(count, digest)` over everything the node holds, tombstones included.
+    pub async fn digest(&self) -> Result<(u64, String)> {
+        let v: Value = self
+            .request(reqwest::Method::GET, &self.url("/api/digest"))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok((
+            v["count"].as_u64().context("count")?,
+            v["digest"].as_str().context("digest")?.to_owned(),
+        ))
+    }
+
+    pub async fn node_info(&self) -> Result<Value> {
+        Ok(self
+            .request(reqwest::Method::GET, &self.url("/api/node"))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
+    /// The value of one counter in `/api/node`.
+    pub async fn counter(&self, name: &str) -> Result<u64> {
+        let info = self.node_info().await?;
+        info["counters"][name]
+            .as_u64()
+            .with_context(|| format!("counter {name} in {info}"))
+    }
+
+    pub async fn metrics(&self) -> Result<String> {
+        Ok(self
+            .request(reqwest::Method::GET, &self.url("/metrics"))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+
+    pub async fn ready(&self) -> bool {
+        matches!(
+            self.http.get(self.url("/readyz")).send().await,
+            Ok(r) if r.status().is_success()
+        )
+    }
+}
