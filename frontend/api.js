@@ -1,6 +1,7 @@
 // Thin client for the node's REST API. All URLs are relative so the page works from any origin.
 
 const TOKEN_KEY = 'kvsync.token';
+const MAX_TOKEN_TRIES = 3;
 
 /** An API failure with a message meant for people, not programs. */
 export class ApiError extends Error {
@@ -86,7 +87,7 @@ function describe(status, body, fallbackText) {
  * Performs a request. Resolves to { status, data, etag } for 2xx responses and for statuses
  * listed in `accept`; throws ApiError otherwise.
  */
-export async function request(method, path, { body, headers = {}, accept = [], retried = false } = {}) {
+export async function request(method, path, { body, headers = {}, accept = [], attempt = 0 } = {}) {
   const h = { Accept: 'application/json', ...headers };
   if (body !== undefined) h['Content-Type'] = 'application/json';
   const token = getToken();
@@ -117,9 +118,10 @@ export async function request(method, path, { body, headers = {}, accept = [], r
     }
   }
 
-  if (res.status === 401 && !retried) {
-    await tokenPromptOnce(Boolean(token));
-    return request(method, path, { body, headers, accept, retried: true });
+  if (res.status === 401 && attempt < MAX_TOKEN_TRIES) {
+    // If another request already got a new token meanwhile, just try again with it.
+    if (getToken() === token) await tokenPromptOnce(Boolean(token));
+    return request(method, path, { body, headers, accept, attempt: attempt + 1 });
   }
 
   if (res.ok || accept.includes(res.status)) {

@@ -156,7 +156,14 @@ function confirmAction({ title, text, ok }) {
   });
 }
 
+let tokenDeclined = false;
+
 onTokenNeeded((rejected) => new Promise((resolve, reject) => {
+  // After "no" (Esc), don't nag on every background retry; "Refresh" asks again.
+  if (tokenDeclined) {
+    reject(new ApiError('This node needs an access token. Use "Refresh" to enter it.', { status: 401 }));
+    return;
+  }
   el.tokenError.hidden = !rejected;
   el.tokenError.textContent = rejected ? 'That token was not accepted. Check it and try again.' : '';
   el.tokenInput.value = '';
@@ -168,6 +175,7 @@ onTokenNeeded((rejected) => new Promise((resolve, reject) => {
       resolve();
       live.reconnectNow();
     } else {
+      tokenDeclined = true;
       reject(new ApiError('This node needs an access token. Use "Refresh" to enter it.', { status: 401 }));
     }
   };
@@ -616,7 +624,9 @@ async function addValue(ev) {
   el.addSubmit.disabled = true;
   try {
     const pair = await api.append(key, value);
-    if (pair && (state.pairs.has(key) || inView(key))) {
+    // Show the pair even if it sorts beyond the loaded pages: the person just touched it.
+    const shown = state.pairs.has(key) || (state.loaded && key.startsWith(state.filter));
+    if (pair && shown) {
       const known = state.pairs.get(key);
       if (!known || known.version !== pair.version) {
         state.pairs.set(key, pair);
@@ -626,9 +636,9 @@ async function addValue(ev) {
       if (edit && edit.baseVersion !== pair.version) noteRemoteChange(key, pair);
       render();
     }
-    notify(inView(key) || !pair
+    notify(shown || !pair
       ? `Added a value to “${key}”.`
-      : `Added a value to “${key}” (not shown: outside the current filter or page).`, 'success');
+      : `Added a value to “${key}” (not shown: it does not match the filter).`, 'success');
     el.addValue.value = '';
     el.addValue.focus();
   } catch (err) {
@@ -644,7 +654,11 @@ async function addValue(ev) {
 
 el.addForm.addEventListener('submit', addValue);
 el.loadMore.addEventListener('click', loadMore);
-el.refresh.addEventListener('click', () => reload({ flashChanges: true }));
+el.refresh.addEventListener('click', () => {
+  tokenDeclined = false;
+  if (live.state !== 'live') live.reconnectNow();
+  reload({ flashChanges: true });
+});
 el.clear.addEventListener('click', clearAll);
 
 let filterTimer = null;

@@ -12,6 +12,7 @@ import {
   rowValues,
   screenshot,
   startCluster,
+  startProxy,
   uniq,
   waitForRow,
   watchPage,
@@ -315,6 +316,103 @@ describe('kvsync web UI on two nodes', { concurrency: false }, () => {
     await phone.waitForFunction(() => document.querySelectorAll('#pairs-body tr.pair-row').length > 1);
     await screenshot(phone, 'phone-node1.png', { fullPage: false });
     await context.close();
+  });
+
+  test('reconnects after the connection drops and reloads the list, missing nothing', async () => {
+    const proxy = await startProxy(node2.url);
+    const context = await browser.newContext({ viewport: DESKTOP });
+    const page = await context.newPage();
+    page.on('pageerror', (err) => pageErrors.push(`proxied: ${err.message}`));
+    try {
+      const prefix = uniq('reconnect') + ':';
+      const [changed, deleted, created] = ['changed', 'deleted', 'created'].map((s) => prefix + s);
+      await api1.put(changed, ['old']);
+      await api1.put(deleted, ['gone soon']);
+      await eventually(async () => (await api2.get(deleted)).status === 200, { what: 'replication to node 2' });
+      await page.goto(proxy.url + '/');
+      await page.locator('#live-status[data-state="live"]').waitFor({ timeout: 30_000 });
+      await page.getByLabel('Filter by key prefix').fill(prefix);
+      await waitForRow(page, changed, ['old']);
+      await waitForRow(page, deleted, ['gone soon']);
+      const watch = await watchPage(page);
+
+      proxy.cut(); // as if the node went away
+      await page.locator('#live-status[data-state="reconnecting"]').waitFor({ timeout: LIVE_TIMEOUT });
+      assert.match(await page.locator('#live-status').textContent(), /Reconnecting/);
+
+      await api1.put(changed, ['new']);
+      await api1.remove(deleted);
+      await api1.put(created, ['fresh']);
+      await eventually(async () => (await api2.get(created)).status === 200 && (await api2.get(deleted)).status === 404
+        && (await api2.get(changed)).json.values[0] === 'new', { what: 'the changes to reach node 2' });
+      assert.deepEqual(await rowValues(page, changed), ['old'], 'no update while disconnected');
+
+      proxy.restore();
+      await page.locator('#live-status[data-state="live"]').waitFor({ timeout: 30_000 });
+      await waitForRow(page, changed, ['new']);
+      await waitForRow(page, created, ['fresh']);
+      await waitForRow(page, deleted, null);
+      const seen = await watch();
+      assert.ok(seen.notReloaded, 'the page itself was not reloaded');
+      assert.ok(seen.flashed.includes(changed) && seen.flashed.includes(created), 'changes missed while away are highlighted');
+
+      // And live updates flow again on the new connection.
+      await api1.append(created, 'again');
+      await waitForRow(page, created, ['fresh', 'again']);
+    } finally {
+      await context.close();
+      await proxy.close();
+    }
+  });
+
+  test('asks for the API token on 401 and sends it with every call', async () => {
+    const TOKEN = 'e2e-secret-token';
+    const seen = [];
+    const context = await browser.newContext({ viewport: DESKTOP });
+    // Stand in for a node with a token configured: refuse API calls that lack it.
+    await context.route((url) => url.pathname.startsWith('/api/'), async (route) => {
+      const req = route.request();
+      const url = new URL(req.url());
+      const auth = await req.headerValue('authorization');
+      const ok = auth === `Bearer ${TOKEN}` || (url.pathname === '/api/events' && url.searchParams.get('access_token') === TOKEN);
+      seen.push({ path: url.pathname, ok });
+      if (!ok) return route.fulfill({ status: 401, contentType: 'application/json', body: '{"error":"unauthorized"}' });
+      return route.continue();
+    });
+    const page = await context.newPage();
+    page.on('pageerror', (err) => pageErrors.push(`token: ${err.message}`));
+    try {
+      await page.goto(node1.url + '/');
+      const dialog = page.locator('#token-dialog');
+      await dialog.waitFor({ timeout: LIVE_TIMEOUT });
+      assert.equal(await page.locator('#live-status').getAttribute('data-state') === 'live', false);
+
+      await dialog.getByLabel('API token').fill('wrong-token');
+      await dialog.getByRole('button', { name: 'Continue' }).click();
+      await dialog.getByText('That token was not accepted').waitFor({ timeout: LIVE_TIMEOUT });
+
+      await dialog.getByLabel('API token').fill(TOKEN);
+      const from = seen.length;
+      await dialog.getByRole('button', { name: 'Continue' }).click();
+      await dialog.waitFor({ state: 'hidden' });
+      await page.locator('#live-status[data-state="live"]').waitFor({ timeout: 30_000 });
+
+      const key = uniq('token');
+      await addThroughForm(page, key, 'authorized');
+      await waitForRow(page, key, ['authorized']);
+      assert.deepEqual((await api1.get(key)).json.values, ['authorized']);
+      await api2.append(key, 'live');
+      await waitForRow(page, key, ['authorized', 'live']);
+
+      const later = seen.slice(from);
+      assert.ok(later.some((r) => r.path === '/api/events'), 'the event stream was opened with the token');
+      assert.ok(later.some((r) => r.path.startsWith('/api/pairs/')), 'writes went through');
+      assert.deepEqual(later.filter((r) => !r.ok), [], 'every call after the token was entered carried it');
+      assert.equal(await page.evaluate(() => sessionStorage.getItem('kvsync.token')), TOKEN);
+      assert.ok(await dialog.isHidden(), 'asked only until a good token was given');
+    } finally {
+      await context.close();
+    }
   });
 
   test('clear database asks first, then empties both pages', async () => {
