@@ -1,0 +1,305 @@
+//! Replication between real nodes, over a real Kafka-protocol broker and real
+//! MongoDB-protocol servers.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use kvsync_testkit::{wait_until, Client, Cluster, ClusterOptions};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(60);
+
+async fn cluster(nodes: usize) -> Cluster {
+    Cluster::start(ClusterOptions {
+        nodes,
+        ..Default::default()
+    })
+    .await
+    .expect("cluster starts")
+}
+
+/// Waits until `client` holds `key` with exactly `values` (None: absent).
+async fn wait_for(client: &Client, key: &str, values: Option<&[&str]>) {
+    let want: Option<Vec<String>> = values.map(|v| v.iter().map(|s| s.to_string()).collect());
+    let what = format!("{} to hold {key:?} = {want:?}", client.base());
+    wait_until(T, &what, || async {
+        let got = client.get(key).await.ok().map(|p| p.map(|p| p.values));
+        got.as_ref() == Some(&want)
+    })
+    .await
+    .unwrap();
+}
+
+/// Identical live pairs (keys, values, versions, origins) and identical digests
+/// (which also cover tombstones) on every node.
+async fn assert_identical(c: &Cluster) {
+    c.converged(T).await.unwrap();
+    let clients = c.clients();
+    let first = clients[0].list_all().await.unwrap();
+    for other in &clients[1..] {
+        assert_eq!(other.list_all().await.unwrap(), first, "{} differs", other.base());
+    }
+}
+
+#[tokio::test]
+async fn every_kind_of_change_reaches_the_peer() {
+    let c = cluster(2).await;
+    let (a, b) = (c.nodes[0].client(), c.nodes[1].client());
+
+    let created = a.put("colour", &["red"]).await.unwrap();
+    assert_eq!(created.origin, "node1");
+    wait_for(&b, "colour", Some(&["red"])).await;
+    assert_eq!(b.get("colour").await.unwrap().unwrap(), created, "same version everywhere");
+
+    a.put("colour", &["green", "blue"]).await.unwrap();
+    wait_for(&b, "colour", Some(&["green", "blue"])).await;
+
+    // Changes flow both ways; an append builds on the replicated state.
+    b.append("colour", "violet").await.unwrap();
+    wait_for(&a, "colour", Some(&["green", "blue", "violet"])).await;
+
+    a.append("new-by-append", "first").await.unwrap();
+    wait_for(&b, "new-by-append", Some(&["first"])).await;
+
+    assert!(b.delete("colour").await.unwrap());
+    wait_for(&a, "colour", None).await;
+
+    for k in ["x1", "x2", "x3"] {
+        a.put(k, &[k]).await.unwrap();
+    }
+    wait_for(&b, "x3", Some(&["x3"])).await;
+    assert_eq!(b.clear().await.unwrap(), 4);
+    wait_until(T, "clear to replicate", || async {
+        a.list_all().await.map(|l| l.is_empty()).unwrap_or(false)
+    })
+    .await
+    .unwrap();
+    assert_identical(&c).await;
+}
+
+#[tokio::test]
+async fn the_origin_applies_nothing_twice_and_peers_apply_each_change_once() {
+    let c = cluster(2).await;
+    let (a, b) = (c.nodes[0].client(), c.nodes[1].client());
+    for i in 0..20 {
+        a.put(&format!("k{i}"), &["v"]).await.unwrap();
+    }
+    wait_until(T, "node1 to see its own 20 events come back", || async {
+        a.counter("events_skipped_own").await.unwrap_or(0) == 20
+    })
+    .await
+    .unwrap();
+    wait_until(T, "node2 to apply 20 events", || async {
+        b.counter("events_applied").await.unwrap_or(0) == 20
+    })
+    .await
+    .unwrap();
+    assert_eq!(a.counter("events_applied").await.unwrap(), 0);
+    assert_eq!(a.counter("events_published").await.unwrap(), 20);
+    assert_eq!(b.counter("events_skipped_own").await.unwrap(), 0);
+    assert_identical(&c).await;
+}
+
+#[tokio::test]
+async fn concurrent_conflicting_writes_converge() {
+    let c = cluster(2).await;
+    let clients = c.clients();
+    let keys: Vec<String> = (0..10).map(|i| format!("contested-{i}")).collect();
+    let writers = clients.iter().enumerate().map(|(n, client)| {
+        let keys = keys.clone();
+        let client = client.clone();
+        async move {
+            for round in 0..15 {
+                for (i, k) in keys.iter().enumerate() {
+                    let v = format!("node{n}-round{round}");
+                    match (round + i + n) % 4 {
+                        0 => client.delete(k).await.map(|_| ()),
+                        1 => client.append(k, &v).await.map(|_| ()),
+                        _ => client.put(k, &[&v]).await.map(|_| ()),
+                    }
+                    .unwrap();
+                }
+            }
+        }
+    });
+    futures::future::join_all(writers).await;
+    assert_identical(&c).await;
+}
+
+#[tokio::test]
+async fn a_node_that_joins_later_catches_up_from_the_topic() {
+    let mut c = cluster(2).await;
+    let a = c.nodes[0].client();
+    for i in 0..30 {
+        a.put(&format!("early-{i:02}"), &["v", &i.to_string()]).await.unwrap();
+    }
+    // Tombstones must reach the newcomer too.
+    a.delete("early-07").await.unwrap();
+    c.nodes[1].client().put("from-node2", &["hi"]).await.unwrap();
+
+    c.add_node().await.unwrap();
+    let newcomer = c.nodes[2].client();
+    wait_for(&newcomer, "from-node2", Some(&["hi"])).await;
+    assert_identical(&c).await;
+    assert_eq!(newcomer.list_all().await.unwrap().len(), 30);
+    assert_eq!(newcomer.digest().await.unwrap().0, 31, "30 keys + 1 from node2, tombstone included");
+}
+
+#[tokio::test]
+async fn writes_made_while_the_broker_is_down_arrive_once_it_is_back() {
+    let mut c = cluster(2).await;
+    let (a, b) = (c.nodes[0].client(), c.nodes[1].client());
+    a.put("before", &["outage"]).await.unwrap();
+    wait_for(&b, "before", Some(&["outage"])).await;
+
+    c.broker.kill();
+    for i in 0..25 {
+        // Acknowledged by node1 although nothing can be published right now.
+        a.put(&format!("during-{i}"), &["outage"]).await.unwrap();
+    }
+    let backlog = a.node_info().await.unwrap()["outbox_backlog"].as_u64().unwrap();
+    assert!(backlog > 0, "changes wait in the outbox while the broker is down");
+
+    c.broker.resume_service().await.unwrap();
+    wait_for(&b, "during-24", Some(&["outage"])).await;
+    assert_identical(&c).await;
+    wait_until(T, "the outbox to drain", || async {
+        a.node_info().await.map(|i| i["outbox_backlog"] == 0).unwrap_or(false)
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn conditional_requests_and_status_codes() {
+    let c = cluster(2).await;
+    let a = c.nodes[0].client();
+    let url = a.pair_url("cfg");
+
+    let put = |body: serde_json::Value, header: Option<(&'static str, String)>| {
+        let mut r = a.request(Method::PUT, &url).json(&body);
+        if let Some((k, v)) = header {
+            r = r.header(k, v);
+        }
+        r.send()
+    };
+    let r = put(json!({"values": ["1"]}), Some(("if-none-match", "*".into()))).await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+    let v1 = r.json::<serde_json::Value>().await.unwrap()["version"].as_str().unwrap().to_owned();
+    assert_eq!(etag, format!("\"{v1}\""));
+
+    let r = put(json!({"values": ["x"]}), Some(("if-none-match", "*".into()))).await.unwrap();
+    assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
+
+    let r = put(json!({"values": ["2"]}), Some(("if-match", etag.clone()))).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // The version we loaded is stale now: 412, and the body offers the current pair.
+    let r = put(json!({"values": ["3"]}), Some(("if-match", etag.clone()))).await.unwrap();
+    assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "precondition_failed");
+    assert_eq!(body["current"]["values"], json!(["2"]));
+
+    let r = a
+        .request(Method::DELETE, &url)
+        .header("if-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
+    assert_eq!(a.get("cfg").await.unwrap().unwrap().values, ["2"]);
+
+    assert!(a.delete("cfg").await.unwrap());
+    assert!(!a.delete("cfg").await.unwrap(), "second delete is a 404");
+    let r = a.request(Method::GET, &url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"], "not_found");
+}
+
+#[tokio::test]
+async fn listing_is_sorted_filtered_and_paginated() {
+    let c = cluster(1).await;
+    let a = c.nodes[0].client();
+    for k in ["b/2", "a/1", "b/1", "c", "b/3", "ä"] {
+        a.put(k, &[k]).await.unwrap();
+    }
+    a.delete("b/3").await.unwrap();
+    let page = |q: &'static str| {
+        let a = a.clone();
+        async move {
+            let v: serde_json::Value = a
+                .request(Method::GET, &a.url(&format!("/api/pairs?{q}")))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let keys: Vec<String> = v["pairs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["key"].as_str().unwrap().to_owned())
+                .collect();
+            (keys, v["next"].clone())
+        }
+    };
+    assert_eq!(page("").await, (vec!["a/1".into(), "b/1".into(), "b/2".into(), "c".into(), "ä".into()], json!(null)));
+    assert_eq!(page("prefix=b%2F").await, (vec!["b/1".into(), "b/2".into()], json!(null)));
+    assert_eq!(page("prefix=b%2F&limit=1").await, (vec!["b/1".into()], json!("b/1")));
+    assert_eq!(page("prefix=b%2F&limit=1&after=b%2F1").await, (vec!["b/2".into()], json!(null)));
+    assert_eq!(page("limit=2&after=b%2F2").await, (vec!["c".into(), "ä".into()], json!(null)));
+}
+
+#[tokio::test]
+async fn the_event_stream_shows_local_and_replicated_changes() {
+    let c = cluster(2).await;
+    let (a, b) = (c.nodes[0].client(), c.nodes[1].client());
+    let stream = b
+        .request(Method::GET, &b.url("/api/events?prefix=watched"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let mut body = stream.bytes_stream();
+
+    a.put("ignored", &["x"]).await.unwrap();
+    a.put("watched-1", &["from a"]).await.unwrap();
+    wait_for(&b, "watched-1", Some(&["from a"])).await;
+    assert!(b.delete("watched-1").await.unwrap());
+
+    let mut text = String::new();
+    let complete = |t: &str| {
+        t.contains("event: hello")
+            && t.contains(r#""values":["from a"]"#)
+            && t.contains(r#""deleted":true"#)
+    };
+    let deadline = tokio::time::Instant::now() + T;
+    while !complete(&text) {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .unwrap_or_else(|_| panic!("timed out; stream so far: {text}"))
+            .expect("stream open")
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(!text.contains("ignored"), "prefix filter: {text}");
+}
+
+#[tokio::test]
+async fn sigterm_shuts_down_gracefully_and_a_restart_resumes() {
+    let mut c = cluster(2).await;
+    let (a, b) = (c.nodes[0].client(), c.nodes[1].client());
+    a.put("k", &["1"]).await.unwrap();
+    wait_for(&b, "k", Some(&["1"])).await;
+
+    let code = c.nodes[1].terminate(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(code, Some(0), "{}", c.nodes[1].log_tail(20));
+    a.put("k", &["2"]).await.unwrap();
+    c.nodes[1].restart().await.unwrap();
+    wait_for(&b, "k", Some(&["2"])).await;
+    assert_identical(&c).await;
+}
