@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit/property/integration tests against real
+# services, browser tests in headless Chromium, compose-file checks and a benchmark smoke
+# run. Installs what it needs first (cached between runs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "installing tools (cached after the first run)"
+scripts/install-deps.sh --all
+
+step "formatting"
+cargo fmt --all -- --check
+
+step "lints"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "building binaries"
+cargo build --workspace --bins --locked
+
+step "unit, property and integration tests"
+cargo test --workspace --locked
+
+step "compose files"
+scripts/check-compose.sh
+
+step "browser tests"
+scripts/e2e.sh
