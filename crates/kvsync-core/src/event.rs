@@ -228,11 +228,19 @@ mod tests {
             (tweak(|v| v["schema"] = 2.into()), "schema"),
             (tweak(|v| v["key"] = "".into()), "key"),
             (tweak(|v| v["key"] = "a\u{0}".into()), "key"),
-            (tweak(|v| v["values"] = serde_json::json!(["x".repeat(70_000)])), "values"),
+            (
+                tweak(|v| v["values"] = serde_json::json!(["x".repeat(70_000)])),
+                "values",
+            ),
             (tweak(|v| v["values"] = serde_json::json!([1])), "malformed"),
             (tweak(|v| v["op"] = "delete".into()), "op_shape"),
             (tweak(|v| v["op"] = "merge".into()), "malformed"),
-            (tweak(|v| { v.as_object_mut().unwrap().remove("values"); }), "op_shape"),
+            (
+                tweak(|v| {
+                    v.as_object_mut().unwrap().remove("values");
+                }),
+                "op_shape",
+            ),
             (tweak(|v| v["origin"] = "n2".into()), "forged"),
             (tweak(|v| v["version"] = "yesterday".into()), "malformed"),
             (tweak(|v| v["extra"] = true.into()), "malformed"),

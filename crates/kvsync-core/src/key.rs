@@ -83,7 +83,10 @@ mod tests {
             Err(KeyError::TooLong(MAX_KEY_BYTES + 1))
         );
         // Multi-byte characters count in bytes, not characters.
-        assert!(matches!(Key::parse("é".repeat(257)), Err(KeyError::TooLong(514))));
+        assert!(matches!(
+            Key::parse("é".repeat(257)),
+            Err(KeyError::TooLong(514))
+        ));
         assert_eq!(Key::parse("a\nb"), Err(KeyError::ControlCharacter(1)));
         assert_eq!(Key::parse("\u{7f}"), Err(KeyError::ControlCharacter(0)));
         assert_eq!(Key::parse("ab\u{85}"), Err(KeyError::ControlCharacter(2)));

@@ -98,8 +98,11 @@ mod tests {
         let version = Version::new(Timestamp::new(ms, counter), NodeId::parse(node).unwrap());
         let op = match values {
             Some(v) => Op::Put(
-                Values::new(v.iter().map(|s| s.to_string()).collect(), key.as_str().len())
-                    .unwrap(),
+                Values::new(
+                    v.iter().map(|s| s.to_string()).collect(),
+                    key.as_str().len(),
+                )
+                .unwrap(),
             ),
             None => Op::Delete,
         };
@@ -115,25 +118,37 @@ mod tests {
         assert_eq!(r.apply(&a), Outcome::Stale);
         assert_eq!(r.apply(&b), Outcome::Stale);
         let key = Key::parse("k").unwrap();
-        assert_eq!(r.get(&key).unwrap().values.as_ref().unwrap().as_slice(), ["b"]);
+        assert_eq!(
+            r.get(&key).unwrap().values.as_ref().unwrap().as_slice(),
+            ["b"]
+        );
     }
 
     #[test]
     fn node_id_breaks_ties() {
         let mut r = Replica::default();
         r.apply(&ev("k", 10, 0, "n2", Some(&["from n2"])));
-        assert_eq!(r.apply(&ev("k", 10, 0, "n1", Some(&["from n1"]))), Outcome::Stale);
+        assert_eq!(
+            r.apply(&ev("k", 10, 0, "n1", Some(&["from n1"]))),
+            Outcome::Stale
+        );
     }
 
     #[test]
     fn tombstones_block_older_puts() {
         let mut r = Replica::default();
         r.apply(&ev("k", 20, 0, "n1", None));
-        assert_eq!(r.apply(&ev("k", 19, 5, "n2", Some(&["zombie"]))), Outcome::Stale);
+        assert_eq!(
+            r.apply(&ev("k", 19, 5, "n2", Some(&["zombie"]))),
+            Outcome::Stale
+        );
         assert_eq!(r.live().count(), 0);
         assert!(r.get(&Key::parse("k").unwrap()).unwrap().is_tombstone());
         // A newer put brings the key back.
-        assert_eq!(r.apply(&ev("k", 21, 0, "n2", Some(&["back"]))), Outcome::Applied);
+        assert_eq!(
+            r.apply(&ev("k", 21, 0, "n2", Some(&["back"]))),
+            Outcome::Applied
+        );
         assert_eq!(r.live().count(), 1);
     }
 
@@ -146,8 +161,9 @@ mod tests {
             prop::option::of(prop::collection::vec("[a-z]{0,3}", 0..3)),
         )
             .prop_map(|(k, ms, c, n, vals)| {
-                let vals: Option<Vec<&str>> =
-                    vals.as_ref().map(|v| v.iter().map(String::as_str).collect());
+                let vals: Option<Vec<&str>> = vals
+                    .as_ref()
+                    .map(|v| v.iter().map(String::as_str).collect());
                 ev(k, ms, c, n, vals.as_deref())
             })
     }

@@ -31,7 +31,10 @@ pub enum BusError {
     #[error("Kafka: {0}")]
     Kafka(#[from] KafkaError),
     #[error("creating topic {topic}: {code}")]
-    CreateTopic { topic: String, code: RDKafkaErrorCode },
+    CreateTopic {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
 }
 
 /// Connection and topic settings shared by every client of one node.
@@ -59,7 +62,10 @@ impl std::fmt::Debug for KafkaSettings {
             .field("replication_factor", &self.replication_factor)
             .field("fetch_wait_ms", &self.fetch_wait_ms)
             .field("client_id", &self.client_id)
-            .field("extra", &self.extra.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field(
+                "extra",
+                &self.extra.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }

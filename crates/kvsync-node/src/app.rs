@@ -114,12 +114,7 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(
-        node: NodeId,
-        store: Store,
-        metrics: Metrics,
-        outbox: mpsc::Sender<Event>,
-    ) -> Self {
+    pub fn new(node: NodeId, store: Store, metrics: Metrics, outbox: mpsc::Sender<Event>) -> Self {
         Self {
             node,
             store,

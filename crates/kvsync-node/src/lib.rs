@@ -37,9 +37,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         "starting kvsync node"
     );
 
-    let store = Store::connect(&config.mongodb_uri, &config.mongodb_db, config.mongodb_timeout())
-        .await
-        .context("MongoDB configuration")?;
+    let store = Store::connect(
+        &config.mongodb_uri,
+        &config.mongodb_db,
+        config.mongodb_timeout(),
+    )
+    .await
+    .context("MongoDB configuration")?;
     let publisher = Publisher::new(&kafka).context("Kafka producer")?;
     let subscriber = Subscriber::new(&kafka, &group).context("Kafka consumer")?;
     let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX_QUEUE);

@@ -63,21 +63,57 @@ impl Metrics {
         let assigned_partitions = Gauge::default();
 
         let mut r = Registry::with_prefix("kvsync");
-        r.register("http_requests", "HTTP requests by method, route and status", http_requests.clone());
-        r.register("local_writes", "Changes made on this node", local_writes.clone());
-        r.register("events_published", "Events acknowledged by the broker", published.clone());
-        r.register("publish_failures", "Publication attempts that failed (retried by the relay)", publish_failures.clone());
+        r.register(
+            "http_requests",
+            "HTTP requests by method, route and status",
+            http_requests.clone(),
+        );
+        r.register(
+            "local_writes",
+            "Changes made on this node",
+            local_writes.clone(),
+        );
+        r.register(
+            "events_published",
+            "Events acknowledged by the broker",
+            published.clone(),
+        );
+        r.register(
+            "publish_failures",
+            "Publication attempts that failed (retried by the relay)",
+            publish_failures.clone(),
+        );
         r.register("events_applied", "Peer events applied", applied.clone());
-        r.register("events_skipped_stale", "Peer events older than (or equal to) the stored version", skipped_stale.clone());
-        r.register("events_skipped_own", "Events from this node, skipped by its consumer", skipped_own.clone());
-        r.register("events_rejected", "Events that failed decoding or validation, by reason", rejected.clone());
+        r.register(
+            "events_skipped_stale",
+            "Peer events older than (or equal to) the stored version",
+            skipped_stale.clone(),
+        );
+        r.register(
+            "events_skipped_own",
+            "Events from this node, skipped by its consumer",
+            skipped_own.clone(),
+        );
+        r.register(
+            "events_rejected",
+            "Events that failed decoding or validation, by reason",
+            rejected.clone(),
+        );
         r.register(
             "replication_lag_seconds",
             "Time from a peer's write (its version's clock) to its apply here",
             replication_lag.clone(),
         );
-        r.register("outbox_backlog", "Local changes not yet acknowledged by the broker", outbox_backlog.clone());
-        r.register("consumer_assigned_partitions", "Topic partitions assigned to this node's consumer", assigned_partitions.clone());
+        r.register(
+            "outbox_backlog",
+            "Local changes not yet acknowledged by the broker",
+            outbox_backlog.clone(),
+        );
+        r.register(
+            "consumer_assigned_partitions",
+            "Topic partitions assigned to this node's consumer",
+            assigned_partitions.clone(),
+        );
 
         Self {
             registry: Arc::new(r),
@@ -106,7 +142,14 @@ impl Metrics {
     pub fn rejected_total(&self) -> u64 {
         // The reasons are a small fixed set (EventError::kind), so summing is cheap.
         [
-            "too_large", "malformed", "schema", "key", "values", "op_shape", "forged", "future",
+            "too_large",
+            "malformed",
+            "schema",
+            "key",
+            "values",
+            "op_shape",
+            "forged",
+            "future",
         ]
         .iter()
         .map(|r| {

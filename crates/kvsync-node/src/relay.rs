@@ -84,7 +84,9 @@ impl Relay {
             .await
             .is_err()
         {
-            tracing::warn!("shutdown: some publications were still in flight; they stay in the outbox");
+            tracing::warn!(
+                "shutdown: some publications were still in flight; they stay in the outbox"
+            );
         }
         self.publisher.flush(Duration::from_secs(1));
     }
@@ -123,7 +125,12 @@ impl Relay {
 
     /// Starts publishing `event` unless it is already in flight.
     async fn spawn_publish(&self, event: Event) -> bool {
-        if !self.in_flight.lock().expect("in-flight lock").insert(event.id) {
+        if !self
+            .in_flight
+            .lock()
+            .expect("in-flight lock")
+            .insert(event.id)
+        {
             return false;
         }
         let Ok(permit) = self.permits.clone().acquire_owned().await else {

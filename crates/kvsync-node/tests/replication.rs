@@ -38,7 +38,12 @@ async fn assert_identical(c: &Cluster) {
     let clients = c.clients();
     let first = clients[0].list_all().await.unwrap();
     for other in &clients[1..] {
-        assert_eq!(other.list_all().await.unwrap(), first, "{} differs", other.base());
+        assert_eq!(
+            other.list_all().await.unwrap(),
+            first,
+            "{} differs",
+            other.base()
+        );
     }
 }
 
@@ -50,7 +55,11 @@ async fn every_kind_of_change_reaches_the_peer() {
     let created = a.put("colour", &["red"]).await.unwrap();
     assert_eq!(created.origin, "node1");
     wait_for(&b, "colour", Some(&["red"])).await;
-    assert_eq!(b.get("colour").await.unwrap().unwrap(), created, "same version everywhere");
+    assert_eq!(
+        b.get("colour").await.unwrap().unwrap(),
+        created,
+        "same version everywhere"
+    );
 
     a.put("colour", &["green", "blue"]).await.unwrap();
     wait_for(&b, "colour", Some(&["green", "blue"])).await;
@@ -132,18 +141,28 @@ async fn a_node_that_joins_later_catches_up_from_the_topic() {
     let mut c = cluster(2).await;
     let a = c.nodes[0].client();
     for i in 0..30 {
-        a.put(&format!("early-{i:02}"), &["v", &i.to_string()]).await.unwrap();
+        a.put(&format!("early-{i:02}"), &["v", &i.to_string()])
+            .await
+            .unwrap();
     }
     // Tombstones must reach the newcomer too.
     a.delete("early-07").await.unwrap();
-    c.nodes[1].client().put("from-node2", &["hi"]).await.unwrap();
+    c.nodes[1]
+        .client()
+        .put("from-node2", &["hi"])
+        .await
+        .unwrap();
 
     c.add_node().await.unwrap();
     let newcomer = c.nodes[2].client();
     wait_for(&newcomer, "from-node2", Some(&["hi"])).await;
     assert_identical(&c).await;
     assert_eq!(newcomer.list_all().await.unwrap().len(), 30);
-    assert_eq!(newcomer.digest().await.unwrap().0, 31, "30 keys + 1 from node2, tombstone included");
+    assert_eq!(
+        newcomer.digest().await.unwrap().0,
+        31,
+        "30 keys + 1 from node2, tombstone included"
+    );
 }
 
 #[tokio::test]
@@ -158,14 +177,22 @@ async fn writes_made_while_the_broker_is_down_arrive_once_it_is_back() {
         // Acknowledged by node1 although nothing can be published right now.
         a.put(&format!("during-{i}"), &["outage"]).await.unwrap();
     }
-    let backlog = a.node_info().await.unwrap()["outbox_backlog"].as_u64().unwrap();
-    assert!(backlog > 0, "changes wait in the outbox while the broker is down");
+    let backlog = a.node_info().await.unwrap()["outbox_backlog"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        backlog > 0,
+        "changes wait in the outbox while the broker is down"
+    );
 
     c.broker.resume_service().await.unwrap();
     wait_for(&b, "during-24", Some(&["outage"])).await;
     assert_identical(&c).await;
     wait_until(T, "the outbox to drain", || async {
-        a.node_info().await.map(|i| i["outbox_backlog"] == 0).unwrap_or(false)
+        a.node_info()
+            .await
+            .map(|i| i["outbox_backlog"] == 0)
+            .unwrap_or(false)
     })
     .await
     .unwrap();
@@ -184,20 +211,37 @@ async fn conditional_requests_and_status_codes() {
         }
         r.send()
     };
-    let r = put(json!({"values": ["1"]}), Some(("if-none-match", "*".into()))).await.unwrap();
+    let r = put(
+        json!({"values": ["1"]}),
+        Some(("if-none-match", "*".into())),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     let etag = r.headers()["etag"].to_str().unwrap().to_owned();
-    let v1 = r.json::<serde_json::Value>().await.unwrap()["version"].as_str().unwrap().to_owned();
+    let v1 = r.json::<serde_json::Value>().await.unwrap()["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(etag, format!("\"{v1}\""));
 
-    let r = put(json!({"values": ["x"]}), Some(("if-none-match", "*".into()))).await.unwrap();
+    let r = put(
+        json!({"values": ["x"]}),
+        Some(("if-none-match", "*".into())),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
 
-    let r = put(json!({"values": ["2"]}), Some(("if-match", etag.clone()))).await.unwrap();
+    let r = put(json!({"values": ["2"]}), Some(("if-match", etag.clone())))
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 
     // The version we loaded is stale now: 412, and the body offers the current pair.
-    let r = put(json!({"values": ["3"]}), Some(("if-match", etag.clone()))).await.unwrap();
+    let r = put(json!({"values": ["3"]}), Some(("if-match", etag.clone())))
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "precondition_failed");
@@ -216,7 +260,10 @@ async fn conditional_requests_and_status_codes() {
     assert!(!a.delete("cfg").await.unwrap(), "second delete is a 404");
     let r = a.request(Method::GET, &url).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"], "not_found");
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["error"],
+        "not_found"
+    );
 }
 
 #[tokio::test]
@@ -247,11 +294,35 @@ async fn listing_is_sorted_filtered_and_paginated() {
             (keys, v["next"].clone())
         }
     };
-    assert_eq!(page("").await, (vec!["a/1".into(), "b/1".into(), "b/2".into(), "c".into(), "ä".into()], json!(null)));
-    assert_eq!(page("prefix=b%2F").await, (vec!["b/1".into(), "b/2".into()], json!(null)));
-    assert_eq!(page("prefix=b%2F&limit=1").await, (vec!["b/1".into()], json!("b/1")));
-    assert_eq!(page("prefix=b%2F&limit=1&after=b%2F1").await, (vec!["b/2".into()], json!(null)));
-    assert_eq!(page("limit=2&after=b%2F2").await, (vec!["c".into(), "ä".into()], json!(null)));
+    assert_eq!(
+        page("").await,
+        (
+            vec![
+                "a/1".into(),
+                "b/1".into(),
+                "b/2".into(),
+                "c".into(),
+                "ä".into()
+            ],
+            json!(null)
+        )
+    );
+    assert_eq!(
+        page("prefix=b%2F").await,
+        (vec!["b/1".into(), "b/2".into()], json!(null))
+    );
+    assert_eq!(
+        page("prefix=b%2F&limit=1").await,
+        (vec!["b/1".into()], json!("b/1"))
+    );
+    assert_eq!(
+        page("prefix=b%2F&limit=1&after=b%2F1").await,
+        (vec!["b/2".into()], json!(null))
+    );
+    assert_eq!(
+        page("limit=2&after=b%2F2").await,
+        (vec!["c".into(), "ä".into()], json!(null))
+    );
 }
 
 #[tokio::test]

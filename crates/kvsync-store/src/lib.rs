@@ -105,9 +105,7 @@ impl Store {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.db
-            .run_command(doc! { "ping": 1 })
-            .await?;
+        self.db.run_command(doc! { "ping": 1 }).await?;
         Ok(())
     }
 
@@ -163,7 +161,11 @@ impl Store {
             }
             Some(expected) => {
                 let filter = doc! { "_id": key.as_str(), "ver": expected.to_string() };
-                let result = self.pairs.replace_one(filter, document).await.map_err(StoreError::from)?;
+                let result = self
+                    .pairs
+                    .replace_one(filter, document)
+                    .await
+                    .map_err(StoreError::from)?;
                 if result.matched_count == 1 {
                     Ok(())
                 } else {
@@ -273,7 +275,10 @@ impl Store {
 
     /// Number of live pairs.
     pub async fn count_live(&self) -> Result<u64, StoreError> {
-        Ok(self.pairs.count_documents(doc! { "deleted": false }).await?)
+        Ok(self
+            .pairs
+            .count_documents(doc! { "deleted": false })
+            .await?)
     }
 
     /// Digest over every (key, version, deleted), tombstones included.
@@ -323,7 +328,12 @@ impl Store {
 
 fn values_bson(values: Option<&Values>) -> Bson {
     match values {
-        Some(v) => Bson::Array(v.as_slice().iter().map(|s| Bson::String(s.clone())).collect()),
+        Some(v) => Bson::Array(
+            v.as_slice()
+                .iter()
+                .map(|s| Bson::String(s.clone()))
+                .collect(),
+        ),
         None => Bson::Null,
     }
 }
@@ -344,7 +354,9 @@ fn corrupt(d: &Document, reason: impl Into<String>) -> StoreError {
 }
 
 fn decode_key(d: &Document) -> Result<Key, StoreError> {
-    let raw = d.get_str("_id").map_err(|_| corrupt(d, "_id is not a string"))?;
+    let raw = d
+        .get_str("_id")
+        .map_err(|_| corrupt(d, "_id is not a string"))?;
     Key::parse(raw).map_err(|e| corrupt(d, e.to_string()))
 }
 
@@ -366,7 +378,12 @@ fn decode_deleted(d: &Document) -> Result<bool, StoreError> {
     }
 }
 
-fn decode_values(d: &Document, key: &Key, field: &str, deleted: bool) -> Result<Option<Values>, StoreError> {
+fn decode_values(
+    d: &Document,
+    key: &Key,
+    field: &str,
+    deleted: bool,
+) -> Result<Option<Values>, StoreError> {
     if deleted {
         return Ok(None);
     }

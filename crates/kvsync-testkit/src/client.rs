@@ -89,7 +89,10 @@ impl Client {
 
     pub async fn append(&self, key: &str, value: &str) -> Result<Pair> {
         let resp = self
-            .request(reqwest::Method::POST, &format!("{}/values", self.pair_url(key)))
+            .request(
+                reqwest::Method::POST,
+                &format!("{}/values", self.pair_url(key)),
+            )
             .json(&json!({ "value": value }))
             .send()
             .await?;

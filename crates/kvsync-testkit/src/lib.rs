@@ -27,7 +27,9 @@ impl Tools {
     pub fn locate() -> Result<Self> {
         let root = std::env::var_os("KVSYNC_TOOLS")
             .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/kvsync-tools")));
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/kvsync-tools"))
+            });
         let find = |rel: &str, name: &str| -> Result<PathBuf> {
             if let Some(p) = root.as_ref().map(|r| r.join(rel)).filter(|p| p.is_file()) {
                 return Ok(p);
@@ -63,18 +65,28 @@ pub fn node_binary() -> Result<PathBuf> {
 }
 
 async fn wait_for_port(port: u16, proc: &mut Proc, timeout: Duration) -> Result<()> {
-    wait_until(timeout, &format!("{} to listen on {port}", proc.name()), || {
-        let alive = proc.is_running();
-        async move {
-            if !alive {
-                return true; // Reported below.
+    wait_until(
+        timeout,
+        &format!("{} to listen on {port}", proc.name()),
+        || {
+            let alive = proc.is_running();
+            async move {
+                if !alive {
+                    return true; // Reported below.
+                }
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
             }
-            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
-        }
-    })
+        },
+    )
     .await?;
     if !proc.is_running() {
-        bail!("{} exited during start-up; log: {}", proc.name(), proc.log_tail(20));
+        bail!(
+            "{} exited during start-up; log: {}",
+            proc.name(),
+            proc.log_tail(20)
+        );
     }
     Ok(())
 }
@@ -130,7 +142,13 @@ impl Broker {
         let mut proc = Proc::spawn(
             "tansu",
             std::process::Command::new(&self.tansu)
-                .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
                 // tansu resolves sqlite:// paths against its working directory.
                 .args(["--storage-engine", "sqlite://broker.db"])
                 .current_dir(&self.dir),
@@ -402,7 +420,11 @@ impl Cluster {
     async fn add_node_unready(&mut self) -> Result<()> {
         let i = self.nodes.len();
         let port = |base: u16| -> Result<u16> {
-            Ok(if base == 0 { free_port()? } else { base + i as u16 })
+            Ok(if base == 0 {
+                free_port()?
+            } else {
+                base + i as u16
+            })
         };
         let mongo = Mongo::start(
             &self.tools,

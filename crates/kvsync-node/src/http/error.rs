@@ -90,7 +90,11 @@ impl From<StoreError> for ApiError {
             }
             e => {
                 tracing::error!(error = %e, "database error");
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "database error")
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "database error",
+                )
             }
         }
     }
@@ -113,9 +117,11 @@ impl From<AppError> for ApiError {
                 )
             },
             AppError::Values(e) => e.into(),
-            AppError::Contended => {
-                Self::new(StatusCode::CONFLICT, "contended", AppError::Contended.to_string())
-            }
+            AppError::Contended => Self::new(
+                StatusCode::CONFLICT,
+                "contended",
+                AppError::Contended.to_string(),
+            ),
             AppError::Store(e) => e.into(),
         }
     }

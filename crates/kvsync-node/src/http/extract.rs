@@ -57,7 +57,9 @@ pub fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
             .iter()
             .map(|v| v.to_str())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| ApiError::bad_request("invalid_precondition", format!("{name} is not ASCII")))?
+            .map_err(|_| {
+                ApiError::bad_request("invalid_precondition", format!("{name} is not ASCII"))
+            })?
             .join(",");
         Ok(Some(joined))
     };
@@ -116,7 +118,10 @@ mod tests {
             precondition(&with(header::IF_MATCH, v)).unwrap(),
             Precondition::IfMatch(vec![v.parse().unwrap()])
         );
-        assert_eq!(precondition(&with(header::IF_MATCH, "*")).unwrap(), Precondition::Exists);
+        assert_eq!(
+            precondition(&with(header::IF_MATCH, "*")).unwrap(),
+            Precondition::Exists
+        );
         assert_eq!(
             precondition(&with(header::IF_NONE_MATCH, "*")).unwrap(),
             Precondition::Absent

@@ -4,8 +4,8 @@ mod auth;
 mod error;
 mod events;
 mod extract;
-pub mod pairs;
 mod ops;
+pub mod pairs;
 mod ui;
 
 use std::{sync::Arc, time::Duration};
@@ -61,7 +61,10 @@ pub fn router(ctx: Ctx, cors_origins: &[String]) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(ui::fallback)
         .method_not_allowed_fallback(ui::method_not_allowed)
-        .layer(middleware::from_fn_with_state(ctx.clone(), auth::require_token))
+        .layer(middleware::from_fn_with_state(
+            ctx.clone(),
+            auth::require_token,
+        ))
         .layer(middleware::from_fn_with_state(ctx.clone(), count_requests))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // A 503 while MongoDB is down is expected operation, not an error of ours.
@@ -124,4 +127,3 @@ async fn count_requests(State(ctx): State<Ctx>, req: Request, next: Next) -> Res
         .inc();
     response
 }
-
