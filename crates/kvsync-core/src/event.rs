@@ -55,6 +55,18 @@ pub enum EventError {
 }
 
 impl EventError {
+    /// Every value [`EventError::kind`] can take.
+    pub const KINDS: [&'static str; 8] = [
+        "too_large",
+        "malformed",
+        "schema",
+        "key",
+        "values",
+        "op_shape",
+        "forged",
+        "future",
+    ];
+
     /// A short stable label, for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -249,6 +261,7 @@ mod tests {
         for (bytes, kind) in cases {
             let err = Event::decode(&bytes).unwrap_err();
             assert_eq!(err.kind(), kind, "{err}");
+            assert!(EventError::KINDS.contains(&kind));
         }
     }
 

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use kvsync_core::EventError;
+
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
     metrics::{
@@ -140,26 +142,16 @@ impl Metrics {
     }
 
     pub fn rejected_total(&self) -> u64 {
-        // The reasons are a small fixed set (EventError::kind), so summing is cheap.
-        [
-            "too_large",
-            "malformed",
-            "schema",
-            "key",
-            "values",
-            "op_shape",
-            "forged",
-            "future",
-        ]
-        .iter()
-        .map(|r| {
-            self.rejected
-                .get_or_create(&ReasonLabels {
-                    reason: (*r).to_owned(),
-                })
-                .get()
-        })
-        .sum()
+        EventError::KINDS
+            .iter()
+            .map(|r| {
+                self.rejected
+                    .get_or_create(&ReasonLabels {
+                        reason: (*r).to_owned(),
+                    })
+                    .get()
+            })
+            .sum()
     }
 
     pub fn render(&self) -> String {

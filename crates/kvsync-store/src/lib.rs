@@ -206,7 +206,7 @@ impl Store {
     pub async fn pending(&self, limit: i64) -> Result<Vec<Event>, StoreError> {
         let mut cursor = self
             .pairs
-            .find(doc! { "outbox": { "$exists": true } })
+            .find(doc! { "outbox.id": { "$exists": true } })
             .limit(limit)
             .await?;
         let mut events = Vec::new();
@@ -219,7 +219,7 @@ impl Store {
     pub async fn count_pending(&self) -> Result<u64, StoreError> {
         Ok(self
             .pairs
-            .count_documents(doc! { "outbox": { "$exists": true } })
+            .count_documents(doc! { "outbox.id": { "$exists": true } })
             .await?)
     }
 
