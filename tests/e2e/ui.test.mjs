@@ -107,6 +107,22 @@ describe('kvsync web UI on two nodes', { concurrency: false }, () => {
     assert.equal(await pageB.locator(rowSel(key)).count(), 1);
   });
 
+  test('changes written on node 1 show on node 2\'s page within a second', async (t) => {
+    const prefix = uniq('latency') + ':';
+    const times = [];
+    for (let i = 0; i < 5; i++) {
+      const key = `${prefix}${i}`;
+      const started = Date.now();
+      assert.equal((await api1.put(key, [`v${i}`])).status, 201);
+      await waitForRow(pageB, key, [`v${i}`]);
+      times.push(Date.now() - started);
+    }
+    times.sort((a, b) => a - b);
+    const median = times[2];
+    t.diagnostic(`write on node 1 -> shown on node 2's page: ${times.join(', ')} ms (median ${median} ms)`);
+    assert.ok(median < 1000, `median ${median} ms`);
+  });
+
   test('an edit on node 1 (change, add, remove values) appears on node 2 without reload', async () => {
     const key = uniq('edit');
     assert.equal((await api1.put(key, ['one', 'two', 'three'])).status, 201);
@@ -300,8 +316,12 @@ describe('kvsync web UI on two nodes', { concurrency: false }, () => {
     phone.on('pageerror', (err) => pageErrors.push(`phone: ${err.message}`));
     const key = uniq('phone');
     await api1.put(key, ['a fairly long value that has to wrap on a narrow screen', 'second']);
+    await api1.put(`${key}:settings`, ['{"theme":"dark","notifications":true}']);
     await phone.goto(node1.url + '/');
     await phone.locator('#live-status[data-state="live"]').waitFor({ timeout: 30_000 });
+    await phone.getByLabel('Filter by key prefix').fill(key + ':');
+    await waitForRow(phone, key, null); // the filter hides keys without the prefix
+    await waitForRow(phone, `${key}:settings`, ['{"theme":"dark","notifications":true}']);
     await phone.getByLabel('Filter by key prefix').fill(key);
     await waitForRow(phone, key, ['a fairly long value that has to wrap on a narrow screen', 'second']);
     const overflow = await phone.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
@@ -373,9 +393,12 @@ describe('kvsync web UI on two nodes', { concurrency: false }, () => {
     await context.route((url) => url.pathname.startsWith('/api/'), async (route) => {
       const req = route.request();
       const url = new URL(req.url());
+      const entry = { path: url.pathname, ok: null };
+      seen.push(entry); // in the order the page sent them
       const auth = await req.headerValue('authorization');
       const ok = auth === `Bearer ${TOKEN}` || (url.pathname === '/api/events' && url.searchParams.get('access_token') === TOKEN);
-      seen.push({ path: url.pathname, ok });
+      entry.ok = ok;
+      entry.auth = auth;
       if (!ok) return route.fulfill({ status: 401, contentType: 'application/json', body: '{"error":"unauthorized"}' });
       return route.continue();
     });
@@ -407,7 +430,7 @@ describe('kvsync web UI on two nodes', { concurrency: false }, () => {
       const later = seen.slice(from);
       assert.ok(later.some((r) => r.path === '/api/events'), 'the event stream was opened with the token');
       assert.ok(later.some((r) => r.path.startsWith('/api/pairs/')), 'writes went through');
-      assert.deepEqual(later.filter((r) => !r.ok), [], 'every call after the token was entered carried it');
+      assert.deepEqual(later.filter((r) => !r.ok), [], `every call after the token was entered carried it: ${JSON.stringify(seen)}`);
       assert.equal(await page.evaluate(() => sessionStorage.getItem('kvsync.token')), TOKEN);
       assert.ok(await dialog.isHidden(), 'asked only until a good token was given');
     } finally {
