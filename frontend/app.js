@@ -1,7 +1,7 @@
 // kvsync web UI: lists pairs, edits them, and applies live changes from the node's event stream.
 // All data from the server is put on the page with textContent / attributes, never as HTML.
 
-import { api, ApiError, eventsUrl, onTokenNeeded, setToken, getToken } from './api.js';
+import { api, ApiError, eventsUrl, onTokenNeeded, setToken } from './api.js';
 import { LiveConnection } from './live.js';
 
 const PAGE_SIZE = 100;
@@ -783,8 +783,5 @@ async function start() {
   }, 1500);
   render();
 }
-
-// Exposed for debugging in the console; not used by the page itself.
-window.kvsync = { state, getToken };
 
 start();

@@ -217,6 +217,16 @@ describe('kvsync web UI on two nodes', { concurrency: false }, () => {
     await waitForRow(pageA, key, ['theirs-1', 'mine-2']);
     await waitForRow(pageB, key, ['theirs-1', 'mine-2']);
     assert.deepEqual((await api2.get(key)).json.values, ['theirs-1', 'mine-2']);
+
+    // Deleted elsewhere while editing: the notice says so, and "overwrite" puts it back.
+    await row(pageA, key).locator('[data-action="edit"]').click();
+    await editor.getByLabel('Value 1', { exact: true }).fill('revived');
+    assert.equal((await api2.remove(key)).status, 204);
+    await conflict.getByText('It has been deleted elsewhere').waitFor({ timeout: LIVE_TIMEOUT });
+    await waitForRow(pageB, key, null);
+    await conflict.getByRole('button', { name: 'Overwrite with mine' }).click();
+    await waitForRow(pageA, key, ['revived', 'mine-2']);
+    await waitForRow(pageB, key, ['revived', 'mine-2']);
   });
 
   test('HTML in keys and values is shown as text, never run', async () => {
