@@ -7,7 +7,7 @@ use std::{
 };
 
 use kvsync_core::{Clock, Entry, Event, Key, NodeId, Op, Outcome, Values, ValuesError, Version};
-use kvsync_store::{CasError, Store, StoreError, StoredPair};
+use kvsync_store::{CasError, LocalWrite, Store, StoreError, StoredPair};
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, OnceCell};
 
@@ -192,11 +192,7 @@ impl App {
             {
                 Ok(()) => {
                     let created = live.is_none();
-                    self.announce(&event);
-                    self.metrics.local_writes.inc();
-                    // The outbox mark is durable; the relay publishes right away, and
-                    // its periodic scan covers a full queue, a broker outage or a crash.
-                    let _ = self.outbox.try_send(event);
+                    self.committed(event);
                     return Ok(Written {
                         pair: StoredPair {
                             key: key.clone(),
@@ -218,7 +214,42 @@ impl App {
         values: Values,
         pre: &Precondition,
     ) -> Result<Written, AppError> {
-        self.write(key, pre, |_| Ok(Some(values.clone()))).await
+        if *pre != Precondition::None {
+            return self.write(key, pre, |_| Ok(Some(values.clone()))).await;
+        }
+        // No precondition: the clock is ahead of every stored version, so "write if
+        // newer" succeeds in one round trip; only a racing newer write makes it retry.
+        self.ensure_clock().await?;
+        let mut seen = None;
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let event = Event::new(
+                key.clone(),
+                self.next_version(seen.as_ref()),
+                Op::Put(values.clone()),
+            );
+            let entry = Entry::from_event(&event);
+            let created = match self
+                .store
+                .write_local_if_newer(key, &entry, event.id)
+                .await?
+            {
+                LocalWrite::Created => true,
+                LocalWrite::Replaced => false,
+                LocalWrite::Stale => {
+                    seen = self.store.get(key).await?.map(|p| p.entry.version);
+                    continue;
+                }
+            };
+            self.committed(event);
+            return Ok(Written {
+                pair: StoredPair {
+                    key: key.clone(),
+                    entry,
+                },
+                created,
+            });
+        }
+        Err(AppError::Contended)
     }
 
     pub async fn append(&self, key: &Key, value: String) -> Result<Written, AppError> {
@@ -267,6 +298,15 @@ impl App {
             self.announce(event);
         }
         Ok(outcome)
+    }
+
+    /// After a local change is durable: tell the feed and hand it to the relay.
+    fn committed(&self, event: Event) {
+        self.announce(&event);
+        self.metrics.local_writes.inc();
+        // The outbox mark is durable; the relay publishes right away, and its periodic
+        // scan covers a full queue, a broker outage or a crash.
+        let _ = self.outbox.try_send(event);
     }
 
     fn announce(&self, event: &Event) {

@@ -17,7 +17,7 @@ use kvsync_core::{Digest, Entry, Event, Key, NodeId, Op, Outcome, Timestamp, Val
 use mongodb::{
     bson::{doc, Bson, Document},
     error::{ErrorKind, WriteFailure},
-    options::{ClientOptions, IndexOptions},
+    options::{ClientOptions, IndexOptions, ReturnDocument},
     Client, Collection, Database, IndexModel,
 };
 use uuid::Uuid;
@@ -70,6 +70,16 @@ impl StoredPair {
     pub fn origin(&self) -> &NodeId {
         &self.entry.version.node
     }
+}
+
+/// What [`Store::write_local_if_newer`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalWrite {
+    /// There was no live pair (absent, or a tombstone).
+    Created,
+    Replaced,
+    /// A version at least as new was stored: nothing written.
+    Stale,
 }
 
 /// Why a compare-and-swap write did not happen.
@@ -141,15 +151,7 @@ impl Store {
         event_id: Uuid,
     ) -> Result<(), CasError> {
         let mut document = entry_doc(entry);
-        document.insert(
-            "outbox",
-            doc! {
-                "id": event_id.to_string(),
-                "ver": entry.version.to_string(),
-                "values": values_bson(entry.values.as_ref()),
-                "deleted": entry.is_tombstone(),
-            },
-        );
+        document.insert("outbox", outbox_doc(entry, event_id));
         match expected {
             None => {
                 document.insert("_id", key.as_str());
@@ -172,6 +174,41 @@ impl Store {
                     Err(CasError::Conflict)
                 }
             }
+        }
+    }
+
+    /// Writes a local change (with its outbox mark) if `entry.version` is newer than
+    /// whatever is stored, for writes with no precondition. Replacing an existing pair
+    /// takes one round trip; a new key takes two.
+    pub async fn write_local_if_newer(
+        &self,
+        key: &Key,
+        entry: &Entry,
+        event_id: Uuid,
+    ) -> Result<LocalWrite, StoreError> {
+        let mut document = entry_doc(entry);
+        document.insert("outbox", outbox_doc(entry, event_id));
+        let filter = doc! { "_id": key.as_str(), "ver": { "$lt": entry.version.to_string() } };
+        let before = self
+            .pairs
+            .find_one_and_update(filter, doc! { "$set": document.clone() })
+            .return_document(ReturnDocument::Before)
+            .projection(doc! { "deleted": 1 })
+            .await?;
+        if let Some(before) = before {
+            return Ok(if decode_deleted(&before)? {
+                LocalWrite::Created
+            } else {
+                LocalWrite::Replaced
+            });
+        }
+        // No pair, or a newer one: the insert's duplicate-key error tells which. (Not an
+        // upsert: servers disagree on how a findAndModify upsert reports a collision.)
+        document.insert("_id", key.as_str());
+        match self.pairs.insert_one(document).await {
+            Ok(_) => Ok(LocalWrite::Created),
+            Err(e) if is_duplicate_key(&e) => Ok(LocalWrite::Stale),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -343,6 +380,15 @@ fn entry_doc(entry: &Entry) -> Document {
         "values": values_bson(entry.values.as_ref()),
         "deleted": entry.is_tombstone(),
         "ver": entry.version.to_string(),
+    }
+}
+
+fn outbox_doc(entry: &Entry, event_id: Uuid) -> Document {
+    doc! {
+        "id": event_id.to_string(),
+        "ver": entry.version.to_string(),
+        "values": values_bson(entry.values.as_ref()),
+        "deleted": entry.is_tombstone(),
     }
 }
 
