@@ -190,17 +190,7 @@ impl App {
                 .write_local(key, stored_version, &entry, event.id)
                 .await
             {
-                Ok(()) => {
-                    let created = live.is_none();
-                    self.committed(event);
-                    return Ok(Written {
-                        pair: StoredPair {
-                            key: key.clone(),
-                            entry,
-                        },
-                        created,
-                    });
-                }
+                Ok(()) => return Ok(self.committed(event, live.is_none())),
                 Err(CasError::Conflict) => continue,
                 Err(CasError::Store(e)) => return Err(e.into()),
             }
@@ -240,14 +230,7 @@ impl App {
                     continue;
                 }
             };
-            self.committed(event);
-            return Ok(Written {
-                pair: StoredPair {
-                    key: key.clone(),
-                    entry,
-                },
-                created,
-            });
+            return Ok(self.committed(event, created));
         }
         Err(AppError::Contended)
     }
@@ -301,12 +284,17 @@ impl App {
     }
 
     /// After a local change is durable: tell the feed and hand it to the relay.
-    fn committed(&self, event: Event) {
+    fn committed(&self, event: Event, created: bool) -> Written {
         self.announce(&event);
         self.metrics.local_writes.inc();
+        let pair = StoredPair {
+            key: event.key.clone(),
+            entry: Entry::from_event(&event),
+        };
         // The outbox mark is durable; the relay publishes right away, and its periodic
         // scan covers a full queue, a broker outage or a crash.
         let _ = self.outbox.try_send(event);
+        Written { pair, created }
     }
 
     fn announce(&self, event: &Event) {

@@ -103,37 +103,32 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 }
 
 async fn prepare_store(app: Arc<App>, shutdown: CancellationToken) {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        let result = async {
-            app.store.ensure_indexes().await?;
-            app.ensure_clock().await
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                tracing::info!("MongoDB ready");
-                return;
-            }
-            Err(e) => tracing::warn!(error = %e, "MongoDB not ready; retrying"),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
+    retry("MongoDB", &shutdown, || async {
+        app.store.ensure_indexes().await?;
+        app.ensure_clock().await
+    })
+    .await;
 }
 
 async fn ensure_topic(kafka: KafkaSettings, shutdown: CancellationToken) {
+    retry("topic", &shutdown, || kafka.ensure_topic()).await;
+}
+
+/// Runs `step` until it succeeds (with capped exponential backoff) or shutdown.
+async fn retry<F, Fut, E>(what: &str, shutdown: &CancellationToken, mut step: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     let mut delay = Duration::from_millis(200);
     loop {
-        match kafka.ensure_topic().await {
+        match step().await {
             Ok(()) => {
-                tracing::info!(topic = %kafka.topic, "topic ready");
+                tracing::info!("{what} ready");
                 return;
             }
-            Err(e) => tracing::warn!(error = %e, "cannot ensure topic yet; retrying"),
+            Err(e) => tracing::warn!(error = %e, "{what} not ready; retrying"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

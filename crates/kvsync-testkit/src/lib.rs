@@ -111,25 +111,83 @@ where
     }
 }
 
+/// An external server that can be killed and started again on the same port with the
+/// same data directory.
+struct Service {
+    name: &'static str,
+    port: u16,
+    program: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    dir: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl Service {
+    fn new(name: &'static str, program: &Path, dir: &Path, port: u16) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Ok(Self {
+            name,
+            port: if port == 0 { free_port()? } else { port },
+            program: program.to_owned(),
+            args: Vec::new(),
+            dir: dir.to_owned(),
+            proc: None,
+        })
+    }
+
+    async fn start(&mut self) -> Result<()> {
+        let mut proc = Proc::spawn(
+            self.name,
+            std::process::Command::new(&self.program)
+                .args(&self.args)
+                .current_dir(&self.dir),
+            &self.dir.join(format!("{}.log", self.name)),
+        )?;
+        wait_for_port(self.port, &mut proc, Duration::from_secs(30)).await?;
+        self.proc = Some(proc);
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        if let Some(p) = &self.proc {
+            p.signal(signal);
+        }
+    }
+}
+
 /// A tansu broker with durable (SQLite) storage in its own directory.
 pub struct Broker {
     pub port: u16,
-    dir: PathBuf,
-    tansu: PathBuf,
-    proc: Option<Proc>,
+    service: Service,
 }
 
 impl Broker {
     pub async fn start(tools: &Tools, dir: &Path, port: u16) -> Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let mut b = Self {
-            port: if port == 0 { free_port()? } else { port },
-            dir: dir.to_owned(),
-            tansu: tools.tansu.clone(),
-            proc: None,
-        };
-        b.resume_service().await?;
-        Ok(b)
+        let mut service = Service::new("tansu", &tools.tansu, dir, port)?;
+        let url = format!("tcp://127.0.0.1:{}", service.port);
+        service.args = [
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ]
+        // tansu resolves sqlite:// paths against its working directory.
+        .into_iter()
+        .chain(["--storage-engine", "sqlite://broker.db"])
+        .map(Into::into)
+        .collect();
+        service.start().await?;
+        Ok(Self {
+            port: service.port,
+            service,
+        })
     }
 
     pub fn addr(&self) -> String {
@@ -138,67 +196,52 @@ impl Broker {
 
     /// Starts the broker again (same port, same data) after [`Broker::kill`].
     pub async fn resume_service(&mut self) -> Result<()> {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let mut proc = Proc::spawn(
-            "tansu",
-            std::process::Command::new(&self.tansu)
-                .args([
-                    "broker",
-                    "--listener-url",
-                    &url,
-                    "--advertised-listener-url",
-                    &url,
-                ])
-                // tansu resolves sqlite:// paths against its working directory.
-                .args(["--storage-engine", "sqlite://broker.db"])
-                .current_dir(&self.dir),
-            &self.dir.join("broker.log"),
-        )?;
-        wait_for_port(self.port, &mut proc, Duration::from_secs(30)).await?;
-        self.proc = Some(proc);
-        Ok(())
+        self.service.start().await
     }
 
     /// SIGKILL: the broker vanishes mid-flight.
     pub fn kill(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.kill();
-        }
+        self.service.kill();
     }
 
     /// SIGSTOP / SIGCONT: the broker hangs with its connections open.
     pub fn pause(&self) {
-        if let Some(p) = &self.proc {
-            p.signal(libc::SIGSTOP);
-        }
+        self.service.signal(libc::SIGSTOP);
     }
 
     pub fn unpause(&self) {
-        if let Some(p) = &self.proc {
-            p.signal(libc::SIGCONT);
-        }
+        self.service.signal(libc::SIGCONT);
     }
 }
 
 /// An nx-27017 MongoDB-protocol server on SQLite.
 pub struct Mongo {
     pub port: u16,
-    dir: PathBuf,
-    nx: PathBuf,
-    proc: Option<Proc>,
+    service: Service,
 }
 
 impl Mongo {
     pub async fn start(tools: &Tools, dir: &Path, port: u16) -> Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let mut m = Self {
-            port: if port == 0 { free_port()? } else { port },
-            dir: dir.to_owned(),
-            nx: tools.nx_27017.clone(),
-            proc: None,
-        };
-        m.resume_service().await?;
-        Ok(m)
+        let mut service = Service::new("nx-27017", &tools.nx_27017, dir, port)?;
+        // Own pid and log files: their defaults are shared by every instance.
+        service.args = [
+            "--db",
+            "data.db",
+            "-p",
+            &service.port.to_string(),
+            "--pid-file",
+            "nx.pid",
+            "--log-file",
+            "nx.log",
+        ]
+        .into_iter()
+        .map(Into::into)
+        .collect();
+        service.start().await?;
+        Ok(Self {
+            port: service.port,
+            service,
+        })
     }
 
     pub fn uri(&self) -> String {
@@ -206,28 +249,20 @@ impl Mongo {
     }
 
     pub async fn resume_service(&mut self) -> Result<()> {
-        let d = &self.dir;
-        let mut proc = Proc::spawn(
-            "nx-27017",
-            std::process::Command::new(&self.nx)
-                .arg("--db")
-                .arg(d.join("data.db"))
-                .args(["-p", &self.port.to_string()])
-                .arg("--pid-file")
-                .arg(d.join("nx.pid"))
-                .arg("--log-file")
-                .arg(d.join("nx.log")),
-            &d.join("nx.out"),
-        )?;
-        wait_for_port(self.port, &mut proc, Duration::from_secs(30)).await?;
-        self.proc = Some(proc);
-        Ok(())
+        self.service.start().await
     }
 
     pub fn kill(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.kill();
-        }
+        self.service.kill();
+    }
+
+    /// SIGSTOP / SIGCONT: the server hangs with its connections open.
+    pub fn pause(&self) {
+        self.service.signal(libc::SIGSTOP);
+    }
+
+    pub fn unpause(&self) {
+        self.service.signal(libc::SIGCONT);
     }
 }
 
