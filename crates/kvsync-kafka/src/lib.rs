@@ -98,6 +98,12 @@ impl KafkaSettings {
         for result in admin.create_topics([&topic], &options).await? {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                // Not ours to create here: an operator provisions it. Go on and consume.
+                Err((topic, code @ RDKafkaErrorCode::TopicAuthorizationFailed))
+                | Err((topic, code @ RDKafkaErrorCode::ClusterAuthorizationFailed))
+                | Err((topic, code @ RDKafkaErrorCode::PolicyViolation)) => {
+                    tracing::warn!(%topic, %code, "not allowed to create the topic; assuming it exists");
+                }
                 Err((topic, code)) => return Err(BusError::CreateTopic { topic, code }),
             }
         }
@@ -207,8 +213,15 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
-    pub fn new(settings: &KafkaSettings, group_id: &str) -> Result<Self, BusError> {
-        let context = Context::default();
+    /// A consumer whose partition assignment shows in `state`. Create it once the topic
+    /// exists: a client that first met a missing broker or topic can take many seconds
+    /// to join its group.
+    pub fn new(
+        settings: &KafkaSettings,
+        group_id: &str,
+        state: &ConsumerState,
+    ) -> Result<Self, BusError> {
+        let context = state.0.clone();
         let consumer: StreamConsumer<Context> = settings
             .config()
             .set("group.id", group_id)
@@ -224,6 +237,9 @@ impl Subscriber {
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
             .set("topic.metadata.refresh.interval.ms", "5000")
+            // Re-find the group coordinator within a second (a tenth of this) when the
+            // broker comes up after the node, instead of the default minute.
+            .set("coordinator.query.interval.ms", "10000")
             .set("allow.auto.create.topics", "false")
             .create_with_context(context.clone())?;
         consumer.subscribe(&[&settings.topic])?;
@@ -254,18 +270,13 @@ impl Subscriber {
     }
 }
 
-/// A handle for readiness checks that outlives borrows of the consumer.
-#[derive(Clone)]
+/// The consumer's partition assignment, readable (for readiness checks) before the
+/// consumer exists and while it runs.
+#[derive(Clone, Default)]
 pub struct ConsumerState(Context);
 
 impl ConsumerState {
     pub fn assigned_partitions(&self) -> usize {
         self.0.assigned.load(Ordering::Relaxed)
-    }
-}
-
-impl Subscriber {
-    pub fn state(&self) -> ConsumerState {
-        ConsumerState(self.context.clone())
     }
 }

@@ -10,7 +10,7 @@ pub mod replicator;
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use kvsync_kafka::{KafkaSettings, Publisher, Subscriber};
+use kvsync_kafka::{ConsumerState, Publisher, Subscriber};
 use kvsync_store::Store;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -45,7 +45,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     .await
     .context("MongoDB configuration")?;
     let publisher = Publisher::new(&kafka).context("Kafka producer")?;
-    let subscriber = Subscriber::new(&kafka, &group).context("Kafka consumer")?;
+    let consumer = ConsumerState::default();
     let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX_QUEUE);
     let app = Arc::new(App::new(node, store, Metrics::new(), outbox_tx));
 
@@ -54,9 +54,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .with_context(|| format!("binding {}", config.http_addr))?;
     let ctx = Arc::new(http::Shared {
         app: app.clone(),
-        consumer: subscriber.state(),
+        consumer: consumer.clone(),
         topic: kafka.topic.clone(),
-        group,
+        group: group.clone(),
         token: config.api_token.as_deref().map(http::Token::new),
         shutdown: shutdown.clone(),
     });
@@ -64,15 +64,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     // Neither MongoDB nor Kafka has to be up for the node to start: these retry.
     tokio::spawn(prepare_store(app.clone(), shutdown.clone()));
-    tokio::spawn(ensure_topic(kafka.clone(), shutdown.clone()));
 
     let consumer_stop = CancellationToken::new();
-    let replicator = tokio::spawn(replicator::run(
-        app.clone(),
-        subscriber,
-        config.max_clock_skew_ms,
-        consumer_stop.clone(),
-    ));
+    let replicator = tokio::spawn({
+        let (app, stop, skew) = (app.clone(), consumer_stop.clone(), config.max_clock_skew_ms);
+        async move {
+            retry("topic", &stop, || kafka.ensure_topic()).await;
+            if stop.is_cancelled() {
+                return;
+            }
+            match Subscriber::new(&kafka, &group, &consumer) {
+                Ok(subscriber) => replicator::run(app, subscriber, skew, stop).await,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot create the consumer; replication is off")
+                }
+            }
+        }
+    });
     let relay_stop = CancellationToken::new();
     let drain = Duration::from_millis(config.shutdown_timeout_ms);
     let relay = tokio::spawn(
@@ -108,10 +116,6 @@ async fn prepare_store(app: Arc<App>, shutdown: CancellationToken) {
         app.ensure_clock().await
     })
     .await;
-}
-
-async fn ensure_topic(kafka: KafkaSettings, shutdown: CancellationToken) {
-    retry("topic", &shutdown, || kafka.ensure_topic()).await;
 }
 
 /// Runs `step` until it succeeds (with capped exponential backoff) or shutdown.

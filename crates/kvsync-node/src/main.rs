@@ -13,7 +13,10 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn init_tracing(config: &Config) {
-    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|e| {
+    // rdkafka reports every second that it ignored librdkafka's error events, which our
+    // client context already logs (once per outage).
+    let quiet = "rdkafka::producer::base_producer=error";
+    let filter = EnvFilter::try_new(format!("{quiet},{}", config.log)).unwrap_or_else(|e| {
         eprintln!("invalid KVSYNC_LOG filter ({e}); using \"info\"");
         EnvFilter::new("info")
     });

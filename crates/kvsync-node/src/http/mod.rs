@@ -67,10 +67,11 @@ pub fn router(ctx: Ctx, cors_origins: &[String]) -> Router {
         ))
         .layer(middleware::from_fn_with_state(ctx.clone(), count_requests))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        // A 503 while MongoDB is down is expected operation, not an error of ours.
+        // 5xx answers are logged once where they arise (see ApiError); readiness
+        // probes answer 503 on purpose.
         .layer(
             TraceLayer::new_for_http()
-                .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN)),
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         );
     if let Some(cors) = cors_layer(cors_origins) {
         router = router.layer(cors);
