@@ -33,14 +33,16 @@ export function loadPlaywright() {
  * Starts `kvsync-cluster --nodes N` and waits for its JSON ready line.
  * KVSYNC_CLUSTER_BIN overrides the binary (default: target/debug/kvsync-cluster).
  */
-export async function startCluster({ nodes = 2, timeoutMs = 120_000 } = {}) {
+export async function startCluster({ nodes = 2, nodeEnv = {}, timeoutMs = 120_000 } = {}) {
   const bin = process.env.KVSYNC_CLUSTER_BIN || path.join(ROOT, 'target', 'debug', 'kvsync-cluster');
   if (!fs.existsSync(bin)) {
     throw new Error(`${bin} does not exist; build it with: cargo build -p kvsync-node -p kvsync-testkit`);
   }
   fs.mkdirSync(ARTIFACTS, { recursive: true });
   const log = fs.createWriteStream(path.join(ARTIFACTS, 'cluster.log'));
-  const child = spawn(bin, ['--nodes', String(nodes)], {
+  const args = ['--nodes', String(nodes)];
+  for (const [k, v] of Object.entries(nodeEnv)) args.push('--node-env', `${k}=${v}`);
+  const child = spawn(bin, args, {
     cwd: ROOT,
     stdio: ['pipe', 'pipe', 'pipe'],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' },
@@ -113,11 +115,12 @@ export async function launchBrowser() {
 }
 
 /** Small JSON client for the node API, used to change data behind a page's back. */
-export function apiClient(baseUrl) {
+export function apiClient(baseUrl, { token } = {}) {
+  const auth = token ? { Authorization: `Bearer ${token}` } : {};
   async function call(method, p, { body, headers = {} } = {}) {
     const res = await fetch(new URL(p, baseUrl + '/'), {
       method,
-      headers: { ...(body !== undefined ? { 'Content-Type': 'application/json' } : {}), ...headers },
+      headers: { ...(body !== undefined ? { 'Content-Type': 'application/json' } : {}), ...auth, ...headers },
       body: body === undefined ? undefined : JSON.stringify(body),
     });
     const text = await res.text();
