@@ -1,0 +1,296 @@
+//! What the benchmark runs against: a local cluster it starts itself (the default), or
+//! two running nodes given by URL.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use kvsync_testkit::{Client, Cluster, ClusterOptions, Mongo, Tools};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Args)]
+pub struct TargetArgs {
+    /// URL of the node that takes the writes. Default: start a local cluster.
+    #[arg(long, requires = "node_b")]
+    pub node_a: Option<String>,
+    /// URL of the node whose change feed is watched.
+    #[arg(long, requires = "node_a")]
+    pub node_b: Option<String>,
+    /// Bearer token for the nodes' API, if they require one.
+    #[arg(long, env = "KVSYNC_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Kafka bootstrap servers for the floor, with --node-a/--node-b (a local cluster
+    /// uses its own broker).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// MongoDB URI for the floor's database writes, with --node-a/--node-b: node B's
+    /// server if it keeps databases apart (MongoDB does; nx-27017 does not, so give it a
+    /// separate instance). The floor's documents are deleted afterwards.
+    #[arg(long)]
+    pub mongodb_uri: Option<String>,
+    /// fetch.wait.max.ms for the local cluster's nodes and the floor's consumer (the
+    /// node's KVSYNC_KAFKA_FETCH_WAIT_MS; its default is 5).
+    #[arg(long, default_value_t = 5)]
+    pub fetch_wait_ms: u32,
+    /// Partitions of the floor's topic (the node creates its topic with 3).
+    #[arg(long, default_value_t = 3)]
+    pub partitions: i32,
+}
+
+pub struct Target {
+    pub a: Client,
+    pub b: Client,
+    /// Process ids of nodes A and B (local cluster only), for their memory.
+    pub pids: Vec<u32>,
+    pub brokers: Option<String>,
+    /// Node B's database, where the floor's writes go.
+    pub mongodb_uri: Option<String>,
+    pub fetch_wait_ms: u32,
+    pub partitions: i32,
+    pub local: bool,
+    /// Starts a dedicated MongoDB-protocol server for the floor (local cluster only).
+    pub mongo_for_floor: Option<FloorMongo>,
+    /// Keeps the local cluster running.
+    _cluster: Option<Cluster>,
+}
+
+impl Target {
+    pub async fn open(args: &TargetArgs) -> Result<Self> {
+        let with_token = |c: Client| match &args.token {
+            Some(t) => c.with_token(t),
+            None => c,
+        };
+        if let (Some(a), Some(b)) = (&args.node_a, &args.node_b) {
+            return Ok(Self {
+                a: with_token(Client::new(a)),
+                b: with_token(Client::new(b)),
+                pids: Vec::new(),
+                brokers: args.brokers.clone(),
+                mongodb_uri: args.mongodb_uri.clone(),
+                fetch_wait_ms: args.fetch_wait_ms,
+                partitions: args.partitions,
+                local: false,
+                mongo_for_floor: None,
+                _cluster: None,
+            });
+        }
+        eprintln!("starting a local cluster (broker, 2 MongoDB-protocol servers, 2 nodes)");
+        let cluster = Cluster::start(ClusterOptions {
+            nodes: 2,
+            env: vec![
+                (
+                    "KVSYNC_KAFKA_FETCH_WAIT_MS".into(),
+                    args.fetch_wait_ms.to_string(),
+                ),
+                ("KVSYNC_LOG".into(), "warn".into()),
+            ],
+            ..Default::default()
+        })
+        .await
+        .context("starting the local cluster (see scripts/install-deps.sh)")?;
+        Ok(Self {
+            a: cluster.nodes[0].client(),
+            b: cluster.nodes[1].client(),
+            pids: cluster.nodes.iter().filter_map(|n| n.pid()).collect(),
+            brokers: Some(cluster.broker.addr()),
+            mongodb_uri: Some(cluster.mongos[1].uri()),
+            fetch_wait_ms: args.fetch_wait_ms,
+            partitions: args.partitions,
+            local: true,
+            mongo_for_floor: Some(FloorMongo),
+            _cluster: Some(cluster),
+        })
+    }
+
+    /// Resident memory of nodes A and B in KiB (local cluster only).
+    pub fn rss(&self) -> Option<Rss> {
+        match self.pids.as_slice() {
+            [a, b, ..] => Some(Rss {
+                a_kib: rss_kib(*a)?,
+                b_kib: rss_kib(*b)?,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Waits until A and B hold identical state (equal digests). Returns how long that
+    /// took and how long one digest round (both nodes) took at the end.
+    pub async fn converge(&self, timeout: Duration) -> Result<(Duration, Duration)> {
+        let start = tokio::time::Instant::now();
+        loop {
+            let round = tokio::time::Instant::now();
+            let (a, b) = tokio::join!(self.a.digest(), self.b.digest());
+            let round = round.elapsed();
+            if let (Ok(a), Ok(b)) = (&a, &b) {
+                if a == b {
+                    return Ok((start.elapsed(), round));
+                }
+            }
+            if start.elapsed() > timeout {
+                anyhow::bail!("A and B did not converge within {timeout:?}: {a:?} vs {b:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A fresh nx-27017 (the cluster's MongoDB-protocol server) for the floor's writes.
+pub struct FloorMongo;
+
+impl FloorMongo {
+    pub async fn start(&self) -> Result<(Mongo, tempfile::TempDir)> {
+        let tools = Tools::locate()?;
+        let dir = tempfile::Builder::new()
+            .prefix("kvsync-bench-floor-")
+            .tempdir()?;
+        let mongo = Mongo::start(&tools, dir.path(), 0).await?;
+        Ok((mongo, dir))
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Rss {
+    pub a_kib: u64,
+    pub b_kib: u64,
+}
+
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// A run id that keeps this run's keys apart from earlier runs' on the same nodes.
+pub fn run_id() -> String {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    format!("{ms:x}")
+}
+
+/// A small fast generator for payloads (xorshift64*); quality is beside the point.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new() -> Self {
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        Self(seed | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next_u64() % (hi - lo + 1) as u64) as usize
+    }
+
+    /// `len` random ASCII letters and digits.
+    pub fn text(&mut self, len: usize) -> String {
+        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+        (0..len)
+            .map(|_| ALPHABET[(self.next_u64() % ALPHABET.len() as u64) as usize] as char)
+            .collect()
+    }
+}
+
+/// One payload set of the latency benchmark: the size of the pair's single value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload {
+    Fixed(usize),
+    Random { min: usize, max: usize },
+}
+
+impl Payload {
+    pub fn label(&self) -> String {
+        match self {
+            Payload::Fixed(n) => format!("{n} B"),
+            Payload::Random { min, max } => format!("random {min}-{max} B"),
+        }
+    }
+
+    /// Short name for keys and JSON.
+    pub fn name(&self) -> String {
+        match self {
+            Payload::Fixed(n) => n.to_string(),
+            Payload::Random { .. } => "random".into(),
+        }
+    }
+
+    pub fn size(&self, rng: &mut Rng) -> usize {
+        match *self {
+            Payload::Fixed(n) => n,
+            Payload::Random { min, max } => rng.range(min, max),
+        }
+    }
+}
+
+/// Parses "10,256,512,random" (random: sizes between the smallest and largest fixed
+/// size given, 10 and 512 if none).
+pub fn parse_payloads(raw: &str) -> Result<Vec<Payload>> {
+    let mut fixed = Vec::new();
+    let mut random = false;
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if part == "random" {
+            random = true;
+        } else {
+            let n: usize = part
+                .parse()
+                .with_context(|| format!("payload size {part:?}: a number of bytes or 'random'"))?;
+            anyhow::ensure!(n <= 64 * 1024, "payload {n} exceeds the 64 KiB value limit");
+            fixed.push(Payload::Fixed(n));
+        }
+    }
+    if random {
+        let sizes = fixed.iter().map(|p| match p {
+            Payload::Fixed(n) => *n,
+            Payload::Random { .. } => 0,
+        });
+        let (min, max) = (
+            sizes.clone().min().unwrap_or(10),
+            sizes.max().unwrap_or(512),
+        );
+        let (min, max) = if min == max { (10, 512) } else { (min, max) };
+        fixed.push(Payload::Random { min, max });
+    }
+    anyhow::ensure!(!fixed.is_empty(), "no payload sets given");
+    Ok(fixed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_sets() {
+        let p = parse_payloads("10,256,512,random").unwrap();
+        assert_eq!(
+            p,
+            vec![
+                Payload::Fixed(10),
+                Payload::Fixed(256),
+                Payload::Fixed(512),
+                Payload::Random { min: 10, max: 512 }
+            ]
+        );
+        assert_eq!(p[3].label(), "random 10-512 B");
+        let mut rng = Rng::new();
+        for _ in 0..1000 {
+            let n = p[3].size(&mut rng);
+            assert!((10..=512).contains(&n));
+        }
+        assert_eq!(rng.text(17).len(), 17);
+        assert!(parse_payloads("x").is_err());
+        assert!(parse_payloads("").is_err());
+    }
+}

@@ -1,0 +1,211 @@
+//! Throughput: concurrent writers on node A for a bounded time (or a number of writes),
+//! then how long node B takes to hold the same state.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::Result;
+use clap::Args;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::{
+    latency::ms,
+    progress,
+    stats::{Samples, Stats},
+    target::{run_id, Rng, Rss, Target},
+};
+
+#[derive(Debug, Clone, Args)]
+pub struct ThroughputArgs {
+    /// Concurrent writers on node A.
+    #[arg(long, default_value_t = 16)]
+    pub writers: usize,
+    /// How long the writers run (seconds), unless --writes is given.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Run until this many writes were made instead of for --seconds (e.g. 100000 for
+    /// the memory check).
+    #[arg(long)]
+    pub writes: Option<u64>,
+    /// Distinct keys the writers cycle through (later writes replace earlier ones).
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: u64,
+    /// Size of each write's value in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub value_bytes: usize,
+    /// Longest wait for node B to converge after the writes (seconds).
+    #[arg(long, default_value_t = 300.0)]
+    pub converge_timeout: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ThroughputResult {
+    pub writers: usize,
+    pub value_bytes: usize,
+    pub keys: u64,
+    pub writes: u64,
+    pub acknowledged: u64,
+    pub errors: u64,
+    pub error_samples: Vec<String>,
+    pub seconds: f64,
+    pub writes_per_s: f64,
+    pub write_latency: Stats,
+    /// From the last acknowledged write until A and B had equal digests.
+    pub converged_after_ms: Option<f64>,
+    /// How long one digest round (both nodes, concurrently) took: the resolution of the
+    /// figure above.
+    pub digest_round_ms: Option<f64>,
+    pub converge_error: Option<String>,
+    pub rss_before: Option<Rss>,
+    pub rss_after: Option<Rss>,
+    pub rss_peak: Option<Rss>,
+}
+
+pub async fn run(target: &Target, args: &ThroughputArgs) -> Result<ThroughputResult> {
+    anyhow::ensure!(
+        args.writers > 0 && args.keys > 0,
+        "writers and keys must be positive"
+    );
+    let prefix = format!("bench-{}/tp/", run_id());
+    let issued = Arc::new(AtomicU64::new(0));
+    let limit = args.writes;
+    let duration = Duration::from_secs_f64(args.seconds);
+    let rss_before = target.rss();
+    let pb = match limit {
+        Some(n) => progress::bar(n, "throughput: writes"),
+        None => progress::bar(duration.as_millis() as u64, "throughput: ms"),
+    };
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for w in 0..args.writers {
+        let (client, issued, prefix, keys, bytes) = (
+            target.a.clone(),
+            issued.clone(),
+            prefix.clone(),
+            args.keys,
+            args.value_bytes,
+        );
+        let pb = pb.clone();
+        handles.push(tokio::spawn(async move {
+            let mut rng = Rng::new();
+            let mut lat = Samples::default();
+            let mut errors = Vec::new();
+            let mut error_count = 0u64;
+            let mut last_ack = start;
+            loop {
+                let i = issued.fetch_add(1, Ordering::Relaxed);
+                match limit {
+                    Some(n) if i >= n => break,
+                    None if start.elapsed() >= duration => break,
+                    _ => {}
+                }
+                let key = format!("{prefix}{}", i % keys);
+                let value = rng.text(bytes);
+                let t0 = Instant::now();
+                match client.put(&key, &[value.as_str()]).await {
+                    Ok(_) => {
+                        last_ack = Instant::now();
+                        lat.push(ms(last_ack - t0));
+                    }
+                    Err(e) => {
+                        error_count += 1;
+                        if errors.len() < 3 {
+                            errors.push(format!("writer {w}: {e}"));
+                        }
+                    }
+                }
+                if limit.is_some() {
+                    pb.inc(1);
+                }
+            }
+            (lat, error_count, errors, last_ack)
+        }));
+    }
+    // Time-bound bar and memory peak, sampled while the writers run.
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let sampler = {
+        let pb = pb.clone();
+        let pids = target.pids.clone();
+        let timed = limit.is_none();
+        tokio::spawn(async move {
+            let mut peak: Option<Rss> = None;
+            loop {
+                if timed {
+                    pb.set_position(start.elapsed().as_millis() as u64);
+                }
+                if let [a, b, ..] = pids.as_slice() {
+                    if let (Some(a), Some(b)) =
+                        (crate::target::rss_kib(*a), crate::target::rss_kib(*b))
+                    {
+                        peak = Some(match peak {
+                            Some(p) => Rss {
+                                a_kib: p.a_kib.max(a),
+                                b_kib: p.b_kib.max(b),
+                            },
+                            None => Rss { a_kib: a, b_kib: b },
+                        });
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    _ = &mut stop_rx => return peak,
+                }
+            }
+        })
+    };
+    let mut lat = Samples::default();
+    let mut errors = 0;
+    let mut error_samples = Vec::new();
+    let mut end = start;
+    for h in handles {
+        let (l, e, s, last) = h.await?;
+        lat.extend(l);
+        errors += e;
+        error_samples.extend(s);
+        end = end.max(last);
+    }
+    pb.finish_and_clear();
+    let _ = stop_tx.send(());
+    let mut rss_peak = sampler.await?;
+    let seconds = (end - start).as_secs_f64();
+    let acknowledged = lat.len() as u64;
+    eprintln!(
+        "throughput: {acknowledged} writes acknowledged in {seconds:.1} s; waiting for node B"
+    );
+    let timeout = Duration::from_secs_f64(args.converge_timeout);
+    let (converged_after_ms, digest_round_ms, converge_error) = match target.converge(timeout).await
+    {
+        Ok((_, round)) => (Some(ms(end.elapsed())), Some(ms(round)), None),
+        Err(e) => (None, None, Some(e.to_string())),
+    };
+    let rss_after = target.rss();
+    if let (Some(p), Some(a)) = (rss_peak.as_mut(), rss_after) {
+        p.a_kib = p.a_kib.max(a.a_kib);
+        p.b_kib = p.b_kib.max(a.b_kib);
+    }
+    error_samples.truncate(5);
+    Ok(ThroughputResult {
+        writers: args.writers,
+        value_bytes: args.value_bytes,
+        keys: args.keys,
+        writes: acknowledged + errors,
+        acknowledged,
+        errors,
+        error_samples,
+        seconds: crate::stats::round3(seconds),
+        writes_per_s: crate::stats::round3(acknowledged as f64 / seconds.max(1e-9)),
+        write_latency: lat.stats().rounded(),
+        converged_after_ms: converged_after_ms.map(crate::stats::round3),
+        digest_round_ms: digest_round_ms.map(crate::stats::round3),
+        converge_error,
+        rss_before,
+        rss_after,
+        rss_peak,
+    })
+}
