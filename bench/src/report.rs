@@ -625,6 +625,33 @@ fn throughput_section(s: &mut String, t: &ThroughputResult, rss_start: Option<Rs
     for e in &t.error_samples {
         let _ = writeln!(s, "- error: {e}");
     }
+    if let Some(db) = t.db_alone_writes_per_s {
+        let _ = writeln!(
+            s,
+            "The same {} writers calling `Store::write_local_if_newer` directly on a dedicated nx-27017 (no HTTP, no \
+             node, no replication): **{:.0} writes/s**; kvsync reaches {:.2}× that.\n",
+            t.writers,
+            db,
+            t.writes_per_s / db
+        );
+    }
+    if !t.cpu.is_empty() {
+        let _ = writeln!(s, "CPU used during the writes ({:.1} s):\n", t.seconds);
+        let _ = writeln!(
+            s,
+            "| process | CPU seconds | share of the machine |\n|---|--:|--:|"
+        );
+        for c in &t.cpu {
+            let _ = writeln!(
+                s,
+                "| {} | {:.2} | {:.0} % |",
+                c.process,
+                c.cpu_seconds,
+                c.share_of_machine * 100.0
+            );
+        }
+        s.push('\n');
+    }
     if let (Some(b), Some(a)) = (t.rss_before, t.rss_after) {
         let _ = writeln!(s, "## Node memory (VmRSS, MiB)\n");
         let _ = writeln!(s, "| when | node 1 | node 2 |\n|---|--:|--:|");

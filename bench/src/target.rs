@@ -42,6 +42,9 @@ pub struct Target {
     pub b: Client,
     /// Process ids of nodes A and B (local cluster only), for their memory.
     pub pids: Vec<u32>,
+    /// The local cluster's processes with a label (node 1, MongoDB 1, broker, ...), for
+    /// their CPU time.
+    pub procs: Vec<(u32, String)>,
     pub brokers: Option<String>,
     /// Node B's database, where the floor's writes go.
     pub mongodb_uri: Option<String>,
@@ -65,6 +68,7 @@ impl Target {
                 a: with_token(Client::new(a)),
                 b: with_token(Client::new(b)),
                 pids: Vec::new(),
+                procs: Vec::new(),
                 brokers: args.brokers.clone(),
                 mongodb_uri: args.mongodb_uri.clone(),
                 fetch_wait_ms: args.fetch_wait_ms,
@@ -88,8 +92,10 @@ impl Target {
         })
         .await
         .context("starting the local cluster (see scripts/install-deps.sh)")?;
+        let procs = label_children(&cluster);
         Ok(Self {
             a: cluster.nodes[0].client(),
+            procs,
             b: cluster.nodes[1].client(),
             pids: cluster.nodes.iter().filter_map(|n| n.pid()).collect(),
             brokers: Some(cluster.broker.addr()),
@@ -132,6 +138,69 @@ impl Target {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Labels the cluster's processes among this process's children.
+fn label_children(cluster: &Cluster) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The fields after the parenthesised command name: state, ppid, ...
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid != Some(me) {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let label = if let Some(i) = cluster.nodes.iter().position(|n| n.pid() == Some(pid)) {
+            format!("kvsync-node {}", i + 1)
+        } else if args.iter().any(|a| a.ends_with("tansu")) {
+            "broker (tansu)".to_owned()
+        } else if let Some(i) = cluster.mongos.iter().position(|m| {
+            args.windows(2)
+                .any(|w| w[0] == "-p" && w[1] == m.port.to_string())
+        }) {
+            format!("MongoDB {} (nx-27017)", i + 1)
+        } else {
+            continue;
+        };
+        out.push((pid, label));
+    }
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    out
+}
+
+/// CPU time (user + system) a process has used so far, in seconds.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat; 12 and 13 after the command name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / clock_ticks())
+}
+
+fn clock_ticks() -> f64 {
+    100.0 // USER_HZ on Linux, whatever the kernel's HZ.
 }
 
 /// A fresh nx-27017 (the cluster's MongoDB-protocol server) for the floor's writes.

@@ -18,7 +18,7 @@ use crate::{
     latency::ms,
     progress,
     stats::{Samples, Stats},
-    target::{run_id, Rng, Rss, Target},
+    target::{cpu_seconds, run_id, FloorMongo, Rng, Rss, Target},
 };
 
 #[derive(Debug, Clone, Args)]
@@ -62,9 +62,24 @@ pub struct ThroughputResult {
     /// figure above.
     pub digest_round_ms: Option<f64>,
     pub converge_error: Option<String>,
+    /// CPU seconds each process of the local cluster (and the benchmark) used during
+    /// the writes, and that as a share of the machine's cores over the run.
+    pub cpu: Vec<CpuUse>,
+    /// The same writers and key pattern calling `Store::write_local_if_newer` directly on
+    /// a dedicated MongoDB-protocol server (no HTTP, no node): what the database alone
+    /// sustains.
+    pub db_alone_writes_per_s: Option<f64>,
     pub rss_before: Option<Rss>,
     pub rss_after: Option<Rss>,
     pub rss_peak: Option<Rss>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CpuUse {
+    pub process: String,
+    pub cpu_seconds: f64,
+    /// cpu_seconds / (run seconds × cores).
+    pub share_of_machine: f64,
 }
 
 pub async fn run(target: &Target, args: &ThroughputArgs) -> Result<ThroughputResult> {
@@ -81,6 +96,9 @@ pub async fn run(target: &Target, args: &ThroughputArgs) -> Result<ThroughputRes
         Some(n) => progress::bar(n, "throughput: writes"),
         None => progress::bar(duration.as_millis() as u64, "throughput: ms"),
     };
+    let mut procs = target.procs.clone();
+    procs.push((std::process::id(), "kvsync-bench (the writers)".into()));
+    let cpu_before: Vec<Option<f64>> = procs.iter().map(|(p, _)| cpu_seconds(*p)).collect();
     let start = Instant::now();
     let mut handles = Vec::new();
     for w in 0..args.writers {
@@ -174,6 +192,22 @@ pub async fn run(target: &Target, args: &ThroughputArgs) -> Result<ThroughputRes
     let _ = stop_tx.send(());
     let mut rss_peak = sampler.await?;
     let seconds = (end - start).as_secs_f64();
+    let wall = start.elapsed().as_secs_f64();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
+    let cpu = procs
+        .iter()
+        .zip(cpu_before)
+        .filter_map(|((pid, name), before)| {
+            let used = cpu_seconds(*pid)? - before?;
+            Some(CpuUse {
+                process: name.clone(),
+                cpu_seconds: crate::stats::round3(used),
+                share_of_machine: crate::stats::round3(used / (wall * cores)),
+            })
+        })
+        .collect();
     let acknowledged = lat.len() as u64;
     eprintln!(
         "throughput: {acknowledged} writes acknowledged in {seconds:.1} s; waiting for node B"
@@ -190,6 +224,13 @@ pub async fn run(target: &Target, args: &ThroughputArgs) -> Result<ThroughputRes
         p.b_kib = p.b_kib.max(a.b_kib);
     }
     error_samples.truncate(5);
+    let db_alone_writes_per_s = match &target.mongo_for_floor {
+        Some(m) => {
+            eprintln!("throughput: the same writers on the database alone");
+            Some(db_alone(m, args, duration.min(Duration::from_secs(5))).await?)
+        }
+        None => None,
+    };
     Ok(ThroughputResult {
         writers: args.writers,
         value_bytes: args.value_bytes,
@@ -204,8 +245,61 @@ pub async fn run(target: &Target, args: &ThroughputArgs) -> Result<ThroughputRes
         converged_after_ms: converged_after_ms.map(crate::stats::round3),
         digest_round_ms: digest_round_ms.map(crate::stats::round3),
         converge_error,
+        cpu,
+        db_alone_writes_per_s: db_alone_writes_per_s.map(crate::stats::round3),
         rss_before,
         rss_after,
         rss_peak,
     })
+}
+
+/// Writes/s of `args.writers` concurrent `write_local_if_newer` calls on a dedicated
+/// server, keys cycling like the HTTP writers'.
+async fn db_alone(server: &FloorMongo, args: &ThroughputArgs, duration: Duration) -> Result<f64> {
+    use kvsync_core::{Entry, Event, Key, NodeId, Op, Timestamp, Values, Version};
+    let (mongo, _dir) = server.start().await?;
+    let store =
+        kvsync_store::Store::connect(&mongo.uri(), "kvsync", Duration::from_secs(5)).await?;
+    store.ensure_indexes().await?;
+    let node = NodeId::parse("bench-db")?;
+    let counter = Arc::new(AtomicU64::new(0));
+    let acked = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..args.writers {
+        let (store, node, counter, acked) =
+            (store.clone(), node.clone(), counter.clone(), acked.clone());
+        let (keys, bytes) = (args.keys, args.value_bytes);
+        handles.push(tokio::spawn(async move {
+            let mut rng = Rng::new();
+            while start.elapsed() < duration {
+                let i = counter.fetch_add(1, Ordering::Relaxed);
+                let key = Key::parse(format!("db/{}", i % keys))?;
+                let values = Values::new(vec![rng.text(bytes)], key.as_str().len())?;
+                let wall = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_millis() as u64;
+                let version = Version::new(
+                    Timestamp::new(wall, (i % (u32::MAX as u64)) as u32),
+                    node.clone(),
+                );
+                let event = Event::new(key, version, Op::Put(values));
+                let entry = Entry::from_event(&event);
+                if store
+                    .write_local_if_newer(&event.key, &entry, event.id)
+                    .await
+                    .is_ok()
+                {
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for h in handles {
+        h.await??;
+    }
+    let rate = acked.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    store.shutdown().await;
+    Ok(rate)
 }

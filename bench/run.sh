@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The benchmark in one command: installs the broker and the MongoDB-protocol server
+# (scripts/install-deps.sh, cached), builds release, starts a local cluster and runs
+# `kvsync-bench all`, which writes report.md, report.json and latency.svg to
+# bench/results/<date>-<machine tag>/.
+#
+#   bench/run.sh                 # the standard run (about two minutes)
+#   bench/run.sh --long          # the throughput run makes 100000 writes (memory check)
+#   bench/run.sh --quick         # smoke run, seconds
+#   bench/run.sh --rate 200 --out /some/dir   # any other `kvsync-bench all` flags
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+args=()
+for arg in "$@"; do
+  case "$arg" in
+    --long) args+=(--writes 100000) ;;
+    *) args+=("$arg") ;;
+  esac
+done
+
+scripts/install-deps.sh
+cargo build --release --locked -p kvsync-bench -p kvsync-node
+exec target/release/kvsync-bench all "${args[@]}"

@@ -1,0 +1,63 @@
+//! A short run of the whole benchmark (`all --quick`, a few seconds) so it cannot rot.
+//!
+//! It needs the `kvsync-node` binary of the same profile next to `kvsync-bench` (cargo
+//! builds only this package's binary for its tests: run `cargo build --workspace --bins`
+//! first, as scripts/test.sh does) or `KVSYNC_NODE_BIN`, and the tools from
+//! scripts/install-deps.sh.
+
+use std::{path::PathBuf, process::Command};
+
+use serde_json::Value;
+
+#[test]
+fn quick_run_writes_a_report_with_numbers() {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_kvsync-bench"));
+    let node = std::env::var_os("KVSYNC_NODE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| exe.with_file_name("kvsync-node"));
+    assert!(
+        node.is_file(),
+        "kvsync-node not found at {node:?}: run `cargo build --workspace --bins` first \
+         (scripts/test.sh does), or set KVSYNC_NODE_BIN"
+    );
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(&exe)
+        .args(["all", "--quick", "--out"])
+        .arg(out.path())
+        .env("KVSYNC_NODE_BIN", &node)
+        .output()
+        .expect("running kvsync-bench");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "kvsync-bench failed: {stderr}");
+
+    let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(md.contains("| p50 |") && md.contains("floor"), "{md}");
+    let svg = std::fs::read_to_string(out.path().join("latency.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("<polyline"),
+        "{svg}"
+    );
+
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap())
+            .unwrap();
+    let payloads = json["latency"]["payloads"].as_array().unwrap();
+    assert_eq!(payloads.len(), 4, "{json}");
+    for p in payloads {
+        assert_eq!(p["errors"], 0, "{p}");
+        assert!(p["replication"]["count"].as_u64().unwrap() > 0, "{p}");
+        assert!(p["replication"]["p50_ms"].as_f64().unwrap() > 0.0, "{p}");
+        assert!(p["write_ack"]["count"].as_u64().unwrap() > 0, "{p}");
+    }
+    let floor = &json["floor"];
+    assert!(floor["kafka"]["count"].as_u64().unwrap() > 0, "{floor}");
+    assert_eq!(floor["kafka_errors"], 0, "{floor}");
+    assert!(floor["db_write"]["count"].as_u64().unwrap() > 0, "{floor}");
+    assert!(floor["floor_p50_ms"].as_f64().unwrap() > 0.0, "{floor}");
+    let tp = &json["throughput"];
+    assert!(tp["acknowledged"].as_u64().unwrap() > 0, "{tp}");
+    assert_eq!(tp["errors"], 0, "{tp}");
+    assert!(tp["converged_after_ms"].as_f64().is_some(), "{tp}");
+    assert!(tp["rss_after"]["a_kib"].as_u64().unwrap() > 0, "{tp}");
+    assert!(json["machine"]["cores"].as_u64().unwrap() > 0);
+}
