@@ -21,7 +21,7 @@ use crate::{
 #[derive(Debug, Clone, Args)]
 pub struct FloorArgs {
     /// Messages, and database writes, measured for the floor.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 1000)]
     pub floor_count: usize,
     /// Messages (and writes) per second.
     #[arg(long, default_value_t = 100.0)]
@@ -38,6 +38,10 @@ pub struct FloorResult {
     pub db_write: Stats,
     /// One Store::write_local_if_newer for a new key (what a PUT of a new key costs on A).
     pub db_local_write: Stats,
+    /// The relay's periodic outbox scan (`Store::pending(512)` + `Store::count_pending()`)
+    /// with nothing pending, over `scan_documents` documents.
+    pub outbox_scan: Stats,
+    pub scan_documents: u64,
     pub kafka_errors: usize,
     pub db_errors: usize,
     /// kafka p50 + db_write p50, and likewise p99 (and p90, mean).
@@ -203,7 +207,7 @@ pub async fn run(target: &Target, args: &FloorArgs) -> Result<Option<FloorResult
     // would land among B's pairs (and B's relay would publish the local writes' outbox
     // marks). A local cluster gets a dedicated instance of the same server for this; a
     // given URI is cleaned up afterwards.
-    let (db, db_local, db_errors) = {
+    let (db, db_local, db_errors, scan, scan_documents) = {
         let dedicated = match &target.mongo_for_floor {
             Some(m) => Some(m.start().await?),
             None => None,
@@ -229,6 +233,7 @@ pub async fn run(target: &Target, args: &FloorArgs) -> Result<Option<FloorResult
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut remote = Samples::default();
         let mut local = Samples::default();
+        let mut marked = Vec::new();
         let mut errors = 0;
         for i in 0..args.floor_count {
             ticker.tick().await;
@@ -249,14 +254,29 @@ pub async fn run(target: &Target, args: &FloorArgs) -> Result<Option<FloorResult
                 Ok(_) => local.push(ms(t0.elapsed())),
                 Err(_) => errors += 1,
             }
+            marked.push((e.key, e.id));
             pb.inc(1);
         }
         pb.finish_and_clear();
+        // The relay's periodic scan for unpublished changes, with nothing pending (the
+        // usual case): clear the marks as the relay would, then time its two queries.
+        for (key, id) in &marked {
+            store.clear_outbox(key, *id).await?;
+        }
+        let mut scan = Samples::default();
+        for _ in 0..20 {
+            let t0 = Instant::now();
+            store.pending(512).await?;
+            store.count_pending().await?;
+            scan.push(ms(t0.elapsed()));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let documents = (20 + 2 * args.floor_count) as u64;
         store.shutdown().await;
         if dedicated.is_none() {
             remove_floor_keys(&uri, &database, &prefix).await?;
         }
-        (remote, local, errors)
+        (remote, local, errors, scan, documents)
     };
 
     let k = kafka.stats();
@@ -268,6 +288,8 @@ pub async fn run(target: &Target, args: &FloorArgs) -> Result<Option<FloorResult
         publish_ack: publish_ack.stats().rounded(),
         db_write: d.rounded(),
         db_local_write: db_local.stats().rounded(),
+        outbox_scan: scan.stats().rounded(),
+        scan_documents,
         kafka_errors,
         db_errors,
         floor_p50_ms: crate::stats::round3(k.p50_ms + d.p50_ms),

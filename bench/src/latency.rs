@@ -23,7 +23,7 @@ pub struct LatencyArgs {
     #[arg(long, default_value_t = 100.0)]
     pub rate: f64,
     /// Measured writes per payload set.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 1000)]
     pub count: usize,
     /// Payload sets: value sizes in bytes, and "random" for sizes between the smallest
     /// and the largest.

@@ -213,6 +213,9 @@ fn settings(
         "cluster": if t.local { "local (testkit): tansu broker, one nx-27017 per node, 2 nodes" } else { "given by URL" },
         "fetch_wait_ms": t.fetch_wait_ms,
     });
+    if !t.node_env.is_empty() {
+        s["node_env"] = json!(t.node_env);
+    }
     if let Some(l) = latency {
         s["latency"] = json!({
             "rate_per_s": l.rate, "count_per_payload": l.count, "payloads": l.payloads, "warmup": l.warmup,

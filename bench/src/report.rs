@@ -536,6 +536,17 @@ fn floor_section(s: &mut String, f: &FloorResult) {
         fmt_ms(f.floor_p90_ms),
         fmt_ms(f.floor_p99_ms)
     );
+    if f.outbox_scan.count > 0 {
+        let _ = writeln!(
+            s,
+            "Not part of the floor, but it shares the database: the node's relay scans for unpublished changes every \
+             second (`Store::pending(512)` + `Store::count_pending()`). With nothing pending, over {} documents, one \
+             scan takes p50 {} ms, max {} ms.\n",
+            f.scan_documents,
+            fmt_ms(f.outbox_scan.p50_ms),
+            fmt_ms(f.outbox_scan.max_ms)
+        );
+    }
     if f.kafka_errors + f.db_errors > 0 {
         let _ = writeln!(
             s,

@@ -35,6 +35,16 @@ pub struct TargetArgs {
     /// Partitions of the floor's topic (the node creates its topic with 3).
     #[arg(long, default_value_t = 3)]
     pub partitions: i32,
+    /// Extra setting for the local cluster's nodes, KEY=VALUE (repeatable), e.g.
+    /// KVSYNC_RELAY_INTERVAL_MS=5000.
+    #[arg(long = "node-env", value_parser = parse_kv)]
+    pub node_env: Vec<(String, String)>,
+}
+
+fn parse_kv(raw: &str) -> Result<(String, String), String> {
+    raw.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {raw:?}"))
 }
 
 pub struct Target {
@@ -50,6 +60,8 @@ pub struct Target {
     pub mongodb_uri: Option<String>,
     pub fetch_wait_ms: u32,
     pub partitions: i32,
+    /// Extra node settings of the local cluster.
+    pub node_env: Vec<(String, String)>,
     pub local: bool,
     /// Starts a dedicated MongoDB-protocol server for the floor (local cluster only).
     pub mongo_for_floor: Option<FloorMongo>,
@@ -73,6 +85,7 @@ impl Target {
                 mongodb_uri: args.mongodb_uri.clone(),
                 fetch_wait_ms: args.fetch_wait_ms,
                 partitions: args.partitions,
+                node_env: Vec::new(),
                 local: false,
                 mongo_for_floor: None,
                 _cluster: None,
@@ -87,7 +100,10 @@ impl Target {
                     args.fetch_wait_ms.to_string(),
                 ),
                 ("KVSYNC_LOG".into(), "warn".into()),
-            ],
+            ]
+            .into_iter()
+            .chain(args.node_env.iter().cloned())
+            .collect(),
             ..Default::default()
         })
         .await
@@ -102,6 +118,7 @@ impl Target {
             mongodb_uri: Some(cluster.mongos[1].uri()),
             fetch_wait_ms: args.fetch_wait_ms,
             partitions: args.partitions,
+            node_env: args.node_env.clone(),
             local: true,
             mongo_for_floor: Some(FloorMongo),
             _cluster: Some(cluster),
