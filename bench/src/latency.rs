@@ -83,23 +83,22 @@ pub async fn run(target: &Target, args: &LatencyArgs) -> Result<LatencyResult> {
     let mut feed = sse::subscribe(&target.b, &prefix).await?;
     let lag_before = lag_histogram(&target.b).await.ok();
     let mut rng = Rng::new();
-    let quiet = ProgressBar::hidden();
     if args.warmup > 0 {
-        let warm = run_set(
+        let warm = run_sets(
             target,
             &mut feed,
             &format!("{prefix}warmup/"),
-            Payload::Fixed(64),
+            &[Payload::Fixed(64)],
             args.warmup,
             args,
             &mut rng,
-            &quiet,
+            &ProgressBar::hidden(),
         )
         .await?;
-        if warm.errors == warm.writes {
+        if warm[0].errors == warm[0].writes {
             bail!(
                 "no warm-up write reached node B: {:?}",
-                warm.error_samples.first()
+                warm[0].error_samples.first()
             );
         }
     }
@@ -107,22 +106,10 @@ pub async fn run(target: &Target, args: &LatencyArgs) -> Result<LatencyResult> {
         (args.count * payloads.len()) as u64,
         "latency: writes on A, arrivals on B",
     );
-    let mut results = Vec::new();
-    for p in payloads {
-        pb.set_message(format!("latency {}", p.label()));
-        let r = run_set(
-            target,
-            &mut feed,
-            &format!("{prefix}{}/", p.name()),
-            p,
-            args.count,
-            args,
-            &mut rng,
-            &pb,
-        )
-        .await?;
-        results.push(r);
-    }
+    let results = run_sets(
+        target, &mut feed, &prefix, &payloads, args.count, args, &mut rng, &pb,
+    )
+    .await?;
     pb.finish_and_clear();
     let lag_after = lag_histogram(&target.b).await.ok();
     let node_lag = match (lag_before, lag_after) {
@@ -137,22 +124,28 @@ pub async fn run(target: &Target, args: &LatencyArgs) -> Result<LatencyResult> {
     })
 }
 
+/// Writes `count` pairs of every payload set at `args.rate` writes/s in total, the sets
+/// interleaved (write i uses set i mod n) so that every set meets the same conditions
+/// (the nodes' collections grow during the run), and matches their arrivals on B.
 #[allow(clippy::too_many_arguments)]
-async fn run_set(
+async fn run_sets(
     target: &Target,
     feed: &mut Feed,
     prefix: &str,
-    payload: Payload,
+    payloads: &[Payload],
     count: usize,
     args: &LatencyArgs,
     rng: &mut Rng,
     pb: &ProgressBar,
-) -> Result<PayloadResult> {
+) -> Result<Vec<PayloadResult>> {
+    let n = payloads.len();
+    let total = count * n;
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate));
-    let mut handles = Vec::with_capacity(count);
-    for i in 0..count {
+    let mut handles = Vec::with_capacity(total);
+    for i in 0..total {
         ticker.tick().await;
-        let key = format!("{prefix}{i}");
+        let payload = payloads[i % n];
+        let key = format!("{prefix}{}/{i}", payload.name());
         let size = payload.size(rng);
         let value = rng.text(size);
         let client = target.a.clone();
@@ -164,36 +157,37 @@ async fn run_set(
         }));
         pb.inc(1);
     }
-    let mut errors = Vec::new();
-    let mut write_ack = Samples::default();
-    let mut sent: HashMap<String, (Instant, String)> = HashMap::with_capacity(count);
-    for h in handles {
+    let mut errors: Vec<Vec<String>> = vec![Vec::new(); n];
+    let mut write_ack = vec![Samples::default(); n];
+    // key -> (set, t0, version written; emptied once arrived)
+    let mut sent: HashMap<String, (usize, Instant, String)> = HashMap::with_capacity(total);
+    for (i, h) in handles.into_iter().enumerate() {
         let (key, t0, ack, r) = h.await?;
         match r {
             Ok(version) => {
-                write_ack.push(ms(ack - t0));
-                sent.insert(key, (t0, version));
+                write_ack[i % n].push(ms(ack - t0));
+                sent.insert(key, (i % n, t0, version));
             }
-            Err(e) => errors.push(format!("PUT {key}: {e}")),
+            Err(e) => errors[i % n].push(format!("PUT {key}: {e}")),
         }
     }
     let deadline = Instant::now() + Duration::from_secs_f64(args.arrival_timeout);
-    let mut replication = Samples::default();
+    let mut replication = vec![Samples::default(); n];
     let mut seen = 0;
     while seen < sent.len() {
         match tokio::time::timeout_at(deadline, feed.arrivals.recv()).await {
             Ok(Some(a)) => {
-                let Some((t0, version)) = sent.get_mut(&a.key) else {
-                    continue; // A late arrival of an earlier set.
+                let Some((set, t0, version)) = sent.get_mut(&a.key) else {
+                    continue; // A late arrival of an earlier run.
                 };
                 if version.is_empty() {
                     continue; // Already counted.
                 }
                 seen += 1;
                 if a.version == *version {
-                    replication.push(ms(a.at.saturating_duration_since(*t0)));
+                    replication[*set].push(ms(a.at.saturating_duration_since(*t0)));
                 } else {
-                    errors.push(format!(
+                    errors[*set].push(format!(
                         "{}: version {} arrived, {} was written",
                         a.key, a.version, version
                     ));
@@ -204,26 +198,39 @@ async fn run_set(
             Err(_) => break,
         }
     }
-    let missing = sent.values().filter(|(_, v)| !v.is_empty()).count();
-    if missing > 0 {
-        errors.push(format!(
-            "{missing} changes did not arrive on B within {:.1} s",
-            args.arrival_timeout
-        ));
+    for (set, _, version) in sent.values() {
+        if !version.is_empty() {
+            errors[*set].push("a change did not arrive on B in time".into());
+        }
     }
-    let error_count = count - replication.len();
-    errors.truncate(5);
-    Ok(PayloadResult {
-        name: payload.name(),
-        label: payload.label(),
-        writes: count,
-        errors: error_count,
-        error_samples: errors,
-        replication: replication.stats().rounded(),
-        write_ack: write_ack.stats().rounded(),
-        quantiles: replication.quantiles(),
-        samples: replication,
-    })
+    Ok(payloads
+        .iter()
+        .enumerate()
+        .map(|(k, p)| {
+            let mut e = std::mem::take(&mut errors[k]);
+            let missing = e.iter().filter(|m| m.ends_with("in time")).count();
+            e.retain(|m| !m.ends_with("in time"));
+            if missing > 0 {
+                e.push(format!(
+                    "{missing} changes did not arrive on B within {:.1} s",
+                    args.arrival_timeout
+                ));
+            }
+            e.truncate(5);
+            let r = std::mem::take(&mut replication[k]);
+            PayloadResult {
+                name: p.name(),
+                label: p.label(),
+                writes: count,
+                errors: count - r.len(),
+                error_samples: e,
+                replication: r.stats().rounded(),
+                write_ack: write_ack[k].stats().rounded(),
+                quantiles: r.quantiles(),
+                samples: r,
+            }
+        })
+        .collect())
 }
 
 pub fn ms(d: Duration) -> f64 {

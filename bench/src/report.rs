@@ -420,7 +420,7 @@ impl Report {
                 trim_num(v)
             );
         }
-        for q in [0.0, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0] {
+        for q in [0.0, 0.25, 0.5, 0.75, 0.9, 1.0] {
             let _ = writeln!(
                 s,
                 r##"<line x1="{left}" y1="{0:.1}" x2="{1}" y2="{0:.1}" stroke="#e5e5e5"/><text x="{2}" y="{3:.1}" text-anchor="end">{4}</text>"##,
@@ -691,6 +691,18 @@ fn throughput_section(s: &mut String, t: &ThroughputResult, rss_start: Option<Rs
             mib(a.a_kib),
             mib(a.b_kib)
         );
+        if t.rss_series.len() > 2 {
+            let points: Vec<String> = t
+                .rss_series
+                .iter()
+                .map(|r| format!("{}: {} / {}", r.writes, mib(r.a_kib), mib(r.b_kib)))
+                .collect();
+            let _ = writeln!(
+                s,
+                "During the run (writes issued: node 1 / node 2 MiB; the last after convergence): {}.\n",
+                points.join(", ")
+            );
+        }
     }
 }
 

@@ -72,6 +72,17 @@ pub struct ThroughputResult {
     pub rss_before: Option<Rss>,
     pub rss_after: Option<Rss>,
     pub rss_peak: Option<Rss>,
+    /// Memory of A and B while the writes went on (the last sample after convergence).
+    pub rss_series: Vec<RssSample>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RssSample {
+    pub seconds: f64,
+    /// Writes issued so far.
+    pub writes: u64,
+    pub a_kib: u64,
+    pub b_kib: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -151,8 +162,17 @@ pub async fn run(target: &Target, args: &ThroughputArgs) -> Result<ThroughputRes
         let pb = pb.clone();
         let pids = target.pids.clone();
         let timed = limit.is_none();
+        let issued = issued.clone();
+        // A memory sample every tenth of a timed run, or every 10 s of a counted one.
+        let step = if timed {
+            duration.as_secs_f64() / 10.0
+        } else {
+            10.0
+        };
         tokio::spawn(async move {
             let mut peak: Option<Rss> = None;
+            let mut series = Vec::new();
+            let mut next = 0.0;
             loop {
                 if timed {
                     pb.set_position(start.elapsed().as_millis() as u64);
@@ -168,11 +188,24 @@ pub async fn run(target: &Target, args: &ThroughputArgs) -> Result<ThroughputRes
                             },
                             None => Rss { a_kib: a, b_kib: b },
                         });
+                        let t = start.elapsed().as_secs_f64();
+                        if t >= next {
+                            let writes = issued
+                                .load(Ordering::Relaxed)
+                                .min(limit.unwrap_or(u64::MAX));
+                            series.push(RssSample {
+                                seconds: crate::stats::round3(t),
+                                writes,
+                                a_kib: a,
+                                b_kib: b,
+                            });
+                            next += step;
+                        }
                     }
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                    _ = &mut stop_rx => return peak,
+                    _ = &mut stop_rx => return (peak, series),
                 }
             }
         })
@@ -190,7 +223,7 @@ pub async fn run(target: &Target, args: &ThroughputArgs) -> Result<ThroughputRes
     }
     pb.finish_and_clear();
     let _ = stop_tx.send(());
-    let mut rss_peak = sampler.await?;
+    let (mut rss_peak, mut rss_series) = sampler.await?;
     let seconds = (end - start).as_secs_f64();
     let wall = start.elapsed().as_secs_f64();
     let cores = std::thread::available_parallelism()
@@ -219,6 +252,14 @@ pub async fn run(target: &Target, args: &ThroughputArgs) -> Result<ThroughputRes
         Err(e) => (None, None, Some(e.to_string())),
     };
     let rss_after = target.rss();
+    if let Some(a) = rss_after {
+        rss_series.push(RssSample {
+            seconds: crate::stats::round3(start.elapsed().as_secs_f64()),
+            writes: acknowledged + errors,
+            a_kib: a.a_kib,
+            b_kib: a.b_kib,
+        });
+    }
     if let (Some(p), Some(a)) = (rss_peak.as_mut(), rss_after) {
         p.a_kib = p.a_kib.max(a.a_kib);
         p.b_kib = p.b_kib.max(a.b_kib);
@@ -250,6 +291,7 @@ pub async fn run(target: &Target, args: &ThroughputArgs) -> Result<ThroughputRes
         rss_before,
         rss_after,
         rss_peak,
+        rss_series,
     })
 }
 
