@@ -85,8 +85,9 @@ pub fn describe_machine() -> Machine {
         .find_map(|l| l.strip_prefix("PRETTY_NAME="))
         .map(|v| v.trim_matches('"').to_owned())
         .unwrap_or_else(|| std::env::consts::OS.into());
+    // The kernel's version only, without the build's local suffix.
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
+        .map(|s| s.trim().split('-').next().unwrap_or("").to_owned())
         .unwrap_or_default();
     let unknown = || "unknown".to_owned();
     let tools = kvsync_testkit::Tools::locate().ok();
