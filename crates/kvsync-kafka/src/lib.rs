@@ -89,11 +89,16 @@ impl KafkaSettings {
     /// Creates the topic if it does not exist yet.
     pub async fn ensure_topic(&self) -> Result<(), BusError> {
         let admin: AdminClient<DefaultClientContext> = self.config().create()?;
+        // The topic is the log a late-joining node rebuilds from, so it must keep every
+        // event: no time-based deletion. Compaction is no substitute: it keeps the last
+        // offset per key, which under concurrent writes need not be the newest version.
         let topic = NewTopic::new(
             &self.topic,
             self.partitions,
             TopicReplication::Fixed(self.replication_factor),
-        );
+        )
+        .set("retention.ms", "-1")
+        .set("cleanup.policy", "delete");
         let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
         for result in admin.create_topics([&topic], &options).await? {
             match result {

@@ -124,6 +124,12 @@ pub struct Config {
     /// How long shutdown waits for in-flight requests and publications.
     #[arg(long, env = "KVSYNC_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
+
+    /// Instead of running a node, ask the node listening on --http-addr on this host
+    /// whether it is up (GET /healthz) and exit 0 if so, 1 if not. For container health
+    /// checks, which then need no HTTP client in the image.
+    #[arg(long)]
+    pub health_check: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -144,6 +150,30 @@ fn parse_key_value(raw: &str) -> Result<(String, String), String> {
 }
 
 impl Config {
+    /// Parses the command line and environment, treating variables set to an empty
+    /// string as unset (compose files pass optional settings as `VAR: ${VAR:-}`).
+    pub fn load() -> Self {
+        Self::parse().normalized()
+    }
+
+    pub fn normalized(mut self) -> Self {
+        for field in [
+            &mut self.node_id,
+            &mut self.kafka_security_protocol,
+            &mut self.kafka_sasl_mechanism,
+            &mut self.kafka_sasl_username,
+            &mut self.kafka_sasl_password,
+            &mut self.kafka_ssl_ca_location,
+            &mut self.api_token,
+        ] {
+            if field.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                *field = None;
+            }
+        }
+        self.cors_origins.retain(|o| !o.trim().is_empty());
+        self
+    }
+
     pub fn node_id(&self) -> Result<NodeId, kvsync_core::NodeIdError> {
         match &self.node_id {
             Some(id) => NodeId::parse(id.clone()),
@@ -175,6 +205,19 @@ impl Config {
             client_id: format!("kvsync-{node}"),
             extra,
         }
+    }
+
+    /// Where a health check on this host reaches the node: the listen address, with a
+    /// wildcard IP replaced by loopback.
+    pub fn local_http_addr(&self) -> SocketAddr {
+        let mut addr = self.http_addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        addr
     }
 
     pub fn mongodb_timeout(&self) -> Duration {
@@ -224,5 +267,23 @@ mod tests {
         assert!(k.extra.contains(&("ssl.key.password".into(), "a=b".into())));
         assert!(!format!("{k:?}").contains("secret"));
         assert!(Config::try_parse_from(["kvsync-node", "--kafka-option", "novalue"]).is_err());
+    }
+
+    #[test]
+    fn empty_settings_count_as_unset() {
+        let c = Config::try_parse_from([
+            "kvsync-node",
+            "--api-token",
+            "",
+            "--node-id",
+            " ",
+            "--cors-origins",
+            "",
+        ])
+        .unwrap()
+        .normalized();
+        assert_eq!(c.api_token, None);
+        assert_eq!(c.node_id, None);
+        assert!(c.cors_origins.is_empty());
     }
 }
