@@ -6,7 +6,7 @@ use std::{collections::HashMap, time::Duration};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use kvsync_core::{Event, Key, NodeId, Op, Timestamp, Values, Version};
-use kvsync_kafka::{ConsumerState, KafkaSettings, Message, Publisher, Subscriber};
+use kvsync_kafka::{ConsumerState, KafkaSettings, Publisher, Subscriber};
 use kvsync_store::Store;
 use serde::Serialize;
 use tokio::{sync::mpsc, time::Instant};

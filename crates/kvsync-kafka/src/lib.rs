@@ -18,7 +18,6 @@ use rdkafka::{
     config::RDKafkaLogLevel,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     error::{KafkaError, RDKafkaErrorCode},
-    message::BorrowedMessage,
     producer::{FutureProducer, FutureRecord, Producer},
     util::Timeout,
     ClientConfig, ClientContext,
@@ -211,6 +210,29 @@ impl Publisher {
     }
 }
 
+/// One consumed message.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    payload: Option<Vec<u8>>,
+}
+
+impl Delivery {
+    pub fn payload(&self) -> Option<&[u8]> {
+        self.payload.as_deref()
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    pub fn offset(&self) -> i64 {
+        self.offset
+    }
+}
+
 /// A group consumer that stores an offset only when told the message was handled.
 pub struct Subscriber {
     consumer: StreamConsumer<Context>,
@@ -246,18 +268,33 @@ impl Subscriber {
             // broker comes up after the node, instead of the default minute.
             .set("coordinator.query.interval.ms", "10000")
             .set("allow.auto.create.topics", "false")
+            // librdkafka prefetches up to 64 MiB per client by default; a node that lags
+            // (catching up, or its database slow) should not hold that much in memory.
+            .set("queued.max.messages.kbytes", "16384")
+            .set("queued.min.messages", "10000")
             .create_with_context(context.clone())?;
         consumer.subscribe(&[&settings.topic])?;
         Ok(Self { consumer, context })
     }
 
-    pub async fn recv(&self) -> Result<BorrowedMessage<'_>, BusError> {
-        Ok(self.consumer.recv().await?)
+    /// The next message, copied out of the consumer so that it can be handled while
+    /// later ones are received.
+    pub async fn recv(&self) -> Result<Delivery, BusError> {
+        let m = self.consumer.recv().await?;
+        Ok(Delivery {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+            payload: m.payload().map(<[u8]>::to_vec),
+        })
     }
 
-    /// Marks `message` as handled; its offset is committed with the next commit.
-    pub fn done(&self, message: &BorrowedMessage<'_>) -> Result<(), BusError> {
-        Ok(self.consumer.store_offset_from_message(message)?)
+    /// Marks `delivery` (and everything before it in its partition) as handled; the
+    /// offset is committed with the next commit.
+    pub fn done(&self, delivery: &Delivery) -> Result<(), BusError> {
+        Ok(self
+            .consumer
+            .store_offset(&delivery.topic, delivery.partition, delivery.offset)?)
     }
 
     pub fn assigned_partitions(&self) -> usize {

@@ -9,7 +9,7 @@ use std::{
 use kvsync_core::{Clock, Entry, Event, Key, NodeId, Op, Outcome, Values, ValuesError, Version};
 use kvsync_store::{CasError, LocalWrite, Store, StoreError, StoredPair};
 use serde::Serialize;
-use tokio::sync::{broadcast, mpsc, OnceCell};
+use tokio::sync::{broadcast, mpsc, Notify, OnceCell};
 
 use crate::metrics::Metrics;
 
@@ -111,6 +111,9 @@ pub struct App {
     clock_ready: OnceCell<()>,
     feed: broadcast::Sender<Arc<Change>>,
     outbox: mpsc::Sender<Event>,
+    /// Asks the relay to scan the outbox: a change did not fit in its queue, or a
+    /// publication failed.
+    pub rescan: Notify,
 }
 
 impl App {
@@ -123,6 +126,7 @@ impl App {
             clock_ready: OnceCell::new(),
             feed: broadcast::channel(FEED_CAPACITY).0,
             outbox,
+            rescan: Notify::new(),
         }
     }
 
@@ -291,9 +295,11 @@ impl App {
             key: event.key.clone(),
             entry: Entry::from_event(&event),
         };
-        // The outbox mark is durable; the relay publishes right away, and its periodic
-        // scan covers a full queue, a broker outage or a crash.
-        let _ = self.outbox.try_send(event);
+        // The outbox mark is durable; the relay publishes right away. If its queue is
+        // full, it finds the change with a scan of the outbox instead.
+        if self.outbox.try_send(event).is_err() {
+            self.rescan.notify_one();
+        }
         Written { pair, created }
     }
 

@@ -116,8 +116,10 @@ pub struct Config {
     #[arg(long, env = "KVSYNC_MAX_CLOCK_SKEW_MS", default_value_t = 300_000)]
     pub max_clock_skew_ms: u64,
 
-    /// How often the outbox relay looks for changes not yet acknowledged by the broker
-    /// (after an outage or a crash); it backs off while the broker is down.
+    /// While changes wait in the outbox unpublished (at start-up after a crash, during a
+    /// broker outage, after a burst that overflowed the relay's queue), how often the
+    /// relay looks for them; it backs off while the broker is down. When nothing waits,
+    /// it does not scan.
     #[arg(long, env = "KVSYNC_RELAY_INTERVAL_MS", default_value_t = 1000)]
     pub relay_interval_ms: u64,
 

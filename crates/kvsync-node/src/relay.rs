@@ -1,14 +1,16 @@
 //! The outbox relay: publishes every local change and clears its outbox mark once the
 //! broker has acknowledged it.
 //!
-//! Changes arrive over a channel right after their write, for low latency. A periodic
-//! scan of the outbox marks catches everything else: a full channel, a broker outage
-//! (it backs off while publishing fails) and changes left behind by a crash.
+//! Changes arrive over a channel right after their write, for low latency. A scan of
+//! the outbox marks catches everything else: changes left behind by a crash (at
+//! start-up), a broker outage (while publishing fails, backing off), a full channel or
+//! a mark that could not be cleared. The scan runs only then, and as a slow sweep: on
+//! some servers it reads the whole collection, which would stall every other query.
 
 use std::{
     collections::HashSet,
     sync::{
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
         Arc, Mutex,
     },
     time::Duration,
@@ -16,7 +18,10 @@ use std::{
 
 use kvsync_core::Event;
 use kvsync_kafka::Publisher;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::{
+    sync::{mpsc, Semaphore},
+    time::Instant,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
 
@@ -25,6 +30,8 @@ use crate::app::App;
 const SCAN_BATCH: i64 = 512;
 const MAX_IN_FLIGHT: usize = 4096;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A scan now and then even when nothing asked for one: cheap insurance.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 
 pub struct Relay {
     app: Arc<App>,
@@ -33,6 +40,8 @@ pub struct Relay {
     in_flight: Arc<Mutex<HashSet<Uuid>>>,
     permits: Arc<Semaphore>,
     failures: Arc<AtomicU32>,
+    /// Set while the relay scans the outbox until it finds nothing left.
+    scanning: Arc<AtomicBool>,
     tasks: TaskTracker,
 }
 
@@ -45,6 +54,7 @@ impl Relay {
             in_flight: Default::default(),
             permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             failures: Default::default(),
+            scanning: Arc::new(AtomicBool::new(true)),
             tasks: TaskTracker::new(),
         }
     }
@@ -56,21 +66,35 @@ impl Relay {
         drain_timeout: Duration,
     ) {
         // Scan at once: a crash may have left changes unpublished.
-        let mut next_scan = tokio::time::Instant::now();
+        let mut next_scan = Instant::now();
+        let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
         loop {
+            let scanning = self.scanning.load(Ordering::Relaxed);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(event) = queue.recv() => {
                     self.spawn_publish(event).await;
                 }
-                _ = tokio::time::sleep_until(next_scan) => {
-                    let full_page = self.scan().await;
-                    next_scan = tokio::time::Instant::now() + if full_page {
-                        Duration::ZERO
-                    } else {
-                        self.backoff()
+                _ = self.app.rescan.notified(), if !scanning => {
+                    self.scanning.store(true, Ordering::Relaxed);
+                    next_scan = Instant::now();
+                }
+                _ = tokio::time::sleep_until(next_scan), if scanning => {
+                    next_scan = Instant::now() + match self.scan().await {
+                        Scan::Clean => {
+                            self.scanning.store(false, Ordering::Relaxed);
+                            self.report_backlog();
+                            Duration::ZERO
+                        }
+                        Scan::More => Duration::ZERO,
+                        Scan::Retry => self.backoff(),
                     };
+                }
+                _ = tokio::time::sleep_until(next_sweep) => {
+                    next_sweep = Instant::now() + SWEEP_INTERVAL;
+                    self.scanning.store(true, Ordering::Relaxed);
+                    next_scan = Instant::now();
                 }
             }
         }
@@ -96,23 +120,27 @@ impl Relay {
         (self.interval * 2u32.pow(failures)).min(MAX_BACKOFF.max(self.interval))
     }
 
-    /// Publishes every marked change not already in flight. Returns whether there may
-    /// be more than one batch waiting.
-    async fn scan(&self) -> bool {
+    /// Publishes every marked change not already in flight.
+    async fn scan(&self) -> Scan {
         let pending = match self.app.store.pending(SCAN_BATCH).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::debug!(error = %e, "outbox scan failed");
-                return false;
+                return Scan::Retry;
             }
         };
-        let full = pending.len() as i64 == SCAN_BATCH;
         if let Ok(n) = self.app.store.count_pending().await {
             self.app.metrics.outbox_backlog.set(n as i64);
         }
-        if !pending.is_empty() {
-            tracing::debug!(count = pending.len(), "relaying outbox");
+        if pending.is_empty() {
+            return if self.failures.load(Ordering::Relaxed) == 0 {
+                Scan::Clean
+            } else {
+                Scan::Retry
+            };
         }
+        tracing::debug!(count = pending.len(), "relaying outbox");
+        let full = pending.len() as i64 == SCAN_BATCH;
         let mut started = 0;
         for event in pending {
             if self.spawn_publish(event).await {
@@ -120,7 +148,16 @@ impl Relay {
             }
         }
         // A full page of events that are all already in flight: wait, don't spin.
-        full && started > 0 && self.failures.load(Ordering::Relaxed) == 0
+        if full && started > 0 && self.failures.load(Ordering::Relaxed) == 0 {
+            Scan::More
+        } else {
+            Scan::Retry
+        }
+    }
+
+    /// Outside scans, the backlog is what is in flight (every mark has been handed over).
+    fn report_backlog(&self) {
+        report_backlog(&self.app, &self.in_flight, &self.scanning);
     }
 
     /// Starts publishing `event` unless it is already in flight.
@@ -140,14 +177,17 @@ impl Relay {
         let publisher = self.publisher.clone();
         let in_flight = self.in_flight.clone();
         let failures = self.failures.clone();
+        let scanning = self.scanning.clone();
+        report_backlog(&app, &in_flight, &scanning);
         self.tasks.spawn(async move {
             match publisher.publish(&event).await {
                 Ok(()) => {
                     app.metrics.published.inc();
                     failures.store(0, Ordering::Relaxed);
                     if let Err(e) = app.store.clear_outbox(&event.key, event.id).await {
-                        // Harmless: the scan publishes it again, and peers skip duplicates.
+                        // Harmless: a scan publishes it again, and peers skip duplicates.
                         tracing::warn!(error = %e, key = %event.key, "could not clear outbox mark");
+                        app.rescan.notify_one();
                     }
                 }
                 Err(e) => {
@@ -156,11 +196,29 @@ impl Relay {
                     if n == 0 {
                         tracing::warn!(error = %e, "publishing failed; changes stay in the outbox and are retried");
                     }
+                    app.rescan.notify_one();
                 }
             }
             in_flight.lock().expect("in-flight lock").remove(&event.id);
+            report_backlog(&app, &in_flight, &scanning);
             drop(permit);
         });
         true
+    }
+}
+
+enum Scan {
+    /// Nothing left to publish.
+    Clean,
+    /// A full page was handed over: look again at once.
+    More,
+    /// Changes are still waiting (or the scan failed): look again after a pause.
+    Retry,
+}
+
+fn report_backlog(app: &App, in_flight: &Mutex<HashSet<Uuid>>, scanning: &AtomicBool) {
+    if !scanning.load(Ordering::Relaxed) {
+        let n = in_flight.lock().expect("in-flight lock").len();
+        app.metrics.outbox_backlog.set(n as i64);
     }
 }

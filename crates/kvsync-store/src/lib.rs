@@ -219,10 +219,25 @@ impl Store {
         let version = event.version.to_string();
         let filter = doc! { "_id": event.key.as_str(), "ver": { "$lt": &version } };
         let update = doc! { "$set": entry_doc(&Entry::from_event(event)) };
-        match self.pairs.update_one(filter, update).upsert(true).await {
+        match self
+            .pairs
+            .update_one(filter.clone(), update.clone())
+            .upsert(true)
+            .await
+        {
             Ok(_) => Ok(Outcome::Applied),
-            // The key exists with a version at least as new: the upsert's insert collides.
-            Err(e) if is_duplicate_key(&e) => Ok(Outcome::Stale),
+            // The upsert's insert collided: the key exists, either with a version at
+            // least as new, or because another write created it in the meantime. Pairs
+            // are never removed (deletes are tombstones), so the same update without
+            // upsert now tells which.
+            Err(e) if is_duplicate_key(&e) => {
+                let result = self.pairs.update_one(filter, update).await?;
+                Ok(if result.matched_count == 1 {
+                    Outcome::Applied
+                } else {
+                    Outcome::Stale
+                })
+            }
             Err(e) => Err(e.into()),
         }
     }
