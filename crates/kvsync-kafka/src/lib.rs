@@ -6,9 +6,9 @@
 use std::{
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc,
+        Arc, Mutex,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use kvsync_core::Event;
@@ -120,6 +120,8 @@ impl KafkaSettings {
 pub struct Context {
     assigned: Arc<AtomicUsize>,
     brokers_down: Arc<AtomicBool>,
+    /// Since when a completed rebalance has left the consumer without partitions.
+    left_out: Arc<Mutex<Option<Instant>>>,
 }
 
 impl ClientContext for Context {
@@ -154,6 +156,12 @@ impl ConsumerContext for Context {
                 // is only the increment.
                 let count = consumer.assignment().map(|a| a.count()).unwrap_or(0);
                 self.assigned.store(count, Ordering::Relaxed);
+                let mut left_out = self.left_out.lock().expect("left_out lock");
+                *left_out = if count == 0 {
+                    left_out.or(Some(Instant::now()))
+                } else {
+                    None
+                };
                 self.brokers_down.store(false, Ordering::Relaxed);
                 tracing::info!(partitions = count, "consumer partitions assigned");
             }
@@ -237,7 +245,11 @@ impl Delivery {
 pub struct Subscriber {
     consumer: StreamConsumer<Context>,
     context: Context,
+    topic: String,
 }
+
+/// How long a consumer waits, with no partitions after a rebalance, before it rejoins.
+const REJOIN_AFTER: Duration = Duration::from_secs(3);
 
 impl Subscriber {
     /// A consumer whose partition assignment shows in `state`. Create it once the topic
@@ -274,19 +286,51 @@ impl Subscriber {
             .set("queued.min.messages", "10000")
             .create_with_context(context.clone())?;
         consumer.subscribe(&[&settings.topic])?;
-        Ok(Self { consumer, context })
+        Ok(Self {
+            consumer,
+            context,
+            topic: settings.topic.clone(),
+        })
     }
 
     /// The next message, copied out of the consumer so that it can be handled while
     /// later ones are received.
     pub async fn recv(&self) -> Result<Delivery, BusError> {
-        let m = self.consumer.recv().await?;
-        Ok(Delivery {
-            topic: m.topic().to_owned(),
-            partition: m.partition(),
-            offset: m.offset(),
-            payload: m.payload().map(<[u8]>::to_vec),
-        })
+        loop {
+            tokio::select! {
+                m = self.consumer.recv() => {
+                    let m = m?;
+                    return Ok(Delivery {
+                        topic: m.topic().to_owned(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        payload: m.payload().map(<[u8]>::to_vec),
+                    });
+                }
+                _ = tokio::time::sleep(REJOIN_AFTER) => self.rejoin_if_left_out(),
+            }
+        }
+    }
+
+    /// A node's consumer is the only member of its group, so a rebalance that gives it no
+    /// partition is a broker's mistake (tansu completes a generation with an empty
+    /// assignment when the previous leader, a crashed instance of this node, is evicted
+    /// mid-rebalance) and would stop replication for good. Subscribing again rejoins.
+    fn rejoin_if_left_out(&self) {
+        {
+            let mut left_out = self.context.left_out.lock().expect("left_out lock");
+            if !left_out.is_some_and(|since| since.elapsed() >= REJOIN_AFTER) {
+                return;
+            }
+            *left_out = Some(Instant::now());
+        }
+        tracing::warn!("the consumer group left this node without partitions; rejoining");
+        // Leave first: the broker hands a member that merely rejoins the same (empty)
+        // assignment again.
+        self.consumer.unsubscribe();
+        if let Err(e) = self.consumer.subscribe(&[&self.topic]) {
+            tracing::warn!(error = %e, "could not rejoin the consumer group");
+        }
     }
 
     /// Marks `delivery` (and everything before it in its partition) as handled; the

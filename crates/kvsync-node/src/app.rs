@@ -196,7 +196,7 @@ impl App {
             {
                 Ok(()) => return Ok(self.committed(event, live.is_none())),
                 Err(CasError::Conflict) => continue,
-                Err(CasError::Store(e)) => return Err(e.into()),
+                Err(CasError::Store(e)) => return Err(self.write_failed(e)),
             }
         }
         Err(AppError::Contended)
@@ -225,7 +225,8 @@ impl App {
             let created = match self
                 .store
                 .write_local_if_newer(key, &entry, event.id)
-                .await?
+                .await
+                .map_err(|e| self.write_failed(e))?
             {
                 LocalWrite::Created => true,
                 LocalWrite::Replaced => false,
@@ -285,6 +286,14 @@ impl App {
             self.announce(event);
         }
         Ok(outcome)
+    }
+
+    /// A write that failed on its way to or from the database may still be applied, outbox
+    /// mark included (a hung server that wakes up): have the relay look for it now rather
+    /// than at its next sweep, or the peers would miss it until then.
+    fn write_failed(&self, e: StoreError) -> AppError {
+        self.rescan.notify_one();
+        e.into()
     }
 
     /// After a local change is durable: tell the feed and hand it to the relay.

@@ -96,6 +96,7 @@ pub struct Store {
     client: Client,
     db: Database,
     pairs: Collection<Document>,
+    timeout: Duration,
 }
 
 impl Store {
@@ -111,12 +112,39 @@ impl Store {
         let client = Client::with_options(options)?;
         let db = client.database(database);
         let pairs = db.collection(COLLECTION);
-        Ok(Self { client, db, pairs })
+        Ok(Self {
+            client,
+            db,
+            pairs,
+            timeout,
+        })
+    }
+
+    /// Bounds one operation by the configured timeout. The driver has no socket timeout,
+    /// so a server that hangs with its connections open would hold the caller until the
+    /// driver's monitor gives up on it, ten seconds or more later. Whole-collection reads
+    /// (digest, dump) are left unbounded: they may take long on a healthy server.
+    async fn bounded<T, E: From<StoreError>>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        tokio::time::timeout(self.timeout, op)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "no answer within {} ms",
+                    self.timeout.as_millis()
+                ))
+                .into())
+            })
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.db.run_command(doc! { "ping": 1 }).await?;
-        Ok(())
+        self.bounded(async {
+            self.db.run_command(doc! { "ping": 1 }).await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Indexes for the relay's scan and the clock's start-up read. Idempotent.
@@ -137,8 +165,11 @@ impl Store {
     }
 
     pub async fn get(&self, key: &Key) -> Result<Option<StoredPair>, StoreError> {
-        let found = self.pairs.find_one(doc! { "_id": key.as_str() }).await?;
-        found.map(|d| decode_pair(&d)).transpose()
+        self.bounded(async {
+            let found = self.pairs.find_one(doc! { "_id": key.as_str() }).await?;
+            found.map(|d| decode_pair(&d)).transpose()
+        })
+        .await
     }
 
     /// Writes a local change if the stored version is still `expected` (`None`: no
@@ -150,31 +181,34 @@ impl Store {
         entry: &Entry,
         event_id: Uuid,
     ) -> Result<(), CasError> {
-        let mut document = entry_doc(entry);
-        document.insert("outbox", outbox_doc(entry, event_id));
-        match expected {
-            None => {
-                document.insert("_id", key.as_str());
-                match self.pairs.insert_one(document).await {
-                    Ok(_) => Ok(()),
-                    Err(e) if is_duplicate_key(&e) => Err(CasError::Conflict),
-                    Err(e) => Err(StoreError::from(e).into()),
+        self.bounded(async {
+            let mut document = entry_doc(entry);
+            document.insert("outbox", outbox_doc(entry, event_id));
+            match expected {
+                None => {
+                    document.insert("_id", key.as_str());
+                    match self.pairs.insert_one(document).await {
+                        Ok(_) => Ok(()),
+                        Err(e) if is_duplicate_key(&e) => Err(CasError::Conflict),
+                        Err(e) => Err(StoreError::from(e).into()),
+                    }
+                }
+                Some(expected) => {
+                    let filter = doc! { "_id": key.as_str(), "ver": expected.to_string() };
+                    let result = self
+                        .pairs
+                        .replace_one(filter, document)
+                        .await
+                        .map_err(StoreError::from)?;
+                    if result.matched_count == 1 {
+                        Ok(())
+                    } else {
+                        Err(CasError::Conflict)
+                    }
                 }
             }
-            Some(expected) => {
-                let filter = doc! { "_id": key.as_str(), "ver": expected.to_string() };
-                let result = self
-                    .pairs
-                    .replace_one(filter, document)
-                    .await
-                    .map_err(StoreError::from)?;
-                if result.matched_count == 1 {
-                    Ok(())
-                } else {
-                    Err(CasError::Conflict)
-                }
-            }
-        }
+        })
+        .await
     }
 
     /// Writes a local change (with its outbox mark) if `entry.version` is newer than
@@ -186,93 +220,108 @@ impl Store {
         entry: &Entry,
         event_id: Uuid,
     ) -> Result<LocalWrite, StoreError> {
-        let mut document = entry_doc(entry);
-        document.insert("outbox", outbox_doc(entry, event_id));
-        let filter = doc! { "_id": key.as_str(), "ver": { "$lt": entry.version.to_string() } };
-        let before = self
-            .pairs
-            .find_one_and_update(filter, doc! { "$set": document.clone() })
-            .return_document(ReturnDocument::Before)
-            .projection(doc! { "deleted": 1 })
-            .await?;
-        if let Some(before) = before {
-            return Ok(if decode_deleted(&before)? {
-                LocalWrite::Created
-            } else {
-                LocalWrite::Replaced
-            });
-        }
-        // No pair, or a newer one: the insert's duplicate-key error tells which. (Not an
-        // upsert: servers disagree on how a findAndModify upsert reports a collision.)
-        document.insert("_id", key.as_str());
-        match self.pairs.insert_one(document).await {
-            Ok(_) => Ok(LocalWrite::Created),
-            Err(e) if is_duplicate_key(&e) => Ok(LocalWrite::Stale),
-            Err(e) => Err(e.into()),
-        }
+        self.bounded(async {
+            let mut document = entry_doc(entry);
+            document.insert("outbox", outbox_doc(entry, event_id));
+            let filter = doc! { "_id": key.as_str(), "ver": { "$lt": entry.version.to_string() } };
+            let before = self
+                .pairs
+                .find_one_and_update(filter, doc! { "$set": document.clone() })
+                .return_document(ReturnDocument::Before)
+                .projection(doc! { "deleted": 1 })
+                .await?;
+            if let Some(before) = before {
+                return Ok(if decode_deleted(&before)? {
+                    LocalWrite::Created
+                } else {
+                    LocalWrite::Replaced
+                });
+            }
+            // No pair, or a newer one: the insert's duplicate-key error tells which. (Not an
+            // upsert: servers disagree on how a findAndModify upsert reports a collision.)
+            document.insert("_id", key.as_str());
+            match self.pairs.insert_one(document).await {
+                Ok(_) => Ok(LocalWrite::Created),
+                Err(e) if is_duplicate_key(&e) => Ok(LocalWrite::Stale),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
     }
 
     /// Applies a peer's change if it is newer than what is stored: one conditional
     /// upsert, so a stale or duplicate event changes nothing. A pending outbox mark of
     /// our own is kept: that change is still published (and is stale for the peers).
     pub async fn apply_remote(&self, event: &Event) -> Result<Outcome, StoreError> {
-        let version = event.version.to_string();
-        let filter = doc! { "_id": event.key.as_str(), "ver": { "$lt": &version } };
-        let update = doc! { "$set": entry_doc(&Entry::from_event(event)) };
-        match self
-            .pairs
-            .update_one(filter.clone(), update.clone())
-            .upsert(true)
-            .await
-        {
-            Ok(_) => Ok(Outcome::Applied),
-            // The upsert's insert collided: the key exists, either with a version at
-            // least as new, or because another write created it in the meantime. Pairs
-            // are never removed (deletes are tombstones), so the same update without
-            // upsert now tells which.
-            Err(e) if is_duplicate_key(&e) => {
-                let result = self.pairs.update_one(filter, update).await?;
-                Ok(if result.matched_count == 1 {
-                    Outcome::Applied
-                } else {
-                    Outcome::Stale
-                })
+        self.bounded(async {
+            let version = event.version.to_string();
+            let filter = doc! { "_id": event.key.as_str(), "ver": { "$lt": &version } };
+            let update = doc! { "$set": entry_doc(&Entry::from_event(event)) };
+            match self
+                .pairs
+                .update_one(filter.clone(), update.clone())
+                .upsert(true)
+                .await
+            {
+                Ok(_) => Ok(Outcome::Applied),
+                // The upsert's insert collided: the key exists, either with a version at
+                // least as new, or because another write created it in the meantime. Pairs
+                // are never removed (deletes are tombstones), so the same update without
+                // upsert now tells which.
+                Err(e) if is_duplicate_key(&e) => {
+                    let result = self.pairs.update_one(filter, update).await?;
+                    Ok(if result.matched_count == 1 {
+                        Outcome::Applied
+                    } else {
+                        Outcome::Stale
+                    })
+                }
+                Err(e) => Err(e.into()),
             }
-            Err(e) => Err(e.into()),
-        }
+        })
+        .await
     }
 
     /// Clears the outbox mark once the broker has acknowledged `event_id`. A newer local
     /// change has replaced the mark in the meantime if the id no longer matches.
     pub async fn clear_outbox(&self, key: &Key, event_id: Uuid) -> Result<(), StoreError> {
-        self.pairs
-            .update_one(
-                doc! { "_id": key.as_str(), "outbox.id": event_id.to_string() },
-                doc! { "$unset": { "outbox": "" } },
-            )
-            .await?;
-        Ok(())
+        self.bounded(async {
+            self.pairs
+                .update_one(
+                    doc! { "_id": key.as_str(), "outbox.id": event_id.to_string() },
+                    doc! { "$unset": { "outbox": "" } },
+                )
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Up to `limit` changes awaiting publication.
     pub async fn pending(&self, limit: i64) -> Result<Vec<Event>, StoreError> {
-        let mut cursor = self
-            .pairs
-            .find(doc! { "outbox.id": { "$exists": true } })
-            .limit(limit)
-            .await?;
-        let mut events = Vec::new();
-        while let Some(d) = cursor.try_next().await? {
-            events.push(decode_outbox(&d)?);
-        }
-        Ok(events)
+        self.bounded(async {
+            let mut cursor = self
+                .pairs
+                .find(doc! { "outbox.id": { "$exists": true } })
+                .limit(limit)
+                .await?;
+            let mut events = Vec::new();
+            while let Some(d) = cursor.try_next().await? {
+                events.push(decode_outbox(&d)?);
+            }
+            Ok(events)
+        })
+        .await
     }
 
     pub async fn count_pending(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .pairs
-            .count_documents(doc! { "outbox.id": { "$exists": true } })
-            .await?)
+        self.bounded(async {
+            Ok(self
+                .pairs
+                .count_documents(doc! { "outbox.id": { "$exists": true } })
+                .await?)
+        })
+        .await
     }
 
     /// Live pairs whose key starts with `prefix`, in key order, after `after`.
@@ -283,32 +332,35 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<StoredPair>, bool), StoreError> {
-        // Keys sharing a prefix are contiguous in byte order: start at the prefix (or
-        // after the cursor) and stop at the first key without it.
-        let range = match after {
-            Some(after) if after >= prefix => doc! { "$gt": after },
-            _ => doc! { "$gte": prefix },
-        };
-        let mut cursor = self
-            .pairs
-            .find(doc! { "_id": range, "deleted": false })
-            .sort(doc! { "_id": 1 })
-            .limit(limit as i64 + 1)
-            .await?;
-        let mut page = Vec::with_capacity(limit.min(1024));
-        let mut more = false;
-        while let Some(d) = cursor.try_next().await? {
-            let pair = decode_pair(&d)?;
-            if !pair.key.as_str().starts_with(prefix) {
-                break;
+        self.bounded(async {
+            // Keys sharing a prefix are contiguous in byte order: start at the prefix (or
+            // after the cursor) and stop at the first key without it.
+            let range = match after {
+                Some(after) if after >= prefix => doc! { "$gt": after },
+                _ => doc! { "$gte": prefix },
+            };
+            let mut cursor = self
+                .pairs
+                .find(doc! { "_id": range, "deleted": false })
+                .sort(doc! { "_id": 1 })
+                .limit(limit as i64 + 1)
+                .await?;
+            let mut page = Vec::with_capacity(limit.min(1024));
+            let mut more = false;
+            while let Some(d) = cursor.try_next().await? {
+                let pair = decode_pair(&d)?;
+                if !pair.key.as_str().starts_with(prefix) {
+                    break;
+                }
+                if page.len() == limit {
+                    more = true;
+                    break;
+                }
+                page.push(pair);
             }
-            if page.len() == limit {
-                more = true;
-                break;
-            }
-            page.push(pair);
-        }
-        Ok((page, more))
+            Ok((page, more))
+        })
+        .await
     }
 
     /// Every live key with its version (for "clear all").
