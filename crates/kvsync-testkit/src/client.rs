@@ -202,6 +202,22 @@ impl Client {
             .await?)
     }
 
+    /// One sample of `/metrics`, named as the exposition shows it, labels included
+    /// (`kvsync_events_rejected_total{reason="malformed"}`); `None` if absent.
+    pub async fn metric(&self, series: &str) -> Result<Option<f64>> {
+        let text = self.metrics().await?;
+        text.lines()
+            .filter_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map(|value| {
+                value
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("{series} = {value:?}"))
+            })
+            .next()
+            .transpose()
+    }
+
     pub async fn ready(&self) -> bool {
         matches!(
             self.http.get(self.url("/readyz")).send().await,

@@ -212,6 +212,26 @@ impl Broker {
     pub fn unpause(&self) {
         self.service.signal(libc::SIGCONT);
     }
+
+    /// Writes one record straight onto `topic`, past every node: for feeding consumers
+    /// what no node would publish (garbage, forged, oversized or future events).
+    pub async fn produce(&self, topic: &str, key: &str, payload: &[u8]) -> Result<()> {
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.addr())
+            .set("acks", "all")
+            // Room for events beyond the nodes' own size limit.
+            .set("message.max.bytes", "16000000")
+            .set("message.timeout.ms", "10000")
+            .create()?;
+        let record = FutureRecord::to(topic).key(key).payload(payload);
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .with_context(|| format!("producing {} bytes to {topic}", payload.len()))?;
+        Ok(())
+    }
 }
 
 /// An nx-27017 MongoDB-protocol server on SQLite.
@@ -489,6 +509,11 @@ impl Cluster {
         self.nodes.iter().map(Node::client).collect()
     }
 
+    /// The topic every node publishes to and consumes.
+    pub fn topic(&self) -> &str {
+        &self.options.topic
+    }
+
     /// Waits until every node holds the same state (equal digests, tombstones
     /// included) and returns that digest.
     pub async fn converged(&self, timeout: Duration) -> Result<(u64, String)> {
@@ -510,4 +535,43 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+
+    /// Waits until every node holds the same state, compared in full: equal digests
+    /// (tombstones included) and the same live pairs with the same values, versions and
+    /// origins. Returns those pairs.
+    pub async fn identical(&self, timeout: Duration) -> Result<Vec<Pair>> {
+        let clients = self.clients();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            self.converged(left).await?;
+            let mut lists = Vec::new();
+            for c in &clients {
+                lists.push(c.list_all().await?);
+            }
+            let difference = lists[1..]
+                .iter()
+                .zip(&clients[1..])
+                .find_map(|(list, c)| first_difference(&lists[0], list).map(|d| (c.base(), d)));
+            match difference {
+                None => return Ok(lists.swap_remove(0)),
+                Some((node, d)) if tokio::time::Instant::now() >= deadline => {
+                    bail!(
+                        "digests are equal but {node} differs from {}: {d}",
+                        clients[0].base()
+                    )
+                }
+                // A change may have landed between the digests and the listings.
+                Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
+
+/// The first pair that differs between two listings, described.
+fn first_difference(a: &[Pair], b: &[Pair]) -> Option<String> {
+    if let Some((x, y)) = a.iter().zip(b).find(|(x, y)| x != y) {
+        return Some(format!("{x:?} vs {y:?}"));
+    }
+    (a.len() != b.len()).then(|| format!("{} pairs vs {}", a.len(), b.len()))
 }
