@@ -126,6 +126,7 @@ async fn broker_outage(kill: bool) {
     let (a, b) = (c.nodes[0].client(), c.nodes[1].client());
     let before = put_all(&a, vec!["before".into()], 1).await;
     wait_holds(&b, &before).await;
+    wait_outbox_drained(&a).await;
 
     if kill {
         c.broker.kill();
@@ -153,6 +154,8 @@ async fn broker_outage(kill: bool) {
         501,
         "node2 applied each change once"
     );
+    let duplicates = b.counter("events_skipped_stale").await.unwrap();
+    eprintln!("node2 skipped {duplicates} duplicate deliveries");
     assert_eq!(b.counter("events_rejected").await.unwrap(), 0);
     assert_identical(&c).await;
 }
@@ -240,6 +243,7 @@ async fn acknowledged_writes_survive_a_crash_before_publication() {
     c.nodes[0].restart().await.unwrap();
     wait_ready(&c, 0).await;
     wait_holds(&b, &written).await;
+    wait_outbox_drained(&a).await;
 
     // Then for certain: the broker hangs during the burst, so nothing can have been
     // published when node1 dies.
