@@ -300,7 +300,8 @@ async fn database_outage(kill: bool) {
             assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
             assert_eq!(body["error"], "database_unavailable", "{body}");
             assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
-            assert!(took < Duration::from_secs(10), "answered after {took:?}");
+            // KVSYNC_MONGODB_TIMEOUT_MS is 2 s by default; the rest is slack.
+            assert!(took < Duration::from_secs(5), "answered after {took:?}");
         }
         let r = reqwest::get(b.url("/readyz")).await.unwrap();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);

@@ -122,8 +122,8 @@ impl Store {
 
     /// Bounds one operation by the configured timeout. The driver has no socket timeout,
     /// so a server that hangs with its connections open would hold the caller until the
-    /// driver's monitor gives up on it, ten seconds or more later. Whole-collection reads
-    /// (digest, dump) are left unbounded: they may take long on a healthy server.
+    /// driver's monitor gives up on it, ten seconds or more later. Scans (digest, dump,
+    /// the relay's outbox scan) are left unbounded: they may take long on a healthy server.
     async fn bounded<T, E: From<StoreError>>(
         &self,
         op: impl std::future::Future<Output = Result<T, E>>,
@@ -299,19 +299,16 @@ impl Store {
 
     /// Up to `limit` changes awaiting publication.
     pub async fn pending(&self, limit: i64) -> Result<Vec<Event>, StoreError> {
-        self.bounded(async {
-            let mut cursor = self
-                .pairs
-                .find(doc! { "outbox.id": { "$exists": true } })
-                .limit(limit)
-                .await?;
-            let mut events = Vec::new();
-            while let Some(d) = cursor.try_next().await? {
-                events.push(decode_outbox(&d)?);
-            }
-            Ok(events)
-        })
-        .await
+        let mut cursor = self
+            .pairs
+            .find(doc! { "outbox.id": { "$exists": true } })
+            .limit(limit)
+            .await?;
+        let mut events = Vec::new();
+        while let Some(d) = cursor.try_next().await? {
+            events.push(decode_outbox(&d)?);
+        }
+        Ok(events)
     }
 
     pub async fn count_pending(&self) -> Result<u64, StoreError> {
