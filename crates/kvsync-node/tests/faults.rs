@@ -14,7 +14,7 @@ use std::{
 
 use futures::{stream, StreamExt};
 use kvsync_core::{event::MAX_EVENT_BYTES, Event, Key, NodeId, Op, Timestamp, Values, Version};
-use kvsync_testkit::{wait_until, Client, Cluster, ClusterOptions, Pair};
+use kvsync_testkit::{test_seed, wait_until, Client, Cluster, ClusterOptions, Pair, Rng};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -356,23 +356,6 @@ async fn a_peer_outlives_its_database_hanging() {
     database_outage(false).await;
 }
 
-/// A small deterministic generator (xorshift64*), so a failing run can be repeated
-/// with its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// Scenario 5: three nodes write the same 50 keys at once (puts, appends, deletes) for
 /// `KVSYNC_TEST_CONFLICT_SECS` (default 20); they end identical.
 #[tokio::test]
@@ -381,10 +364,7 @@ async fn three_nodes_writing_the_same_keys_converge() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    let seed: u64 = std::env::var("KVSYNC_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(now_ms);
+    let seed = test_seed();
     eprintln!("conflicts for {secs} s, KVSYNC_TEST_SEED={seed}");
     let c = cluster(3).await;
     let keys: Arc<Vec<String>> = Arc::new((0..50).map(|i| format!("contested/{i:02}")).collect());
@@ -394,8 +374,7 @@ async fn three_nodes_writing_the_same_keys_converge() {
         let keys = keys.clone();
         (0..2).map(move |w| {
             let (client, keys) = (client.clone(), keys.clone());
-            let mut rng =
-                Rng((seed ^ (n * 2 + w + 1) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let mut rng = Rng::new(seed, (n * 2 + w) as u64);
             tokio::spawn(async move {
                 let mut counts = [0u64; 3];
                 let mut i = 0u64;

@@ -4,6 +4,7 @@
 
 mod client;
 mod process;
+mod rng;
 
 use std::{
     path::{Path, PathBuf},
@@ -14,6 +15,7 @@ use anyhow::{bail, Context, Result};
 
 pub use client::{Client, Pair};
 pub use process::{free_port, Proc};
+pub use rng::{test_seed, Rng};
 
 /// Where the external tools live: `$KVSYNC_TOOLS` (default `~/.cache/kvsync-tools`), as
 /// installed by `scripts/install-deps.sh`, else the `PATH`.
@@ -340,8 +342,13 @@ impl Node {
         Ok(())
     }
 
+    /// A client for this node, carrying its API token if it was started with one.
     pub fn client(&self) -> Client {
-        Client::new(&self.url)
+        let client = Client::new(&self.url);
+        match self.spec.env.iter().find(|(k, _)| k == "KVSYNC_API_TOKEN") {
+            Some((_, token)) => client.with_token(token),
+            None => client,
+        }
     }
 
     pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {

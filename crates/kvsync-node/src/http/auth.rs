@@ -43,8 +43,10 @@ pub async fn require_token(State(ctx): State<Ctx>, req: Request, next: Next) -> 
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        // The scheme name is case-insensitive (RFC 9110 section 11.1).
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
     // EventSource cannot set headers, so the event stream also takes a query parameter.
     let from_query = (req.uri().path() == "/api/events")
         .then(|| req.uri().query())

@@ -40,9 +40,39 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Q<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        // The query decoder replaces invalid UTF-8 with U+FFFD, which would silently
+        // answer a different question than the one asked.
+        if !percent_decodes_to_utf8(parts.uri.query().unwrap_or_default()) {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "the query string is not valid UTF-8 once percent-decoded",
+            ));
+        }
         let Query(v) = Query::<T>::from_request_parts(parts, state).await?;
         Ok(Self(v))
     }
+}
+
+fn percent_decodes_to_utf8(query: &str) -> bool {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let (bytes, mut decoded, mut i) = (query.as_bytes(), Vec::new(), 0);
+    while i < bytes.len() {
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                decoded.push(hi << 4 | lo);
+                i += 3;
+            }
+            (b, _, _) => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    std::str::from_utf8(&decoded).is_ok()
 }
 
 /// `If-Match` / `If-None-Match` as a [`Precondition`]. Entity tags are versions; weak
@@ -104,6 +134,23 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(name, HeaderValue::from_str(v).unwrap());
         h
+    }
+
+    #[test]
+    fn query_must_decode_to_utf8() {
+        // A stray '%' is kept literally, as the query decoder does.
+        for ok in [
+            "",
+            "prefix=a%2Fb",
+            "prefix=%D0%BA%F0%9F%98%80",
+            "a=%",
+            "a=%zz",
+        ] {
+            assert!(percent_decodes_to_utf8(ok), "{ok}");
+        }
+        for bad in ["after=%FF", "a=%C3", "prefix=%ed%a0%80"] {
+            assert!(!percent_decodes_to_utf8(bad), "{bad}");
+        }
     }
 
     #[test]

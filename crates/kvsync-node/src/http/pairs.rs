@@ -6,7 +6,7 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use kvsync_core::{Values, Version};
+use kvsync_core::{Key, Values, Version};
 use kvsync_store::StoredPair;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -85,6 +85,16 @@ pub async fn list(State(ctx): State<Ctx>, Q(p): Q<ListParams>) -> Result<Respons
             "invalid_query",
             format!("limit must be between 1 and {MAX_PAGE}"),
         ));
+    }
+    // A prefix is the start of a key and a cursor is a key (a page's `next`): the key
+    // rules apply, so a typo'd or mangled query fails instead of matching nothing.
+    if let Some(after) = &p.after {
+        Key::parse(after.as_str())
+            .map_err(|e| ApiError::bad_request("invalid_query", format!("after: {e}")))?;
+    }
+    if !p.prefix.is_empty() {
+        Key::parse(p.prefix.as_str())
+            .map_err(|e| ApiError::bad_request("invalid_query", format!("prefix: {e}")))?;
     }
     let (page, more) = ctx
         .app
