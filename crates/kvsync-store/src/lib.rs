@@ -212,8 +212,9 @@ impl Store {
     }
 
     /// Writes a local change (with its outbox mark) if `entry.version` is newer than
-    /// whatever is stored, for writes with no precondition. Replacing an existing pair
-    /// takes one round trip; a new key takes two.
+    /// whatever is stored, for writes with no precondition. Creating a key and replacing
+    /// a live pair take one round trip; reviving a tombstone, or finding a newer
+    /// version, two or three.
     pub async fn write_local_if_newer(
         &self,
         key: &Key,
@@ -223,7 +224,26 @@ impl Store {
         self.bounded(async {
             let mut document = entry_doc(entry);
             document.insert("outbox", outbox_doc(entry, event_id));
-            let filter = doc! { "_id": key.as_str(), "ver": { "$lt": entry.version.to_string() } };
+            let version = entry.version.to_string();
+            // One conditional upsert covers the common cases. Its insert collides when
+            // the key holds a tombstone (which answers "created", so it must be told
+            // apart), a version at least as new, or a racing insert: the steps below
+            // sort those out.
+            let live_and_older =
+                doc! { "_id": key.as_str(), "ver": { "$lt": &version }, "deleted": false };
+            match self
+                .pairs
+                .update_one(live_and_older, doc! { "$set": document.clone() })
+                .upsert(true)
+                .await
+            {
+                Ok(r) if r.upserted_id.is_some() => return Ok(LocalWrite::Created),
+                Ok(r) if r.matched_count == 1 => return Ok(LocalWrite::Replaced),
+                Ok(_) => {}
+                Err(e) if is_duplicate_key(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let filter = doc! { "_id": key.as_str(), "ver": { "$lt": &version } };
             let before = self
                 .pairs
                 .find_one_and_update(filter, doc! { "$set": document.clone() })
