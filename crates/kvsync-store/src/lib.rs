@@ -305,12 +305,23 @@ impl Store {
     /// Clears the outbox mark once the broker has acknowledged `event_id`. A newer local
     /// change has replaced the mark in the meantime if the id no longer matches.
     pub async fn clear_outbox(&self, key: &Key, event_id: Uuid) -> Result<(), StoreError> {
+        self.clear_outboxes(&[(key.clone(), event_id)]).await
+    }
+
+    /// [`Store::clear_outbox`] for many acknowledged events in one operation.
+    pub async fn clear_outboxes(&self, acked: &[(Key, Uuid)]) -> Result<(), StoreError> {
+        let marks: Vec<Document> = acked
+            .iter()
+            .map(|(key, id)| doc! { "_id": key.as_str(), "outbox.id": id.to_string() })
+            .collect();
+        let filter = match marks.len() {
+            0 => return Ok(()),
+            1 => marks.into_iter().next().expect("one mark"),
+            _ => doc! { "$or": marks },
+        };
         self.bounded(async {
             self.pairs
-                .update_one(
-                    doc! { "_id": key.as_str(), "outbox.id": event_id.to_string() },
-                    doc! { "$unset": { "outbox": "" } },
-                )
+                .update_many(filter, doc! { "$unset": { "outbox": "" } })
                 .await?;
             Ok(())
         })

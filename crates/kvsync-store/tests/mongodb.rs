@@ -172,6 +172,40 @@ async fn local_writes_are_conditional_and_leave_an_outbox_mark() {
 }
 
 #[tokio::test]
+async fn marks_are_cleared_in_batches_by_event_id() {
+    let f = fixture().await;
+    let s = &f.store;
+    let events: Vec<Event> = (0..5)
+        .map(|i| put(&format!("k{i}"), 10, "n1", &["v"]))
+        .collect();
+    for e in &events {
+        s.write_local_if_newer(&e.key, &Entry::from_event(e), e.id)
+            .await
+            .unwrap();
+    }
+    // k0 changes again before its first publication is acknowledged.
+    let newer = put("k0", 11, "n1", &["w"]);
+    s.write_local_if_newer(&newer.key, &Entry::from_event(&newer), newer.id)
+        .await
+        .unwrap();
+    assert_eq!(s.count_pending().await.unwrap(), 5);
+    let acked: Vec<(Key, uuid::Uuid)> = events[..4].iter().map(|e| (e.key.clone(), e.id)).collect();
+    s.clear_outboxes(&acked).await.unwrap();
+    // k0 keeps the mark of its newer change; k4 was not acknowledged yet.
+    let mut left = s.pending(10).await.unwrap();
+    left.sort_by(|a, b| a.key.as_str().cmp(b.key.as_str()));
+    assert_eq!(left, vec![newer.clone(), events[4].clone()]);
+    s.clear_outboxes(&[]).await.unwrap();
+    s.clear_outboxes(&[
+        (newer.key.clone(), newer.id),
+        (events[4].key.clone(), events[4].id),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(s.count_pending().await.unwrap(), 0);
+}
+
+#[tokio::test]
 async fn a_remote_apply_keeps_a_pending_local_change() {
     let f = fixture().await;
     let s = &f.store;

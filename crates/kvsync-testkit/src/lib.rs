@@ -396,6 +396,11 @@ impl Node {
             .map(|p| p.log_tail(lines))
             .unwrap_or_default()
     }
+
+    /// Everything this node has logged, over all its restarts.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{}.log", self.spec.id))).unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -571,6 +576,22 @@ impl Cluster {
                 // A change may have landed between the digests and the listings.
                 Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    /// When a test fails, its logs are what explains it: show each node's last lines
+    /// and keep the directory with every log and database.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for n in &self.nodes {
+            eprintln!("--- last lines of {} ---\n{}", n.spec.id, n.log_tail(40));
+        }
+        if let Some(tmp) = self._tmp.take() {
+            eprintln!("--- logs and data kept in {} ---", tmp.keep().display());
         }
     }
 }
