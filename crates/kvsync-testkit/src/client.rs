@@ -174,6 +174,16 @@ impl Client {
         ))
     }
 
+    /// The JSON body of `GET path` (path and query), whatever its status.
+    pub async fn get_json(&self, path: &str) -> Result<Value> {
+        Ok(self
+            .request(reqwest::Method::GET, &self.url(path))
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+
     pub async fn node_info(&self) -> Result<Value> {
         Ok(self
             .request(reqwest::Method::GET, &self.url("/api/node"))
