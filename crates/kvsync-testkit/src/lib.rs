@@ -14,7 +14,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 pub use client::{Client, Pair};
-pub use process::{free_port, Proc};
+pub use process::{free_port, listens_on, Proc};
 pub use rng::{test_seed, Rng};
 
 /// Where the external tools live: `$KVSYNC_TOOLS` (default `~/.cache/kvsync-tools`), as
@@ -67,19 +67,15 @@ pub fn node_binary() -> Result<PathBuf> {
 }
 
 async fn wait_for_port(port: u16, proc: &mut Proc, timeout: Duration) -> Result<()> {
+    let pid = proc.pid();
     wait_until(
         timeout,
         &format!("{} to listen on {port}", proc.name()),
         || {
-            let alive = proc.is_running();
-            async move {
-                if !alive {
-                    return true; // Reported below.
-                }
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .is_ok()
-            }
+            // Exited (reported below), or listening itself: whatever else may hold
+            // the port does not count.
+            let done = !proc.is_running() || listens_on(pid, port);
+            async move { done }
         },
     )
     .await?;
@@ -91,6 +87,27 @@ async fn wait_for_port(port: u16, proc: &mut Proc, timeout: Duration) -> Result<
         );
     }
     Ok(())
+}
+
+/// Starts a server on `port`, or if it is 0 on a free port. A free port can be taken by
+/// someone else before the server binds it; the server then exits, and another port is
+/// tried.
+async fn on_free_port<T, F, Fut>(port: u16, mut start: F) -> Result<T>
+where
+    F: FnMut(u16) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    if port != 0 {
+        return start(port).await;
+    }
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match start(free_port()?).await {
+            Err(e) if attempts < 3 => eprintln!("start-up failed, trying another port: {e:#}"),
+            result => return result,
+        }
+    }
 }
 
 /// Polls `check` until it holds, or fails after `timeout` naming `what`.
@@ -129,7 +146,7 @@ impl Service {
         std::fs::create_dir_all(dir)?;
         Ok(Self {
             name,
-            port: if port == 0 { free_port()? } else { port },
+            port,
             program: program.to_owned(),
             args: Vec::new(),
             dir: dir.to_owned(),
@@ -170,7 +187,12 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// On `port`, or on a free port if 0.
     pub async fn start(tools: &Tools, dir: &Path, port: u16) -> Result<Self> {
+        on_free_port(port, |port| Self::start_on(tools, dir, port)).await
+    }
+
+    async fn start_on(tools: &Tools, dir: &Path, port: u16) -> Result<Self> {
         let mut service = Service::new("tansu", &tools.tansu, dir, port)?;
         let url = format!("tcp://127.0.0.1:{}", service.port);
         service.args = [
@@ -243,7 +265,12 @@ pub struct Mongo {
 }
 
 impl Mongo {
+    /// On `port`, or on a free port if 0.
     pub async fn start(tools: &Tools, dir: &Path, port: u16) -> Result<Self> {
+        on_free_port(port, |port| Self::start_on(tools, dir, port)).await
+    }
+
+    async fn start_on(tools: &Tools, dir: &Path, port: u16) -> Result<Self> {
         let mut service = Service::new("nx-27017", &tools.nx_27017, dir, port)?;
         // Own pid and log files: their defaults are shared by every instance.
         service.args = [
@@ -486,28 +513,31 @@ impl Cluster {
 
     async fn add_node_unready(&mut self) -> Result<()> {
         let i = self.nodes.len();
-        let port = |base: u16| -> Result<u16> {
-            Ok(if base == 0 {
-                free_port()?
-            } else {
-                base + i as u16
-            })
-        };
+        // 0: free ports. Otherwise node i's servers listen on `base + i`.
+        let port = |base: u16| if base == 0 { 0 } else { base + i as u16 };
         let mongo = Mongo::start(
             &self.tools,
             &self.dir.join(format!("mongo{}", i + 1)),
-            port(self.options.mongo_port)?,
+            port(self.options.mongo_port),
         )
         .await?;
         let spec = NodeSpec {
             id: format!("node{}", i + 1),
-            http_port: port(self.options.http_port)?,
+            http_port: 0,
             mongodb_uri: mongo.uri(),
             brokers: self.broker.addr(),
             topic: self.options.topic.clone(),
             env: self.options.env.clone(),
         };
-        let node = Node::start(&self.bin, &self.dir.join("nodes"), spec).await?;
+        let (bin, dir) = (&self.bin, self.dir.join("nodes"));
+        let node = on_free_port(port(self.options.http_port), |http_port| {
+            let spec = NodeSpec {
+                http_port,
+                ..spec.clone()
+            };
+            Node::start(bin, &dir, spec)
+        })
+        .await?;
         self.mongos.push(mongo);
         self.nodes.push(node);
         Ok(())

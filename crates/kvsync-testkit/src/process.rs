@@ -14,6 +14,63 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
 }
 
+/// Whether process `pid` itself holds a TCP socket listening on `port`: not merely
+/// whether something listens there, since a "free" port can be taken by another test's
+/// server between [`free_port`] and the bind.
+#[cfg(target_os = "linux")]
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let inodes = listening_inodes(port);
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .ok()
+            .and_then(|target| {
+                let target = target.to_str()?;
+                let inode = target.strip_prefix("socket:[")?.strip_suffix(']')?;
+                inode.parse::<u64>().ok()
+            })
+            .is_some_and(|inode| inodes.contains(&inode))
+    })
+}
+
+/// Inodes of the sockets listening on `port`, from the kernel's TCP tables.
+#[cfg(target_os = "linux")]
+fn listening_inodes(port: u16) -> Vec<u64> {
+    const LISTEN: &str = "0A";
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        // Columns: sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+        for fields in text
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        {
+            let local_port = fields
+                .get(1)
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if fields.get(3) == Some(&LISTEN) && local_port == Some(port) {
+                inodes.extend(fields.get(9).and_then(|i| i.parse::<u64>().ok()));
+            }
+        }
+    }
+    inodes
+}
+
+/// Elsewhere: whether anything listens on `port`.
+#[cfg(not(target_os = "linux"))]
+pub fn listens_on(_pid: u32, port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
 /// A child process whose output goes to a log file, killed when dropped.
 pub struct Proc {
     name: String,
