@@ -159,6 +159,11 @@ impl Client {
         }
     }
 
+    /// The keys of every live pair, in the API's (byte) order.
+    pub async fn keys(&self) -> Result<Vec<String>> {
+        Ok(self.list_all().await?.into_iter().map(|p| p.key).collect())
+    }
+
     /// `(count, digest)` over everything the node holds, tombstones included.
     pub async fn digest(&self) -> Result<(u64, String)> {
         let v: Value = self
