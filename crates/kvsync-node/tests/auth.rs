@@ -1,7 +1,8 @@
 //! Access control against real nodes: with `KVSYNC_API_TOKEN` set, every API route
 //! answers 401 with a JSON error unless the right bearer token comes with the request,
 //! while the probes and the static UI stay open; an unauthorized write writes nothing.
-//! Secrets never show up in logs, `/api/node` or `--help`. CORS is off unless configured.
+//! Secrets (the token, a Kafka SASL password, MongoDB credentials) never show up in logs,
+//! answers or `--help`. CORS is off unless configured.
 
 use std::time::Duration;
 
@@ -267,5 +268,59 @@ async fn cors_is_off_unless_configured() {
     ] {
         let r = status_of(preflight(&a, stranger)).await;
         assert_eq!(allowed_origin(&r), None, "{stranger}");
+    }
+}
+
+#[tokio::test]
+async fn mongodb_credentials_stay_out_of_logs_and_answers() {
+    const MONGO_PASSWORD: &str = "mongo-pw-5e4d3c2b1a09";
+    let mut c = Cluster::start(ClusterOptions {
+        nodes: 1,
+        ..Default::default()
+    })
+    .await
+    .expect("cluster starts");
+    // Credentials the MongoDB-protocol server does not know: the node keeps failing
+    // to authenticate, and says so, all without showing them.
+    c.nodes[0].terminate(T).await.unwrap();
+    let port = c.mongos[0].port;
+    c.nodes[0].spec.mongodb_uri =
+        format!("mongodb://kvsync:{MONGO_PASSWORD}@127.0.0.1:{port}/?authSource=admin");
+    c.nodes[0].restart().await.unwrap();
+    let a = c.nodes[0].client();
+    let readyz = || async {
+        let r = reqwest::get(a.url("/readyz")).await.unwrap();
+        (r.status(), r.text().await.unwrap())
+    };
+    wait_until(T, "the node to report MongoDB as not ready", || async {
+        let (status, text) = readyz().await;
+        status == StatusCode::SERVICE_UNAVAILABLE && text.to_lowercase().contains("mongodb")
+    })
+    .await
+    .unwrap();
+    let readyz = readyz().await.1;
+    // A write answers 503 with a JSON reason, as for any unusable database.
+    let r = status_of(
+        a.request(Method::PUT, &a.pair_url("k"))
+            .json(&json!({"values": ["v"]})),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let put = r.text().await.unwrap();
+    assert!(put.contains("database_unavailable"), "{put}");
+    // It failed for the right reason: authentication was tried, and refused.
+    let log = c.nodes[0].log();
+    assert!(log.contains("MongoDB not ready"), "{log}");
+    let info = a.node_info().await.unwrap().to_string();
+    for (what, text) in [
+        ("log", c.nodes[0].log()),
+        ("/readyz", readyz),
+        ("PUT", put),
+        ("/api/node", info),
+    ] {
+        assert!(
+            !text.contains(MONGO_PASSWORD),
+            "{what} shows the MongoDB password: {text}"
+        );
     }
 }

@@ -27,7 +27,8 @@ const DUPLICATE_KEY: i32 = 11000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database could not be reached (down, unreachable, or not answering in time).
+    /// The database cannot be used: down, unreachable, not answering in time, or
+    /// refusing our credentials.
     #[error("MongoDB is unavailable: {0}")]
     Unavailable(String),
     /// The database answered, but with an error we do not expect.
@@ -45,6 +46,9 @@ impl From<mongodb::error::Error> for StoreError {
             | ErrorKind::Io(_)
             | ErrorKind::ConnectionPoolCleared { .. }
             | ErrorKind::DnsResolve { .. }
+            // Wrong credentials make the database as unusable as a network failure does,
+            // and fixing them needs no restart of ours.
+            | ErrorKind::Authentication { .. }
             | ErrorKind::Shutdown => StoreError::Unavailable(e.to_string()),
             _ => StoreError::Backend(e.to_string()),
         }
