@@ -202,6 +202,15 @@ async fn token_guards_the_api_and_never_leaks() {
     assert!(!help.contains(TOKEN) && !help.contains(SASL_PASSWORD));
 }
 
+async fn one_node() -> Cluster {
+    Cluster::start(ClusterOptions {
+        nodes: 1,
+        ..Default::default()
+    })
+    .await
+    .expect("cluster starts")
+}
+
 fn preflight(c: &Client, origin: &str) -> reqwest::RequestBuilder {
     c.request(Method::OPTIONS, &c.url("/api/pairs/k"))
         .header(ORIGIN, origin)
@@ -217,12 +226,7 @@ fn allowed_origin(r: &reqwest::Response) -> Option<String> {
 #[tokio::test]
 async fn cors_is_off_unless_configured() {
     const ALLOWED: &str = "https://settings.example.com";
-    let mut c = Cluster::start(ClusterOptions {
-        nodes: 1,
-        ..Default::default()
-    })
-    .await
-    .expect("cluster starts");
+    let mut c = one_node().await;
 
     // Not configured: no cross-origin grant of any kind; same-origin use is unaffected.
     let a = c.nodes[0].client();
@@ -239,12 +243,15 @@ async fn cors_is_off_unless_configured() {
     a.put("k", &["v"]).await.unwrap();
 
     // Configured: the listed origin is granted, exactly; others still are not.
-    c.nodes[0].terminate(T).await.unwrap();
-    c.nodes[0].spec.env.push((
-        "KVSYNC_CORS_ORIGINS".into(),
-        format!("{ALLOWED},https://other.example.org"),
-    ));
-    c.nodes[0].restart().await.unwrap();
+    c.nodes[0]
+        .reconfigure(|spec| {
+            spec.env.push((
+                "KVSYNC_CORS_ORIGINS".into(),
+                format!("{ALLOWED},https://other.example.org"),
+            ))
+        })
+        .await
+        .unwrap();
     c.nodes[0].wait_ready(T).await.unwrap();
     let a = c.nodes[0].client();
     let r = status_of(preflight(&a, ALLOWED)).await;
@@ -274,19 +281,17 @@ async fn cors_is_off_unless_configured() {
 #[tokio::test]
 async fn mongodb_credentials_stay_out_of_logs_and_answers() {
     const MONGO_PASSWORD: &str = "mongo-pw-5e4d3c2b1a09";
-    let mut c = Cluster::start(ClusterOptions {
-        nodes: 1,
-        ..Default::default()
-    })
-    .await
-    .expect("cluster starts");
+    let mut c = one_node().await;
     // Credentials the MongoDB-protocol server does not know: the node keeps failing
     // to authenticate, and says so, all without showing them.
-    c.nodes[0].terminate(T).await.unwrap();
     let port = c.mongos[0].port;
-    c.nodes[0].spec.mongodb_uri =
-        format!("mongodb://kvsync:{MONGO_PASSWORD}@127.0.0.1:{port}/?authSource=admin");
-    c.nodes[0].restart().await.unwrap();
+    c.nodes[0]
+        .reconfigure(|spec| {
+            spec.mongodb_uri =
+                format!("mongodb://kvsync:{MONGO_PASSWORD}@127.0.0.1:{port}/?authSource=admin")
+        })
+        .await
+        .unwrap();
     let a = c.nodes[0].client();
     let readyz = || async {
         let r = reqwest::get(a.url("/readyz")).await.unwrap();

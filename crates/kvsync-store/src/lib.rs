@@ -306,13 +306,9 @@ impl Store {
         .await
     }
 
-    /// Clears the outbox mark once the broker has acknowledged `event_id`. A newer local
-    /// change has replaced the mark in the meantime if the id no longer matches.
-    pub async fn clear_outbox(&self, key: &Key, event_id: Uuid) -> Result<(), StoreError> {
-        self.clear_outboxes(&[(key.clone(), event_id)]).await
-    }
-
-    /// [`Store::clear_outbox`] for many acknowledged events in one operation.
+    /// Clears the outbox marks of events the broker has acknowledged, in one operation.
+    /// A key whose mark no longer has the event's id keeps it: a newer local change has
+    /// replaced it in the meantime.
     pub async fn clear_outboxes(&self, acked: &[(Key, Uuid)]) -> Result<(), StoreError> {
         let marks: Vec<Document> = acked
             .iter()

@@ -116,9 +116,13 @@ async fn local_writes_are_conditional_and_leave_an_outbox_mark() {
 
     // Only the newest change is pending; clearing a superseded id clears nothing.
     assert_eq!(s.pending(10).await.unwrap(), vec![second.clone()]);
-    s.clear_outbox(&first.key, first.id).await.unwrap();
+    s.clear_outboxes(&[(first.key.clone(), first.id)])
+        .await
+        .unwrap();
     assert_eq!(s.count_pending().await.unwrap(), 1);
-    s.clear_outbox(&second.key, second.id).await.unwrap();
+    s.clear_outboxes(&[(second.key.clone(), second.id)])
+        .await
+        .unwrap();
     assert_eq!(s.count_pending().await.unwrap(), 0);
 
     // Compare-and-swap: the expected version must still be the stored one.

@@ -362,11 +362,17 @@ impl Node {
             .env("KVSYNC_KAFKA_TOPIC", &s.topic)
             .env("KVSYNC_LOG", "info")
             .envs(s.env.iter().map(|(k, v)| (k, v)));
-        let log = self.dir.join(format!("{}.log", s.id));
-        let mut proc = Proc::spawn(&format!("kvsync-node {}", s.id), &mut cmd, &log)?;
+        let mut proc = Proc::spawn(&format!("kvsync-node {}", s.id), &mut cmd, &self.log_path())?;
         wait_for_port(s.http_port, &mut proc, Duration::from_secs(30)).await?;
         self.proc = Some(proc);
         Ok(())
+    }
+
+    /// Stops the node gracefully, lets `edit` change how it runs, and starts it again.
+    pub async fn reconfigure(&mut self, edit: impl FnOnce(&mut NodeSpec)) -> Result<()> {
+        self.terminate(Duration::from_secs(30)).await?;
+        edit(&mut self.spec);
+        self.restart().await
     }
 
     /// A client for this node, carrying its API token if it was started with one.
@@ -426,7 +432,11 @@ impl Node {
 
     /// Everything this node has logged, over all its restarts.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join(format!("{}.log", self.spec.id))).unwrap_or_default()
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.log", self.spec.id))
     }
 }
 
@@ -468,7 +478,8 @@ pub struct Cluster {
     tools: Tools,
     bin: PathBuf,
     dir: PathBuf,
-    _tmp: Option<tempfile::TempDir>,
+    /// The temporary directory behind `dir`, removed on drop (unless a test failed).
+    tmp: Option<tempfile::TempDir>,
 }
 
 impl Cluster {
@@ -492,7 +503,7 @@ impl Cluster {
             tools,
             bin,
             dir,
-            _tmp: tmp,
+            tmp,
         };
         for _ in 0..options.nodes {
             c.add_node_unready().await?;
@@ -620,7 +631,7 @@ impl Drop for Cluster {
         for n in &self.nodes {
             eprintln!("--- last lines of {} ---\n{}", n.spec.id, n.log_tail(40));
         }
-        if let Some(tmp) = self._tmp.take() {
+        if let Some(tmp) = self.tmp.take() {
             eprintln!("--- logs and data kept in {} ---", tmp.keep().display());
         }
     }
