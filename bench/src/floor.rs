@@ -6,7 +6,7 @@ use std::{collections::HashMap, time::Duration};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use kvsync_core::{Event, Key, NodeId, Op, Timestamp, Values, Version};
-use kvsync_kafka::{ConsumerState, KafkaSettings, Publisher, Subscriber};
+use kvsync_kafka::{KafkaSettings, Probe, Publisher, Start, Subscriber};
 use kvsync_store::Store;
 use serde::Serialize;
 use tokio::{sync::mpsc, time::Instant};
@@ -94,11 +94,11 @@ pub async fn run(target: &Target, args: &FloorArgs) -> Result<Option<FloorResult
             .ensure_topic()
             .await
             .context("creating the floor's topic")?;
-        let subscriber = Subscriber::new(
-            &settings,
-            &format!("kvsync-bench-floor-{id}"),
-            &ConsumerState::default(),
-        )?;
+        let group = format!("kvsync-bench-floor-{id}");
+        let subscriber = Subscriber::new(&settings, &settings.topic, Some(&group))?;
+        let partitions = Probe::new(&settings, &group)?.partitions(Duration::from_secs(10))?;
+        let all: Vec<(i32, Start)> = (0..partitions).map(|p| (p, Start::Committed)).collect();
+        subscriber.assign(&all)?;
         let publisher = Publisher::new(&settings)?;
         let (tx, mut rx) = mpsc::unbounded_channel::<(String, Instant, i32)>();
         let reader = tokio::spawn(async move {
@@ -111,7 +111,7 @@ pub async fn run(target: &Target, args: &FloorArgs) -> Result<Option<FloorResult
                                 break;
                             }
                         }
-                        let _ = subscriber.done(&m);
+                        let _ = subscriber.done_before(m.partition(), m.offset() + 1);
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "floor consumer");
@@ -120,7 +120,7 @@ pub async fn run(target: &Target, args: &FloorArgs) -> Result<Option<FloorResult
                 }
             }
         });
-        // Until the consumer has joined its group and fetches: one probe at a time.
+        // Until the consumer fetches: one probe at a time.
         let joined = Instant::now();
         'join: loop {
             if joined.elapsed() > Duration::from_secs(60) {

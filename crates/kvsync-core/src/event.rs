@@ -50,13 +50,11 @@ pub enum EventError {
     OpShape,
     #[error("version {version} was not made by origin {origin}")]
     Forged { version: String, origin: String },
-    #[error("version is {ahead_ms} ms ahead of this node's clock (limit {limit_ms} ms)")]
-    FromTheFuture { ahead_ms: u64, limit_ms: u64 },
 }
 
 impl EventError {
     /// Every value [`EventError::kind`] can take.
-    pub const KINDS: [&'static str; 8] = [
+    pub const KINDS: [&'static str; 7] = [
         "too_large",
         "malformed",
         "schema",
@@ -64,7 +62,6 @@ impl EventError {
         "values",
         "op_shape",
         "forged",
-        "future",
     ];
 
     /// A short stable label, for metrics.
@@ -77,7 +74,6 @@ impl EventError {
             EventError::Values(_) => "values",
             EventError::OpShape => "op_shape",
             EventError::Forged { .. } => "forged",
-            EventError::FromTheFuture { .. } => "future",
         }
     }
 }
@@ -182,19 +178,6 @@ impl Event {
             op,
         })
     }
-
-    /// Rejects an event stamped too far ahead of `now_ms`: accepting it would drag this
-    /// node's clock (and so every later write) into the future.
-    pub fn check_clock(&self, now_ms: u64, max_ahead_ms: u64) -> Result<(), EventError> {
-        let ahead_ms = self.version.ts.wall_ms.saturating_sub(now_ms);
-        if ahead_ms > max_ahead_ms {
-            return Err(EventError::FromTheFuture {
-                ahead_ms,
-                limit_ms: max_ahead_ms,
-            });
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -263,14 +246,6 @@ mod tests {
             assert_eq!(err.kind(), kind, "{err}");
             assert!(EventError::KINDS.contains(&kind));
         }
-    }
-
-    #[test]
-    fn future_versions_are_refused() {
-        let e = put("k", &["a"]); // stamped at 1_000 ms
-        assert!(e.check_clock(0, 1_000).is_ok());
-        assert_eq!(e.check_clock(0, 999).unwrap_err().kind(), "future");
-        assert!(e.check_clock(5_000, 0).is_ok());
     }
 
     proptest! {

@@ -11,6 +11,7 @@ pub mod key;
 pub mod merge;
 pub mod node_id;
 pub mod pair;
+pub mod skew;
 pub mod version;
 
 pub use clock::{Clock, Timestamp};
@@ -20,4 +21,5 @@ pub use key::{Key, KeyError};
 pub use merge::{Entry, Outcome, Replica};
 pub use node_id::{NodeId, NodeIdError};
 pub use pair::{Values, ValuesError};
+pub use skew::{Admission, Heartbeat, OwnClock};
 pub use version::{Version, VersionError};

@@ -1,14 +1,21 @@
-//! Kafka adapter: topic administration, the event publisher and the group consumer.
+//! Kafka adapter: topic administration, the event publisher, the consumer and a probe
+//! of the topic's partitions and high watermarks.
 //!
 //! Delivery is at-least-once on both sides; exactly-once *effects* come from the
 //! versioned, idempotent apply in the node, never from broker-side deduplication.
+//!
+//! A node's consumer is the only member of its own group, so group coordination would
+//! buy it nothing but offset storage, and bring rebalances, session timeouts and the
+//! broker's group bugs (a crash-restart or a network cut could leave a node with some or
+//! none of the partitions, for good). So the consumer assigns itself every partition of
+//! the topic explicitly and uses the group id only to commit and fetch offsets.
 
 use std::{
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+        Arc,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use kvsync_core::Event;
@@ -16,11 +23,11 @@ use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
     config::RDKafkaLogLevel,
-    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer},
     error::{KafkaError, RDKafkaErrorCode},
     producer::{FutureProducer, FutureRecord, Producer},
     util::Timeout,
-    ClientConfig, ClientContext,
+    ClientConfig, ClientContext, Offset, TopicPartitionList,
 };
 
 pub use rdkafka::message::Message;
@@ -34,6 +41,8 @@ pub enum BusError {
         topic: String,
         code: RDKafkaErrorCode,
     },
+    #[error("topic {0} does not exist (yet)")]
+    NoTopic(String),
 }
 
 /// Connection and topic settings shared by every client of one node.
@@ -85,7 +94,12 @@ impl KafkaSettings {
         c
     }
 
-    /// Creates the topic if it does not exist yet.
+    /// The control topic next to the data topic: members' heartbeats.
+    pub fn control_topic(&self) -> String {
+        format!("{}.members", self.topic)
+    }
+
+    /// Creates the data and control topics if they do not exist yet.
     pub async fn ensure_topic(&self) -> Result<(), BusError> {
         let admin: AdminClient<DefaultClientContext> = self.config().create()?;
         // The topic is the log a late-joining node rebuilds from, so it must keep every
@@ -98,8 +112,17 @@ impl KafkaSettings {
         )
         .set("retention.ms", "-1")
         .set("cleanup.policy", "delete");
+        // Heartbeats matter only while fresh: an hour of them is plenty.
+        let control_name = self.control_topic();
+        let control = NewTopic::new(
+            &control_name,
+            1,
+            TopicReplication::Fixed(self.replication_factor),
+        )
+        .set("retention.ms", "3600000")
+        .set("cleanup.policy", "delete");
         let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
-        for result in admin.create_topics([&topic], &options).await? {
+        for result in admin.create_topics([&topic, &control], &options).await? {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 // Not ours to create here: an operator provisions it. Go on and consume.
@@ -118,10 +141,7 @@ impl KafkaSettings {
 /// Forwards librdkafka's own logs and errors to `tracing`.
 #[derive(Clone, Default)]
 pub struct Context {
-    assigned: Arc<AtomicUsize>,
     brokers_down: Arc<AtomicBool>,
-    /// Since when a completed rebalance has left the consumer without partitions.
-    left_out: Arc<Mutex<Option<Instant>>>,
 }
 
 impl ClientContext for Context {
@@ -148,33 +168,9 @@ impl ClientContext for Context {
     }
 }
 
-impl ConsumerContext for Context {
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(_) => {
-                // Read the full assignment: with cooperative assignors the callback's list
-                // is only the increment.
-                let count = consumer.assignment().map(|a| a.count()).unwrap_or(0);
-                self.assigned.store(count, Ordering::Relaxed);
-                let mut left_out = self.left_out.lock().expect("left_out lock");
-                *left_out = if count == 0 {
-                    left_out.or(Some(Instant::now()))
-                } else {
-                    None
-                };
-                self.brokers_down.store(false, Ordering::Relaxed);
-                tracing::info!(partitions = count, "consumer partitions assigned");
-            }
-            Rebalance::Revoke(_) => {
-                self.assigned.store(0, Ordering::Relaxed);
-                tracing::info!("consumer partitions revoked");
-            }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "consumer rebalance failed"),
-        }
-    }
-}
+impl ConsumerContext for Context {}
 
-/// Publishes events, keyed by pair key so one key's changes stay in one partition.
+/// Publishes records and waits for the broker's acknowledgement.
 #[derive(Clone)]
 pub struct Publisher {
     producer: FutureProducer<Context>,
@@ -198,12 +194,15 @@ impl Publisher {
         })
     }
 
-    /// Sends one event and waits for the broker's acknowledgement.
+    /// Sends one event, keyed by its pair key so one key's changes stay in one partition.
     pub async fn publish(&self, event: &Event) -> Result<(), BusError> {
-        let payload = event.encode();
-        let record = FutureRecord::to(&self.topic)
-            .key(event.key.as_str())
-            .payload(&payload);
+        self.send(&self.topic, event.key.as_str(), &event.encode())
+            .await
+    }
+
+    /// Sends one record to `topic`.
+    pub async fn send(&self, topic: &str, key: &str, payload: &[u8]) -> Result<(), BusError> {
+        let record = FutureRecord::to(topic).key(key).payload(payload);
         self.producer
             .send(record, Timeout::After(Duration::from_secs(5)))
             .await
@@ -221,7 +220,6 @@ impl Publisher {
 /// One consumed message.
 #[derive(Debug, Clone)]
 pub struct Delivery {
-    topic: String,
     partition: i32,
     offset: i64,
     payload: Option<Vec<u8>>,
@@ -241,128 +239,219 @@ impl Delivery {
     }
 }
 
-/// A group consumer that stores an offset only when told the message was handled.
+/// Where a newly assigned partition starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The offset committed under the node's group (the beginning if none).
+    Committed,
+    /// This offset.
+    At(i64),
+    /// The end: only records produced from now on.
+    End,
+}
+
+/// A consumer that owns the partitions it is told to, stores an offset only when told
+/// the message was handled, and commits under its group id.
 pub struct Subscriber {
     consumer: StreamConsumer<Context>,
-    context: Context,
     topic: String,
 }
 
-/// How long a consumer waits, with no partitions after a rebalance, before it rejoins.
-const REJOIN_AFTER: Duration = Duration::from_secs(3);
-
 impl Subscriber {
-    /// A consumer whose partition assignment shows in `state`. Create it once the topic
-    /// exists: a client that first met a missing broker or topic can take many seconds
-    /// to join its group.
+    /// A consumer of `topic` committing under `group_id` (none: nothing is committed).
+    /// It owns no partition until [`Subscriber::assign`].
     pub fn new(
         settings: &KafkaSettings,
-        group_id: &str,
-        state: &ConsumerState,
+        topic: &str,
+        group_id: Option<&str>,
     ) -> Result<Self, BusError> {
-        let context = state.0.clone();
-        let consumer: StreamConsumer<Context> = settings
-            .config()
-            .set("group.id", group_id)
+        let mut config = settings.config();
+        config
             // A node that joins later (or lost its offsets) replays the whole topic.
             .set("auto.offset.reset", "earliest")
-            // Offsets are stored only after the event is applied, then committed
-            // periodically: at-least-once delivery into an idempotent apply.
-            .set("enable.auto.commit", "true")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.commit.interval.ms", "1000")
             .set("fetch.wait.max.ms", settings.fetch_wait_ms.to_string())
             .set("fetch.error.backoff.ms", "100")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
             .set("topic.metadata.refresh.interval.ms", "5000")
-            // Re-find the group coordinator within a second (a tenth of this) when the
-            // broker comes up after the node, instead of the default minute.
-            .set("coordinator.query.interval.ms", "10000")
+            // A request the broker never answers (a network blackhole) fails after this,
+            // and the connection is made anew.
+            .set("socket.timeout.ms", "10000")
+            .set("socket.keepalive.enable", "true")
             .set("allow.auto.create.topics", "false")
             // librdkafka prefetches up to 64 MiB per client by default; a node that lags
             // (catching up, or its database slow) should not hold that much in memory.
             .set("queued.max.messages.kbytes", "16384")
-            .set("queued.min.messages", "10000")
-            .create_with_context(context.clone())?;
-        consumer.subscribe(&[&settings.topic])?;
+            .set("queued.min.messages", "10000");
+        match group_id {
+            Some(group) => {
+                config
+                    .set("group.id", group)
+                    // Offsets are stored only after the event is applied, then committed
+                    // periodically: at-least-once delivery into an idempotent apply.
+                    .set("enable.auto.commit", "true")
+                    .set("enable.auto.offset.store", "false")
+                    .set("auto.commit.interval.ms", "1000")
+                    // Re-find the group coordinator quickly when the broker comes back.
+                    .set("coordinator.query.interval.ms", "10000");
+            }
+            None => {
+                // librdkafka wants a group id for a consumer; it is never used.
+                config
+                    .set("group.id", "kvsync-uncommitted")
+                    .set("enable.auto.commit", "false")
+                    .set("enable.auto.offset.store", "false");
+            }
+        }
+        let consumer: StreamConsumer<Context> = config.create_with_context(Context::default())?;
         Ok(Self {
             consumer,
-            context,
-            topic: settings.topic.clone(),
+            topic: topic.to_owned(),
         })
+    }
+
+    /// Adds partitions to what this consumer owns, each from where `Start` says.
+    pub fn assign(&self, partitions: &[(i32, Start)]) -> Result<(), BusError> {
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let mut list = TopicPartitionList::new();
+        for (p, start) in partitions {
+            let offset = match start {
+                Start::Committed => Offset::Stored,
+                Start::At(o) => Offset::Offset(*o),
+                Start::End => Offset::End,
+            };
+            list.add_partition_offset(&self.topic, *p, offset)?;
+        }
+        self.consumer.incremental_assign(&list)?;
+        Ok(())
+    }
+
+    /// The fetch position (next offset to fetch) of each owned partition, `None` while
+    /// not known yet (its committed offset has not been fetched).
+    pub fn positions(&self) -> Vec<(i32, Option<i64>)> {
+        self.consumer
+            .position()
+            .map(|list| {
+                list.elements()
+                    .iter()
+                    .map(|e| (e.partition(), e.offset().to_raw().filter(|o| *o >= 0)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The partitions this consumer owns.
+    pub fn owned(&self) -> Vec<i32> {
+        self.consumer
+            .assignment()
+            .map(|a| a.elements().iter().map(|e| e.partition()).collect())
+            .unwrap_or_default()
     }
 
     /// The next message, copied out of the consumer so that it can be handled while
     /// later ones are received.
     pub async fn recv(&self) -> Result<Delivery, BusError> {
-        loop {
-            tokio::select! {
-                m = self.consumer.recv() => {
-                    let m = m?;
-                    return Ok(Delivery {
-                        topic: m.topic().to_owned(),
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        payload: m.payload().map(<[u8]>::to_vec),
-                    });
-                }
-                _ = tokio::time::sleep(REJOIN_AFTER) => self.rejoin_if_left_out(),
-            }
-        }
+        let m = self.consumer.recv().await?;
+        Ok(Delivery {
+            partition: m.partition(),
+            offset: m.offset(),
+            payload: m.payload().map(<[u8]>::to_vec),
+        })
     }
 
-    /// A node's consumer is the only member of its group, so a rebalance that gives it no
-    /// partition is a broker's mistake (tansu completes a generation with an empty
-    /// assignment when the previous leader, a crashed instance of this node, is evicted
-    /// mid-rebalance) and would stop replication for good. Subscribing again rejoins.
-    fn rejoin_if_left_out(&self) {
-        {
-            let mut left_out = self.context.left_out.lock().expect("left_out lock");
-            if !left_out.is_some_and(|since| since.elapsed() >= REJOIN_AFTER) {
-                return;
-            }
-            *left_out = Some(Instant::now());
-        }
-        tracing::warn!("the consumer group left this node without partitions; rejoining");
-        // Leave first: the broker hands a member that merely rejoins the same (empty)
-        // assignment again.
-        self.consumer.unsubscribe();
-        if let Err(e) = self.consumer.subscribe(&[&self.topic]) {
-            tracing::warn!(error = %e, "could not rejoin the consumer group");
-        }
-    }
-
-    /// Marks `delivery` (and everything before it in its partition) as handled; the
-    /// offset is committed with the next commit.
-    pub fn done(&self, delivery: &Delivery) -> Result<(), BusError> {
+    /// Marks everything before `next` in `partition` as handled; committed with the
+    /// next commit.
+    pub fn done_before(&self, partition: i32, next: i64) -> Result<(), BusError> {
+        // store_offset takes the last handled offset and commits the one after it.
         Ok(self
             .consumer
-            .store_offset(&delivery.topic, delivery.partition, delivery.offset)?)
+            .store_offset(&self.topic, partition, next - 1)?)
     }
 
-    pub fn assigned_partitions(&self) -> usize {
-        self.context.assigned.load(Ordering::Relaxed)
-    }
-
-    /// Commits stored offsets now (at shutdown).
+    /// Commits stored offsets now (at shutdown, and before the consumer is replaced).
     pub fn commit(&self) {
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) => {}
             // Nothing stored since the last commit.
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => tracing::warn!(error = %e, "final offset commit failed"),
+            Err(e) => tracing::warn!(error = %e, "offset commit failed"),
         }
     }
 }
 
-/// The consumer's partition assignment, readable (for readiness checks) before the
-/// consumer exists and while it runs.
-#[derive(Clone, Default)]
-pub struct ConsumerState(Context);
+/// Asks the broker about a topic: its partitions, their watermarks and the offsets
+/// committed under the node's group. Calls block (up to their timeout): run them on a
+/// blocking thread.
+pub struct Probe {
+    client: BaseConsumer<Context>,
+    topic: String,
+}
 
-impl ConsumerState {
-    pub fn assigned_partitions(&self) -> usize {
-        self.0.assigned.load(Ordering::Relaxed)
+impl Probe {
+    pub fn new(settings: &KafkaSettings, group_id: &str) -> Result<Self, BusError> {
+        let client: BaseConsumer<Context> = settings
+            .config()
+            // Only to read the group's committed offsets: this client never joins it.
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("socket.timeout.ms", "5000")
+            .set("allow.auto.create.topics", "false")
+            .create_with_context(Context::default())?;
+        Ok(Self {
+            client,
+            topic: settings.topic.clone(),
+        })
+    }
+
+    /// The topic's partition count.
+    pub fn partitions(&self, timeout: Duration) -> Result<i32, BusError> {
+        let md = self
+            .client
+            .fetch_metadata(Some(&self.topic), Timeout::After(timeout))?;
+        let topic = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic)
+            .ok_or_else(|| BusError::NoTopic(self.topic.clone()))?;
+        if topic.error().is_some() || topic.partitions().is_empty() {
+            return Err(BusError::NoTopic(self.topic.clone()));
+        }
+        Ok(topic.partitions().len() as i32)
+    }
+
+    /// `(low, high)` watermarks of each of the first `partitions` partitions: the first
+    /// offset still stored, and the one after the last record.
+    pub fn watermarks(
+        &self,
+        partitions: i32,
+        timeout: Duration,
+    ) -> Result<Vec<(i64, i64)>, BusError> {
+        (0..partitions)
+            .map(|p| {
+                self.client
+                    .fetch_watermarks(&self.topic, p, Timeout::After(timeout))
+                    .map_err(BusError::from)
+            })
+            .collect()
+    }
+
+    /// The offsets committed under the group for `partitions` (`None`: nothing committed).
+    pub fn committed(
+        &self,
+        partitions: &[i32],
+        timeout: Duration,
+    ) -> Result<Vec<(i32, Option<i64>)>, BusError> {
+        let mut list = TopicPartitionList::new();
+        for p in partitions {
+            list.add_partition(&self.topic, *p);
+        }
+        let committed = self
+            .client
+            .committed_offsets(list, Timeout::After(timeout))?;
+        Ok(committed
+            .elements()
+            .iter()
+            .map(|e| (e.partition(), e.offset().to_raw().filter(|o| *o >= 0)))
+            .collect())
     }
 }

@@ -11,7 +11,7 @@ use kvsync_store::{CasError, LocalWrite, Store, StoreError, StoredPair};
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, Notify, OnceCell};
 
-use crate::metrics::Metrics;
+use crate::{clock_watch::ClockWatch, metrics::Metrics};
 
 /// How often a local write re-reads and retries when a concurrent change slipped in
 /// between its read and its conditional write.
@@ -28,6 +28,9 @@ pub enum AppError {
     Values(#[from] ValuesError),
     #[error("the pair is being changed too often concurrently; retry")]
     Contended,
+    /// This node's clock is known to be far off: a write would carry a bad version.
+    #[error("{0}; writes are refused until it is set right")]
+    ClockSkew(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -105,7 +108,9 @@ pub struct App {
     pub node: NodeId,
     pub store: Store,
     pub metrics: Metrics,
-    clock: Mutex<Clock>,
+    /// The cluster's clocks as this node sees them.
+    pub clock: ClockWatch,
+    hlc: Mutex<Clock>,
     /// The clock must start after every version already stored (the physical clock may
     /// have gone backwards across a restart); done once, when MongoDB first answers.
     clock_ready: OnceCell<()>,
@@ -117,12 +122,19 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(node: NodeId, store: Store, metrics: Metrics, outbox: mpsc::Sender<Event>) -> Self {
+    pub fn new(
+        node: NodeId,
+        store: Store,
+        metrics: Metrics,
+        clock: ClockWatch,
+        outbox: mpsc::Sender<Event>,
+    ) -> Self {
         Self {
             node,
             store,
             metrics,
-            clock: Mutex::new(Clock::new()),
+            clock,
+            hlc: Mutex::new(Clock::new()),
             clock_ready: OnceCell::new(),
             feed: broadcast::channel(FEED_CAPACITY).0,
             outbox,
@@ -132,6 +144,14 @@ impl App {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
         self.feed.subscribe()
+    }
+
+    /// Refuses to stamp a write with a clock that the majority of peers disagree with.
+    fn check_clock(&self) -> Result<(), AppError> {
+        match self.clock.own().describe() {
+            Some(why) => Err(AppError::ClockSkew(why)),
+            None => Ok(()),
+        }
     }
 
     pub async fn ensure_clock(&self) -> Result<(), StoreError> {
@@ -147,11 +167,11 @@ impl App {
     }
 
     fn observe(&self, ts: kvsync_core::Timestamp) {
-        self.clock.lock().expect("clock lock").observe(ts);
+        self.hlc.lock().expect("clock lock").observe(ts);
     }
 
     fn next_version(&self, after: Option<&Version>) -> Version {
-        let mut clock = self.clock.lock().expect("clock lock");
+        let mut clock = self.hlc.lock().expect("clock lock");
         if let Some(v) = after {
             clock.observe(v.ts);
         }
@@ -171,6 +191,7 @@ impl App {
     where
         F: Fn(Option<&StoredPair>) -> Result<Option<Values>, AppError>,
     {
+        self.check_clock()?;
         self.ensure_clock().await?;
         for _ in 0..MAX_CAS_ATTEMPTS {
             let stored = self.store.get(key).await?;
@@ -213,6 +234,7 @@ impl App {
         }
         // No precondition: the clock is ahead of every stored version, so "write if
         // newer" succeeds in one round trip; only a racing newer write makes it retry.
+        self.check_clock()?;
         self.ensure_clock().await?;
         let mut seen = None;
         for _ in 0..MAX_CAS_ATTEMPTS {

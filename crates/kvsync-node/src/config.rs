@@ -110,11 +110,33 @@ pub struct Config {
     #[arg(long, env = "KVSYNC_LOG", default_value = "info")]
     pub log: String,
 
-    /// Events stamped further than this ahead of this node's clock are rejected, so a
-    /// peer with a wrong clock (or a forged event) cannot drag every later write into
-    /// the future.
+    /// Clocks may differ by this much. A peer's event stamped further ahead of this
+    /// node's clock is held (never skipped) until the clocks agree again; a node whose
+    /// clock differs by more than this from most of its peers (at least two) refuses
+    /// local writes with 503 clock_skew, and every node reports the skew in /readyz.
     #[arg(long, env = "KVSYNC_MAX_CLOCK_SKEW_MS", default_value_t = 300_000)]
     pub max_clock_skew_ms: u64,
+
+    /// Once a peer's clock agrees again, its events stamped ahead during the skew are
+    /// applied if at most this far ahead (moving this node's logical clock forward as
+    /// far); events further ahead wait until real time reaches them.
+    #[arg(long, env = "KVSYNC_MAX_CLOCK_JUMP_MS", default_value_t = 3_600_000)]
+    pub max_clock_jump_ms: u64,
+
+    /// How often this node announces itself (and its clock) on the control topic.
+    #[arg(long, env = "KVSYNC_HEARTBEAT_INTERVAL_MS", default_value_t = 1000)]
+    pub heartbeat_interval_ms: u64,
+
+    /// A peer not heard from for this long is away: its clock stops counting.
+    #[arg(long, env = "KVSYNC_PEER_AWAY_AFTER_MS", default_value_t = 10_000)]
+    pub peer_away_after_ms: u64,
+
+    /// A partition whose position stands still this long while the broker holds newer
+    /// records for it makes the node rebuild its consumer (counted in
+    /// kvsync_consumer_recoveries_total); the same bound applies to a producer whose
+    /// publications keep failing while the broker answers.
+    #[arg(long, env = "KVSYNC_STALL_TIMEOUT_MS", default_value_t = 15_000)]
+    pub stall_timeout_ms: u64,
 
     /// While changes wait in the outbox unpublished (at start-up after a crash, during a
     /// broker outage, after a burst that overflowed the relay's queue), how often the
@@ -123,7 +145,8 @@ pub struct Config {
     #[arg(long, env = "KVSYNC_RELAY_INTERVAL_MS", default_value_t = 1000)]
     pub relay_interval_ms: u64,
 
-    /// How long shutdown waits for in-flight requests and publications.
+    /// How long shutdown waits for in-flight requests (the HTTP drain), then for the
+    /// consumer and the relay to finish: each phase is bounded by it.
     #[arg(long, env = "KVSYNC_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
 

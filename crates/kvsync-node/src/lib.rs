@@ -1,113 +1,303 @@
 //! A kvsync node, wired from its adapters: MongoDB store, Kafka bus, HTTP API.
+//!
+//! Start-up is split in two, as in mini-redis and zero-to-production: [`Node::build`]
+//! connects nothing that may be down (MongoDB and Kafka are retried in the background)
+//! and binds the HTTP listener, so the bound address is known (port 0 allowed);
+//! [`Node::run_until_stopped`] runs the server and the background tasks under
+//! supervision until shutdown, or until a task dies.
 
 pub mod app;
+pub mod clock_watch;
 pub mod config;
+mod fault;
 pub mod http;
+pub mod members;
 pub mod metrics;
 pub mod relay;
 pub mod replicator;
 
-use std::{sync::Arc, time::Duration};
+use std::{future::IntoFuture, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use kvsync_kafka::{ConsumerState, Publisher, Subscriber};
+use kvsync_kafka::{KafkaSettings, Publisher};
 use kvsync_store::Store;
-use tokio::sync::mpsc;
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, watch},
+    task::JoinSet,
+};
 use tokio_util::sync::CancellationToken;
 
-use crate::{app::App, config::Config, metrics::Metrics, relay::Relay};
+use crate::{
+    app::App,
+    clock_watch::{ClockSettings, ClockWatch},
+    config::Config,
+    metrics::Metrics,
+    relay::{Relay, RelaySettings},
+    replicator::{ReplicationStatus, ReplicatorSettings},
+};
 
 const OUTBOX_QUEUE: usize = 8192;
 
-/// Runs a node until `shutdown` is cancelled, then stops in order: HTTP first (finishing
-/// in-flight requests), then the consumer (committing offsets), then the relay
-/// (finishing publications).
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let node = config.node_id().context("invalid node id")?;
-    let kafka = config.kafka(&node);
-    let group = format!("kvsync-{node}");
-    tracing::info!(
-        node = %node,
-        http = %config.http_addr,
-        mongodb_db = %config.mongodb_db,
-        brokers = %kafka.brokers,
-        topic = %kafka.topic,
-        group = %group,
-        auth = config.api_token.is_some(),
-        "starting kvsync node"
-    );
+/// A node that has bound its HTTP listener and is ready to run.
+pub struct Node {
+    config: Config,
+    app: Arc<App>,
+    kafka: KafkaSettings,
+    group: String,
+    listener: TcpListener,
+    router: axum::Router,
+    replication: Arc<ReplicationStatus>,
+    outbox_rx: mpsc::Receiver<kvsync_core::Event>,
+    publisher: Publisher,
+    /// Ends the event streams, so the HTTP drain can finish.
+    http_shutdown: CancellationToken,
+}
 
-    let store = Store::connect(
-        &config.mongodb_uri,
-        &config.mongodb_db,
-        config.mongodb_timeout(),
-    )
-    .await
-    .context("MongoDB configuration")?;
-    let publisher = Publisher::new(&kafka).context("Kafka producer")?;
-    let consumer = ConsumerState::default();
-    let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX_QUEUE);
-    let app = Arc::new(App::new(node, store, Metrics::new(), outbox_tx));
+impl Node {
+    /// Builds the node and binds its listener; nothing here needs MongoDB or Kafka up.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let node = config.node_id().context("invalid node id")?;
+        let kafka = config.kafka(&node);
+        let group = format!("kvsync-{node}");
+        tracing::info!(
+            node = %node,
+            http = %config.http_addr,
+            mongodb_db = %config.mongodb_db,
+            brokers = %kafka.brokers,
+            topic = %kafka.topic,
+            group = %group,
+            auth = config.api_token.is_some(),
+            "starting kvsync node"
+        );
 
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        let store = Store::connect(
+            &config.mongodb_uri,
+            &config.mongodb_db,
+            config.mongodb_timeout(),
+        )
         .await
-        .with_context(|| format!("binding {}", config.http_addr))?;
-    let ctx = Arc::new(http::Shared {
-        app: app.clone(),
-        consumer: consumer.clone(),
-        topic: kafka.topic.clone(),
-        group: group.clone(),
-        token: config.api_token.as_deref().map(http::Token::new),
-        shutdown: shutdown.clone(),
-    });
-    let router = http::router(ctx, &config.cors_origins);
+        .context("MongoDB configuration")?;
+        let publisher = Publisher::new(&kafka).context("Kafka producer")?;
+        let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX_QUEUE);
+        let metrics = Metrics::new();
+        let clock = ClockWatch::new(
+            node.clone(),
+            ClockSettings {
+                max_skew_ms: config.max_clock_skew_ms,
+                max_jump_ms: config.max_clock_jump_ms,
+                away_after: Duration::from_millis(config.peer_away_after_ms),
+            },
+            metrics.clone(),
+        );
+        let app = Arc::new(App::new(node, store, metrics, clock, outbox_tx));
+        let replication = Arc::new(ReplicationStatus::default());
 
-    // Neither MongoDB nor Kafka has to be up for the node to start: these retry.
-    tokio::spawn(prepare_store(app.clone(), shutdown.clone()));
+        let listener = TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("binding {}", config.http_addr))?;
+        let http_shutdown = CancellationToken::new();
+        let ctx = Arc::new(http::Shared {
+            app: app.clone(),
+            replication: replication.clone(),
+            topic: kafka.topic.clone(),
+            group: group.clone(),
+            token: config.api_token.as_deref().map(http::Token::new),
+            shutdown: http_shutdown.clone(),
+        });
+        let router = http::router(ctx, &config.cors_origins);
+        Ok(Self {
+            config,
+            app,
+            kafka,
+            group,
+            listener,
+            router,
+            replication,
+            outbox_rx,
+            publisher,
+            http_shutdown,
+        })
+    }
 
-    let consumer_stop = CancellationToken::new();
-    let replicator = tokio::spawn({
-        let (app, stop, skew) = (app.clone(), consumer_stop.clone(), config.max_clock_skew_ms);
-        async move {
-            retry("topic", &stop, || kafka.ensure_topic()).await;
-            if stop.is_cancelled() {
-                return;
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops in order, each phase bounded by
+    /// the shutdown timeout: HTTP first (in-flight requests finish, event streams end),
+    /// then the consumer (committing offsets) and the heartbeats, then the relay
+    /// (finishing publications). If a background task ends or panics before shutdown,
+    /// the node logs why, stops the same way and returns an error, so that the process
+    /// exits non-zero and its supervisor restarts it: it never serves on with
+    /// replication dead.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            config,
+            app,
+            kafka,
+            group,
+            listener,
+            router,
+            replication,
+            outbox_rx,
+            publisher,
+            http_shutdown,
+        } = self;
+        let drain = Duration::from_millis(config.shutdown_timeout_ms);
+        let stall_timeout = Duration::from_millis(config.stall_timeout_ms);
+
+        // Neither MongoDB nor Kafka has to be up for the node to start: these retry.
+        let setup_stop = CancellationToken::new();
+        tokio::spawn(prepare_store(app.clone(), setup_stop.clone()));
+        let (topic_ready_tx, topic_ready) = watch::channel(false);
+        tokio::spawn({
+            let (kafka, stop) = (kafka.clone(), setup_stop.clone());
+            async move {
+                retry("topic", &stop, || kafka.ensure_topic()).await;
+                let _ = topic_ready_tx.send(true);
             }
-            match Subscriber::new(&kafka, &group, &consumer) {
-                Ok(subscriber) => replicator::run(app, subscriber, skew, stop).await,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot create the consumer; replication is off")
+        });
+
+        let consumer_stop = CancellationToken::new();
+        let relay_stop = CancellationToken::new();
+        let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+        tasks.spawn({
+            let (app, stop, status) = (app.clone(), consumer_stop.clone(), replication.clone());
+            let settings = ReplicatorSettings {
+                kafka: kafka.clone(),
+                group,
+                stall_timeout,
+            };
+            let mut topic_ready = topic_ready.clone();
+            async move {
+                tokio::select! {
+                    _ = stop.cancelled() => return ("replicator", Ok(())),
+                    _ = topic_ready.wait_for(|r| *r) => {}
                 }
+                let r = replicator::run(app, settings, status, stop).await;
+                ("replicator", r.map_err(Into::into))
+            }
+        });
+        tasks.spawn({
+            let (app, stop, publisher) = (app.clone(), consumer_stop.clone(), publisher.clone());
+            let (kafka, interval) = (
+                kafka.clone(),
+                Duration::from_millis(config.heartbeat_interval_ms),
+            );
+            async move {
+                let r = members::run(app, kafka, publisher, interval, topic_ready, stop).await;
+                ("heartbeats", r.map_err(Into::into))
+            }
+        });
+        tasks.spawn({
+            let relay = Relay::new(
+                app.clone(),
+                publisher,
+                RelaySettings {
+                    kafka,
+                    interval: Duration::from_millis(config.relay_interval_ms.max(10)),
+                    stall_timeout,
+                    replication,
+                },
+            );
+            let stop = relay_stop.clone();
+            async move {
+                let r = relay.run(outbox_rx, stop, drain).await;
+                ("relay", r.map_err(Into::into))
+            }
+        });
+
+        tracing::info!(addr = %listener.local_addr()?, "listening");
+        let http_stop = CancellationToken::new();
+        let mut http = tokio::spawn(
+            axum::serve(listener, router)
+                .with_graceful_shutdown(http_stop.clone().cancelled_owned())
+                .into_future(),
+        );
+
+        // Supervise until shutdown or the first task that dies.
+        let mut failure: Option<anyhow::Error> = None;
+        let mut http_done = false;
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            Some(joined) = tasks.join_next() => {
+                let e = match joined {
+                    Ok((name, Ok(()))) => anyhow::anyhow!("the {name} task ended before shutdown"),
+                    Ok((name, Err(e))) => e.context(format!("the {name} task failed")),
+                    Err(e) if e.is_panic() => anyhow::anyhow!("a background task panicked: {}", panic_message(e.into_panic())),
+                    Err(e) => anyhow::anyhow!("a background task was cancelled: {e}"),
+                };
+                tracing::error!(error = %format!("{e:#}"), "stopping the node: a background task died");
+                failure = Some(e);
+            }
+            served = &mut http => {
+                http_done = true;
+                let e = match served {
+                    Ok(Ok(())) => anyhow::anyhow!("the HTTP server stopped"),
+                    Ok(Err(e)) => anyhow::Error::from(e).context("HTTP server"),
+                    Err(e) => anyhow::anyhow!("the HTTP server task failed: {e}"),
+                };
+                tracing::error!(error = %format!("{e:#}"), "stopping the node");
+                failure = Some(e);
             }
         }
-    });
-    let relay_stop = CancellationToken::new();
-    let drain = Duration::from_millis(config.shutdown_timeout_ms);
-    let relay = tokio::spawn(
-        Relay::new(
-            app.clone(),
-            publisher,
-            Duration::from_millis(config.relay_interval_ms.max(10)),
-        )
-        .run(outbox_rx, relay_stop.clone(), drain),
-    );
 
-    tracing::info!(addr = %listener.local_addr()?, "listening");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await
-        .context("HTTP server")?;
-    tracing::info!("HTTP stopped; stopping consumer and relay");
-
-    consumer_stop.cancel();
-    relay_stop.cancel();
-    let _ = tokio::time::timeout(drain, replicator).await;
-    let _ = tokio::time::timeout(drain + Duration::from_secs(1), relay).await;
-    if let Ok(app) = Arc::try_unwrap(app) {
-        app.store.shutdown().await;
+        // HTTP first: refuse new connections, end event streams, let requests finish.
+        http_stop.cancel();
+        http_shutdown.cancel();
+        setup_stop.cancel();
+        if !http_done && tokio::time::timeout(drain, &mut http).await.is_err() {
+            tracing::warn!(timeout = ?drain, "HTTP requests still running at the shutdown timeout; dropping them");
+            http.abort();
+        }
+        tracing::info!("HTTP stopped; stopping consumer and relay");
+        consumer_stop.cancel();
+        relay_stop.cancel();
+        let all = async {
+            while let Some(joined) = tasks.join_next().await {
+                match joined {
+                    Ok((name, Err(e))) => {
+                        tracing::warn!(error = %format!("{e:#}"), task = name, "task ended with an error during shutdown")
+                    }
+                    Err(e) if e.is_panic() => {
+                        tracing::warn!(panic = %panic_message(e.into_panic()), "task panicked during shutdown")
+                    }
+                    _ => {}
+                }
+            }
+        };
+        if tokio::time::timeout(drain + Duration::from_secs(1), all)
+            .await
+            .is_err()
+        {
+            tracing::warn!("background tasks still running at the shutdown timeout");
+            tasks.abort_all();
+        }
+        if let Ok(app) = Arc::try_unwrap(app) {
+            app.store.shutdown().await;
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => {
+                tracing::info!("stopped");
+                Ok(())
+            }
+        }
     }
-    tracing::info!("stopped");
-    Ok(())
+}
+
+/// Builds the node and runs it until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    Node::build(config).await?.run_until_stopped(shutdown).await
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panicked".to_owned())
 }
 
 async fn prepare_store(app: Arc<App>, shutdown: CancellationToken) {

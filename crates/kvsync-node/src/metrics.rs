@@ -1,6 +1,6 @@
 //! Prometheus metrics. The same counters feed `/metrics` and `/api/node`.
 
-use std::sync::Arc;
+use std::sync::{atomic::AtomicU64, Arc};
 
 use kvsync_core::EventError;
 
@@ -23,6 +23,11 @@ pub struct HttpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    pub peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -41,6 +46,13 @@ pub struct Metrics {
     pub replication_lag: Histogram,
     pub outbox_backlog: Gauge,
     pub assigned_partitions: Gauge,
+    pub topic_partitions: Gauge,
+    pub consumer_lag: Gauge,
+    pub consumer_recoveries: Counter,
+    pub publisher_recoveries: Counter,
+    pub clock_offset: Family<PeerLabels, Gauge<f64, AtomicU64>>,
+    pub events_held: Family<PeerLabels, Gauge>,
+    pub clock_off: Gauge,
 }
 
 impl Default for Metrics {
@@ -63,6 +75,13 @@ impl Metrics {
         let replication_lag = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let outbox_backlog = Gauge::default();
         let assigned_partitions = Gauge::default();
+        let topic_partitions = Gauge::default();
+        let consumer_lag = Gauge::default();
+        let consumer_recoveries = Counter::default();
+        let publisher_recoveries = Counter::default();
+        let clock_offset = Family::<PeerLabels, Gauge<f64, AtomicU64>>::default();
+        let events_held = Family::<PeerLabels, Gauge>::default();
+        let clock_off = Gauge::default();
 
         let mut r = Registry::with_prefix("kvsync");
         r.register(
@@ -116,6 +135,41 @@ impl Metrics {
             "Topic partitions assigned to this node's consumer",
             assigned_partitions.clone(),
         );
+        r.register(
+            "topic_partitions",
+            "Partitions of the topic, as the broker last said",
+            topic_partitions.clone(),
+        );
+        r.register(
+            "consumer_lag_events",
+            "Events on the topic not yet dealt with by this node",
+            consumer_lag.clone(),
+        );
+        r.register(
+            "consumer_recoveries",
+            "Times the watchdog rebuilt a consumer that made no progress",
+            consumer_recoveries.clone(),
+        );
+        r.register(
+            "publisher_recoveries",
+            "Times the relay rebuilt a producer whose publications kept failing while the broker answered",
+            publisher_recoveries.clone(),
+        );
+        r.register(
+            "clock_offset_seconds",
+            "How far each peer's wall clock is ahead of this node's (negative: behind), from heartbeats",
+            clock_offset.clone(),
+        );
+        r.register(
+            "events_held",
+            "Peer events held because they are stamped too far ahead of this node's clock",
+            events_held.clone(),
+        );
+        r.register(
+            "clock_off",
+            "1 if this node's clock is ahead of, -1 if behind, the majority of its peers by more than the skew bound",
+            clock_off.clone(),
+        );
 
         Self {
             registry: Arc::new(r),
@@ -130,7 +184,30 @@ impl Metrics {
             replication_lag,
             outbox_backlog,
             assigned_partitions,
+            topic_partitions,
+            consumer_lag,
+            consumer_recoveries,
+            publisher_recoveries,
+            clock_offset,
+            events_held,
+            clock_off,
         }
+    }
+
+    pub fn clock_offset(&self, peer: &str, offset_ms: i64) {
+        self.clock_offset
+            .get_or_create(&PeerLabels {
+                peer: peer.to_owned(),
+            })
+            .set(offset_ms as f64 / 1000.0);
+    }
+
+    pub fn held(&self, peer: &str, events: u64) {
+        self.events_held
+            .get_or_create(&PeerLabels {
+                peer: peer.to_owned(),
+            })
+            .set(events as i64);
     }
 
     pub fn reject(&self, reason: &str) {

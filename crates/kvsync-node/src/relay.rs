@@ -20,8 +20,9 @@ use std::{
     time::Duration,
 };
 
+use futures::FutureExt;
 use kvsync_core::{Event, Key};
-use kvsync_kafka::Publisher;
+use kvsync_kafka::{KafkaSettings, Publisher};
 use tokio::{
     sync::{mpsc, Semaphore},
     time::Instant,
@@ -29,7 +30,7 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
 
-use crate::app::App;
+use crate::{app::App, replicator::ReplicationStatus};
 
 const SCAN_BATCH: i64 = 512;
 const MAX_IN_FLIGHT: usize = 4096;
@@ -39,10 +40,33 @@ const CLEAR_BATCH: usize = 256;
 /// A scan now and then even when nothing asked for one: cheap insurance.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("a publication task panicked: {0}")]
+    TaskDied(String),
+    #[error("the outbox clearer stopped")]
+    ClearerDied,
+}
+
+/// What the relay needs besides the app: how to rebuild its producer, and how to tell
+/// whether the broker answers at all.
+pub struct RelaySettings {
+    pub kafka: KafkaSettings,
+    pub interval: Duration,
+    pub stall_timeout: Duration,
+    pub replication: Arc<ReplicationStatus>,
+}
+
 pub struct Relay {
     app: Arc<App>,
     publisher: Publisher,
+    settings: RelaySettings,
     interval: Duration,
+    /// Since when every publication has failed.
+    failing_since: Arc<Mutex<Option<std::time::Instant>>>,
+    /// Set when a publication task panicked, with why.
+    fatal: CancellationToken,
+    fatal_why: Arc<Mutex<Option<String>>>,
     in_flight: Arc<Mutex<HashSet<Uuid>>>,
     permits: Arc<Semaphore>,
     failures: Arc<AtomicU32>,
@@ -55,12 +79,16 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(app: Arc<App>, publisher: Publisher, interval: Duration) -> Self {
+    pub fn new(app: Arc<App>, publisher: Publisher, settings: RelaySettings) -> Self {
         let (acked, acked_rx) = mpsc::channel(MAX_IN_FLIGHT);
         Self {
             app,
             publisher,
-            interval,
+            interval: settings.interval,
+            settings,
+            failing_since: Default::default(),
+            fatal: CancellationToken::new(),
+            fatal_why: Default::default(),
             in_flight: Default::default(),
             permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             failures: Default::default(),
@@ -71,13 +99,15 @@ impl Relay {
         }
     }
 
+    /// Runs until `shutdown`. An error means a part of the relay died (a bug): the
+    /// caller stops the node rather than accept writes that would never be published.
     pub async fn run(
         mut self,
         mut queue: mpsc::Receiver<Event>,
         shutdown: CancellationToken,
         drain_timeout: Duration,
-    ) {
-        let clearer = tokio::spawn(clear_marks(
+    ) -> Result<(), RelayError> {
+        let mut clearer = tokio::spawn(clear_marks(
             self.app.clone(),
             self.in_flight.clone(),
             self.scanning.clone(),
@@ -86,11 +116,18 @@ impl Relay {
         // Scan at once: a crash may have left changes unpublished.
         let mut next_scan = Instant::now();
         let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
+        let mut watchdog = tokio::time::interval(Duration::from_secs(1));
         loop {
             let scanning = self.scanning.load(Ordering::Relaxed);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                _ = self.fatal.cancelled() => {
+                    let why = self.fatal_why.lock().expect("fatal lock").clone().unwrap_or_default();
+                    return Err(RelayError::TaskDied(why));
+                }
+                _ = &mut clearer => return Err(RelayError::ClearerDied),
+                _ = watchdog.tick() => self.rebuild_if_stuck(),
                 Some(event) = queue.recv() => {
                     self.spawn_publish(event).await;
                 }
@@ -139,6 +176,35 @@ impl Relay {
         drop(acked);
         let _ = tokio::time::timeout_at(deadline, clearer).await;
         publisher.flush(Duration::from_secs(1));
+        Ok(())
+    }
+
+    /// Publications failing for longer than the stall bound while the broker answers
+    /// the probe: the producer itself is stuck (a connection that never recovered).
+    /// A new one starts afresh; the outbox scan republishes what waits.
+    fn rebuild_if_stuck(&mut self) {
+        let since = *self.failing_since.lock().expect("failing lock");
+        let stuck = since.is_some_and(|t| t.elapsed() >= self.settings.stall_timeout);
+        if !stuck
+            || !self
+                .settings
+                .replication
+                .broker_answered_within(Duration::from_secs(3))
+        {
+            return;
+        }
+        match Publisher::new(&self.settings.kafka) {
+            Ok(p) => {
+                tracing::warn!(
+                    "publications keep failing while the broker answers; rebuilding the producer"
+                );
+                self.publisher = p;
+                self.app.metrics.publisher_recoveries.inc();
+                *self.failing_since.lock().expect("failing lock") = None;
+                self.app.rescan.notify_one();
+            }
+            Err(e) => tracing::warn!(error = %e, "could not rebuild the producer"),
+        }
     }
 
     fn backoff(&self) -> Duration {
@@ -205,12 +271,16 @@ impl Relay {
         let failures = self.failures.clone();
         let scanning = self.scanning.clone();
         let acked = self.acked.clone();
+        let failing_since = self.failing_since.clone();
+        let (fatal, fatal_why) = (self.fatal.clone(), self.fatal_why.clone());
         report_backlog(&app, &in_flight, &scanning);
-        self.tasks.spawn(async move {
+        let publish = async move {
+            crate::fault::point("publish", event.key.as_str());
             match publisher.publish(&event).await {
                 Ok(()) => {
                     app.metrics.published.inc();
                     failures.store(0, Ordering::Relaxed);
+                    *failing_since.lock().expect("failing lock") = None;
                     // Still in flight until its mark is cleared, so a scan meanwhile
                     // does not publish it again.
                     if acked.send((event.key, event.id)).await.is_ok() {
@@ -220,6 +290,10 @@ impl Relay {
                 Err(e) => {
                     app.metrics.publish_failures.inc();
                     let n = failures.fetch_add(1, Ordering::Relaxed);
+                    failing_since
+                        .lock()
+                        .expect("failing lock")
+                        .get_or_insert_with(std::time::Instant::now);
                     if n == 0 {
                         tracing::warn!(error = %e, "publishing failed; changes stay in the outbox and are retried");
                     }
@@ -229,6 +303,19 @@ impl Relay {
             in_flight.lock().expect("in-flight lock").remove(&event.id);
             report_backlog(&app, &in_flight, &scanning);
             drop(permit);
+        };
+        self.tasks.spawn(async move {
+            // A panic here would leave the change unpublished until a restart: stop the
+            // node rather than serve on without publishing.
+            if let Err(panic) = std::panic::AssertUnwindSafe(publish).catch_unwind().await {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panicked".to_owned());
+                *fatal_why.lock().expect("fatal lock") = Some(why);
+                fatal.cancel();
+            }
         });
         true
     }

@@ -1,137 +1,574 @@
 //! The consumer loop: applies peers' events under the merge rule and stores each
-//! offset only once its event, and every event before it, has been dealt with.
+//! partition's offset only once its events, up to that offset, have been dealt with.
+//!
+//! - **Every partition, always.** The consumer owns every partition of the topic by
+//!   explicit assignment (no group membership, so no rebalance can leave it without
+//!   some), and the probe watches the partition count so new partitions are taken too.
+//! - **Never skipped for clock reasons.** An event stamped too far ahead of this node's
+//!   clock is held (its key's later events wait behind it, other keys go on) and its
+//!   partition's offset stays before it until it is applied.
+//! - **Watchdog.** If a partition's fetch position does not advance while the broker
+//!   holds newer records for it, the consumer is rebuilt from the positions already
+//!   settled.
 //!
 //! Events are applied concurrently on a few lanes, chosen by key, so that a node keeps
-//! up with a peer that writes through many connections at once (one database round trip
-//! at a time would cap it at the inverse of the round trip). Events of one key share a
-//! lane, so they are applied, and announced to the change feed, in topic order.
-//! Offsets are stored in the order the messages arrived, whatever order the lanes finish
-//! in, so a crash never skips an event that was not applied.
+//! up with a peer that writes through many connections at once. Events of one key share
+//! a lane, so they are applied, and announced to the change feed, in topic order.
 
 use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     hash::{DefaultHasher, Hash, Hasher},
-    sync::Arc,
-    time::Duration,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
-use futures::{future::BoxFuture, stream::FuturesOrdered, FutureExt, StreamExt};
-use kvsync_core::{Event, Outcome};
-use kvsync_kafka::{Delivery, Subscriber};
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use kvsync_core::{Admission, Event, Key, Outcome};
+use kvsync_kafka::{BusError, KafkaSettings, Probe, Start, Subscriber};
+use serde_json::{json, Value};
+use tokio::{sync::mpsc, task::JoinSet};
+use tokio_util::sync::CancellationToken;
 
 use crate::app::{now_ms, App};
 
-/// Concurrent applies (lanes) and messages received but not yet settled.
+/// Concurrent applies (lanes).
 const LANES: usize = 8;
-const MAX_IN_FLIGHT: usize = 512;
+/// Events received but not yet settled (applied, or held for clock reasons), and their
+/// bytes: past either, the consumer stops receiving until some settle.
+const MAX_PENDING: usize = 4096;
+const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
+/// How often the probe asks the broker for partitions and high watermarks.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The broker not answering the probe for this long makes the node unready.
+const BROKER_SILENCE: Duration = Duration::from_secs(10);
+/// How often held events are tried again.
+const HOLD_RETRY: Duration = Duration::from_millis(250);
 
-type Job = (Event, oneshot::Sender<bool>);
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicatorError {
+    #[error("a replication lane stopped: {0}")]
+    LaneDied(String),
+}
 
+/// The replicator's view of the topic, shared with `/readyz`, `/api/node` and metrics.
+#[derive(Default)]
+pub struct ReplicationStatus(Mutex<Status>);
+
+#[derive(Default)]
+struct Status {
+    topic_partitions: Option<i32>,
+    owned: Vec<i32>,
+    /// Per partition: the next offset to deal with (everything before is settled).
+    settled: BTreeMap<i32, i64>,
+    high: BTreeMap<i32, i64>,
+    last_probe_ok: Option<Instant>,
+    probe_error: Option<String>,
+    stalled: Option<String>,
+    recoveries: u64,
+    started: Option<Instant>,
+}
+
+impl ReplicationStatus {
+    fn with<T>(&self, f: impl FnOnce(&mut Status) -> T) -> T {
+        f(&mut self.0.lock().expect("status lock"))
+    }
+
+    pub fn owned_partitions(&self) -> usize {
+        self.with(|s| s.owned.len())
+    }
+
+    pub fn topic_partitions(&self) -> Option<i32> {
+        self.with(|s| s.topic_partitions)
+    }
+
+    /// Why the consumer cannot be trusted to keep this node up to date, if it cannot.
+    pub fn problems(&self) -> Vec<String> {
+        self.with(|s| {
+            let mut out = Vec::new();
+            match s.topic_partitions {
+                None => out.push(match &s.probe_error {
+                    Some(e) => format!("kafka: the topic's partitions are not known yet: {e}"),
+                    None => "kafka: the topic's partitions are not known yet".to_owned(),
+                }),
+                Some(n) if (s.owned.len() as i32) < n => out.push(format!(
+                    "kafka: the consumer owns {} of the topic's {n} partitions",
+                    s.owned.len()
+                )),
+                Some(_) => {}
+            }
+            let silent = match s.last_probe_ok {
+                Some(at) => at.elapsed(),
+                None => s.started.map(|t| t.elapsed()).unwrap_or_default(),
+            };
+            if silent > BROKER_SILENCE && s.topic_partitions.is_some() {
+                out.push(format!(
+                    "kafka: the broker has not answered for {} s{}",
+                    silent.as_secs(),
+                    s.probe_error
+                        .as_ref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                ));
+            }
+            if let Some(stall) = &s.stalled {
+                out.push(format!("kafka: {stall}"));
+            }
+            out
+        })
+    }
+
+    /// The consumer section of `/api/node`.
+    pub fn report(&self) -> Value {
+        self.with(|s| {
+            let partitions: Vec<Value> = s
+                .owned
+                .iter()
+                .map(|p| {
+                    let settled = s.settled.get(p).copied();
+                    let high = s.high.get(p).copied();
+                    json!({
+                        "partition": p,
+                        "settled_offset": settled,
+                        "high_watermark": high,
+                        "lag": settled.zip(high).map(|(a, h)| (h - a).max(0)),
+                    })
+                })
+                .collect();
+            json!({
+                // Kept for existing clients: the same as owned_partitions.
+                "assigned_partitions": s.owned.len(),
+                "owned_partitions": s.owned.len(),
+                "topic_partitions": s.topic_partitions,
+                "partitions": partitions,
+                "broker_last_answered_ms_ago": s.last_probe_ok.map(|t| t.elapsed().as_millis() as u64),
+                "stalled": s.stalled,
+                "recoveries": s.recoveries,
+            })
+        })
+    }
+
+    /// Whether the broker answered the probe within `d`.
+    pub fn broker_answered_within(&self, d: Duration) -> bool {
+        self.with(|s| s.last_probe_ok.is_some_and(|t| t.elapsed() <= d))
+    }
+
+    /// Total lag in events over the partitions whose positions are known.
+    pub fn lag(&self) -> i64 {
+        self.with(|s| {
+            s.settled
+                .iter()
+                .filter_map(|(p, a)| Some((s.high.get(p)? - a).max(0)))
+                .sum()
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplicatorSettings {
+    pub kafka: KafkaSettings,
+    pub group: String,
+    /// A partition whose fetch position stands still this long while the broker holds
+    /// newer records makes the consumer be rebuilt.
+    pub stall_timeout: Duration,
+}
+
+/// Consumes until `shutdown`, rebuilding the consumer whenever the watchdog finds it
+/// stuck. Returns an error only if a lane died (a bug): the caller stops the node.
 pub async fn run(
     app: Arc<App>,
-    subscriber: Subscriber,
-    max_clock_skew_ms: u64,
+    settings: ReplicatorSettings,
+    status: Arc<ReplicationStatus>,
     shutdown: CancellationToken,
-) {
-    let lanes_stop = shutdown.child_token();
-    let tasks = TaskTracker::new();
-    let lanes: Vec<mpsc::Sender<Job>> = (0..LANES)
-        .map(|_| {
-            let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
-            tasks.spawn(lane(app.clone(), rx, lanes_stop.clone()));
-            tx
-        })
-        .collect();
-    tasks.close();
-
-    // Messages in arrival order, each resolving to whether it was dealt with.
-    let mut settled: FuturesOrdered<BoxFuture<'static, (Delivery, bool)>> = FuturesOrdered::new();
-    let mut last_error = String::new();
+) -> Result<(), ReplicatorError> {
+    status.with(|s| s.started = Some(Instant::now()));
+    let probe = loop {
+        match Probe::new(&settings.kafka, &settings.group) {
+            Ok(p) => break Arc::new(p),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create the Kafka probe; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+        }
+    };
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            Some((delivery, done)) = settled.next(), if !settled.is_empty() => {
-                if !done {
-                    break; // Shutting down mid-apply: its offset stays unstored, so it is redone.
+        let subscriber = match Subscriber::new(
+            &settings.kafka,
+            &settings.kafka.topic,
+            Some(&settings.group),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create the consumer; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                 }
-                if let Err(e) = subscriber.done(&delivery) {
-                    tracing::warn!(error = %e, "could not store offset");
-                }
+                continue;
             }
-            message = subscriber.recv(), if settled.len() < MAX_IN_FLIGHT => {
-                app.metrics
-                    .assigned_partitions
-                    .set(subscriber.assigned_partitions() as i64);
-                let delivery = match message {
-                    Ok(d) => d,
-                    Err(e) => {
-                        // librdkafka reconnects by itself; report each distinct error once.
-                        let text = e.to_string();
-                        if text != last_error {
-                            tracing::warn!(error = %text, "consumer error; retrying");
-                            last_error = text;
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                last_error.clear();
-                let outcome = match accept(&app, delivery.payload(), max_clock_skew_ms) {
-                    Some(event) => {
-                        let (tx, rx) = oneshot::channel();
-                        let lane = &lanes[lane_of(&event)];
-                        if lane.send((event, tx)).await.is_err() {
-                            break;
-                        }
-                        Settle::Pending(rx)
-                    }
-                    None => Settle::Done,
-                };
-                settled.push_back(
-                    async move {
-                        let done = match outcome {
-                            Settle::Done => true,
-                            Settle::Pending(rx) => rx.await.unwrap_or(false),
-                        };
-                        (delivery, done)
-                    }
-                    .boxed(),
-                );
+        };
+        let mut generation = Generation::new(&app, &subscriber, &status, &probe, &settings, first);
+        let end = generation.run(&shutdown).await?;
+        first = false;
+        match end {
+            End::Shutdown => {
+                tracing::info!("replicator stopped");
+                return Ok(());
+            }
+            End::Recover(why) => {
+                status.with(|s| s.recoveries += 1);
+                app.metrics.consumer_recoveries.inc();
+                tracing::warn!(reason = %why, "rebuilding the consumer");
+                // The settled positions are where the new consumer starts; the old one's
+                // commit is best effort (it may be the part that is stuck).
+                drop(subscriber);
             }
         }
     }
-    lanes_stop.cancel();
-    drop(lanes);
-    tasks.wait().await;
-    // Offsets of events already applied, in order, up to the first one that was not.
-    while let Some((delivery, done)) = settled.next().await {
-        if !done {
-            break;
+}
+
+enum End {
+    Shutdown,
+    Recover(String),
+}
+
+struct Job {
+    event: Event,
+    partition: i32,
+    offset: i64,
+}
+
+/// A job's end: `(partition, offset, done)`. `done` is false only when shutdown
+/// interrupted the apply.
+type Settled = (i32, i64, bool);
+
+/// One consumer's life, from creation until shutdown or a recovery.
+struct Generation<'a> {
+    app: &'a Arc<App>,
+    subscriber: &'a Subscriber,
+    status: &'a ReplicationStatus,
+    probe: &'a Arc<Probe>,
+    settings: &'a ReplicatorSettings,
+    /// The first generation starts from the committed offsets; later ones from the
+    /// positions settled in this process.
+    first: bool,
+    /// Per partition: offsets sent to lanes and not settled yet.
+    pending: HashMap<i32, BTreeSet<i64>>,
+    pending_bytes: HashMap<(i32, i64), usize>,
+    /// Per partition: one past the last offset received.
+    received: HashMap<i32, i64>,
+    /// Per partition: the fetch position and since when it has not moved while behind.
+    watch: HashMap<i32, (Option<i64>, Instant)>,
+    last_error: String,
+}
+
+impl<'a> Generation<'a> {
+    fn new(
+        app: &'a Arc<App>,
+        subscriber: &'a Subscriber,
+        status: &'a ReplicationStatus,
+        probe: &'a Arc<Probe>,
+        settings: &'a ReplicatorSettings,
+        first: bool,
+    ) -> Self {
+        Self {
+            app,
+            subscriber,
+            status,
+            probe,
+            settings,
+            first,
+            pending: HashMap::new(),
+            pending_bytes: HashMap::new(),
+            received: HashMap::new(),
+            watch: HashMap::new(),
+            last_error: String::new(),
         }
-        let _ = subscriber.done(&delivery);
     }
-    subscriber.commit();
-    tracing::info!("replicator stopped");
+
+    fn pending_count(&self) -> usize {
+        self.pending.values().map(BTreeSet::len).sum()
+    }
+
+    fn backpressured(&self) -> bool {
+        self.pending_count() >= MAX_PENDING
+            || self.pending_bytes.values().sum::<usize>() >= MAX_PENDING_BYTES
+    }
+
+    async fn run(&mut self, shutdown: &CancellationToken) -> Result<End, ReplicatorError> {
+        let stop = shutdown.child_token();
+        let (settled_tx, mut settled_rx) = mpsc::unbounded_channel::<Settled>();
+        let mut lanes = JoinSet::new();
+        let senders: Vec<mpsc::UnboundedSender<Job>> = (0..LANES)
+            .map(|_| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                lanes.spawn(lane(self.app.clone(), rx, settled_tx.clone(), stop.clone()));
+                tx
+            })
+            .collect();
+        drop(settled_tx);
+        self.status.with(|s| s.owned.clear());
+
+        let mut probe_tick = tokio::time::interval(PROBE_INTERVAL);
+        probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let end = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break End::Shutdown,
+                died = lanes.join_next() => {
+                    let why = match died {
+                        Some(Err(e)) if e.is_panic() => panic_message(e.into_panic()),
+                        Some(Err(e)) => e.to_string(),
+                        Some(Ok(())) | None => "it returned".to_owned(),
+                    };
+                    stop.cancel();
+                    return Err(ReplicatorError::LaneDied(why));
+                }
+                Some((partition, offset, done)) = settled_rx.recv() => {
+                    if !done {
+                        continue; // Shutting down mid-apply: its offset stays unstored.
+                    }
+                    if let Some(set) = self.pending.get_mut(&partition) {
+                        set.remove(&offset);
+                    }
+                    self.pending_bytes.remove(&(partition, offset));
+                    self.store(partition);
+                }
+                _ = probe_tick.tick() => {
+                    if let Some(why) = self.probe_and_watch().await {
+                        break End::Recover(why);
+                    }
+                }
+                message = self.subscriber.recv(), if !self.backpressured() => {
+                    let delivery = match message {
+                        Ok(d) => d,
+                        Err(e) => {
+                            // librdkafka reconnects by itself; report each distinct error once.
+                            let text = e.to_string();
+                            if text != self.last_error {
+                                tracing::warn!(error = %text, "consumer error; retrying");
+                                self.last_error = text;
+                            }
+                            continue;
+                        }
+                    };
+                    self.last_error.clear();
+                    let (partition, offset) = (delivery.partition(), delivery.offset());
+                    self.received.insert(partition, offset + 1);
+                    if let Some(event) = accept(self.app, delivery.payload()) {
+                        let bytes = delivery.payload().map_or(0, <[u8]>::len);
+                        self.pending.entry(partition).or_default().insert(offset);
+                        self.pending_bytes.insert((partition, offset), bytes);
+                        let job = Job { event, partition, offset };
+                        if senders[lane_of(&job.event.key)].send(job).is_err() {
+                            continue; // The lane died: join_next reports it.
+                        }
+                    }
+                    self.store(partition);
+                }
+            }
+        };
+        stop.cancel();
+        drop(senders);
+        while let Some(res) = lanes.join_next().await {
+            if let Err(e) = res {
+                if e.is_panic() {
+                    return Err(ReplicatorError::LaneDied(panic_message(e.into_panic())));
+                }
+            }
+        }
+        // Offsets of events applied meanwhile.
+        while let Ok((partition, offset, done)) = settled_rx.try_recv() {
+            if done {
+                if let Some(set) = self.pending.get_mut(&partition) {
+                    set.remove(&offset);
+                }
+                self.store(partition);
+            }
+        }
+        if matches!(end, End::Shutdown) {
+            self.subscriber.commit();
+        }
+        Ok(end)
+    }
+
+    /// Stores `partition`'s offset: before its first unsettled event, or past the last
+    /// one received.
+    fn store(&mut self, partition: i32) {
+        let first_unsettled = self
+            .pending
+            .get(&partition)
+            .and_then(|s| s.first().copied());
+        let Some(next) = first_unsettled.or_else(|| self.received.get(&partition).copied()) else {
+            return;
+        };
+        let moved = self.status.with(|s| {
+            let known = s.settled.entry(partition).or_insert(-1);
+            (next > *known).then(|| *known = next).is_some()
+        });
+        if moved {
+            if let Err(e) = self.subscriber.done_before(partition, next) {
+                tracing::warn!(error = %e, partition, "could not store offset");
+            }
+        }
+    }
+
+    /// Asks the broker for the partitions and watermarks, takes any partition not owned
+    /// yet, and checks that every partition with newer records makes progress. Returns
+    /// why the consumer must be rebuilt, if it must.
+    async fn probe_and_watch(&mut self) -> Option<String> {
+        let probe = self.probe.clone();
+        let known = self.status.topic_partitions();
+        let owned: BTreeSet<i32> = self.subscriber.owned().into_iter().collect();
+        // Where partitions not owned yet start: after a recovery, where this process
+        // settled them; otherwise where the group's committed offsets say.
+        let settled: BTreeMap<i32, i64> = self.status.with(|s| s.settled.clone());
+        let first = self.first;
+        let answer = tokio::task::spawn_blocking(move || -> Result<Probed, BusError> {
+            let count = probe.partitions(PROBE_TIMEOUT)?;
+            let marks = probe.watermarks(count, PROBE_TIMEOUT)?;
+            let missing: Vec<i32> = (0..count).filter(|p| !owned.contains(p)).collect();
+            let mut starts = Vec::new();
+            let ask: Vec<i32> = missing
+                .iter()
+                .copied()
+                .filter(|p| first || !settled.contains_key(p))
+                .collect();
+            let committed: HashMap<i32, Option<i64>> = if ask.is_empty() {
+                HashMap::new()
+            } else {
+                probe.committed(&ask, PROBE_TIMEOUT)?.into_iter().collect()
+            };
+            for p in missing {
+                let (low, _) = marks[p as usize];
+                let at = match (settled.get(&p), committed.get(&p)) {
+                    (Some(at), _) if !first => *at,
+                    (_, Some(Some(at))) => *at,
+                    // Nothing committed: from the beginning.
+                    _ => low,
+                };
+                starts.push((p, at.max(low)));
+            }
+            Ok(Probed {
+                count,
+                marks,
+                starts,
+            })
+        })
+        .await;
+        let Probed {
+            count,
+            marks,
+            starts,
+        } = match answer {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => return self.probe_failed(e.to_string()),
+            Err(e) => return self.probe_failed(e.to_string()),
+        };
+        if known.is_some_and(|k| k != count) {
+            tracing::info!(partitions = count, "the topic's partition count changed");
+        }
+        self.status.with(|s| {
+            s.topic_partitions = Some(count);
+            s.last_probe_ok = Some(Instant::now());
+            s.probe_error = None;
+            s.high = marks
+                .iter()
+                .enumerate()
+                .map(|(p, (_, h))| (p as i32, *h))
+                .collect();
+        });
+        self.app.metrics.topic_partitions.set(count as i64);
+
+        // Take every partition not owned yet, at an explicit offset.
+        if !starts.is_empty() {
+            let assignment: Vec<(i32, Start)> =
+                starts.iter().map(|(p, at)| (*p, Start::At(*at))).collect();
+            match self.subscriber.assign(&assignment) {
+                Ok(()) => {
+                    tracing::info!(partitions = ?starts, "consumer owns partitions (partition, offset)");
+                    self.status.with(|s| {
+                        for (p, at) in &starts {
+                            s.settled.insert(*p, *at);
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "could not assign partitions"),
+            }
+        }
+        let owned = self.subscriber.owned();
+        self.app.metrics.assigned_partitions.set(owned.len() as i64);
+        self.status.with(|s| s.owned = owned.clone());
+
+        // Watchdog: a position that stands still while the broker holds more.
+        let now = Instant::now();
+        let backpressured = self.backpressured();
+        let mut stalled = None;
+        for p in owned {
+            let Some(&(_, high)) = marks.get(p as usize) else {
+                continue;
+            };
+            let position = self
+                .received
+                .get(&p)
+                .copied()
+                .or_else(|| self.status.with(|s| s.settled.get(&p).copied()));
+            let behind = position.is_none_or(|pos| pos < high);
+            let entry = self.watch.entry(p).or_insert((position, now));
+            if !behind || backpressured || entry.0 != position {
+                *entry = (position, now);
+                continue;
+            }
+            let still = now.duration_since(entry.1);
+            if still >= self.settings.stall_timeout {
+                stalled = Some(format!(
+                    "no progress on partition {p} for {} s while the broker holds newer \
+                     records (position {}, high watermark {high}); rebuilding the consumer",
+                    still.as_secs(),
+                    position.map_or("unknown".to_owned(), |p| p.to_string()),
+                ));
+                break;
+            }
+        }
+        self.status.with(|s| s.stalled = stalled.clone());
+        stalled
+    }
+
+    /// The broker did not answer: nothing can be judged meanwhile.
+    fn probe_failed(&mut self, error: String) -> Option<String> {
+        self.status.with(|s| s.probe_error = Some(error));
+        self.watch.clear();
+        None
+    }
 }
 
-enum Settle {
-    Done,
-    Pending(oneshot::Receiver<bool>),
+struct Probed {
+    count: i32,
+    marks: Vec<(i64, i64)>,
+    /// Partitions to take, each with the offset to start from.
+    starts: Vec<(i32, i64)>,
 }
 
-fn lane_of(event: &Event) -> usize {
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panicked".to_owned())
+}
+
+fn lane_of(key: &Key) -> usize {
     let mut h = DefaultHasher::new();
-    event.key.as_str().hash(&mut h);
+    key.as_str().hash(&mut h);
     (h.finish() % LANES as u64) as usize
 }
 
 /// The event to apply, or None when the message is to be skipped: invalid (logged and
 /// counted) or this node's own.
-fn accept(app: &App, payload: Option<&[u8]>, max_clock_skew_ms: u64) -> Option<Event> {
-    let event = match Event::decode(payload.unwrap_or_default())
-        .and_then(|e| e.check_clock(now_ms(), max_clock_skew_ms).map(|()| e))
-    {
+fn accept(app: &App, payload: Option<&[u8]>) -> Option<Event> {
+    let event = match Event::decode(payload.unwrap_or_default()) {
         Ok(e) => e,
         Err(e) => {
             app.metrics.reject(e.kind());
@@ -146,27 +583,90 @@ fn accept(app: &App, payload: Option<&[u8]>, max_clock_skew_ms: u64) -> Option<E
     Some(event)
 }
 
-/// Applies its events one after another, answering for each whether it was dealt with.
-async fn lane(app: Arc<App>, mut jobs: mpsc::Receiver<Job>, stop: CancellationToken) {
+/// Applies its events one after another, reporting each as settled. An event stamped
+/// too far ahead is parked with every later event of its key, and tried again.
+async fn lane(
+    app: Arc<App>,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    settled: mpsc::UnboundedSender<Settled>,
+    stop: CancellationToken,
+) {
+    let mut parked: BTreeMap<Key, VecDeque<Job>> = BTreeMap::new();
+    let mut retry = tokio::time::interval(HOLD_RETRY);
     loop {
-        let (event, reply) = tokio::select! {
-            _ = stop.cancelled() => return,
-            job = jobs.recv() => match job {
-                Some(job) => job,
-                None => return,
-            },
-        };
-        let done = apply(&app, &event, &stop).await;
-        let _ = reply.send(done);
-        if !done {
-            return;
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            job = jobs.recv() => {
+                let Some(job) = job else { break };
+                if let Some(queue) = parked.get_mut(&job.event.key) {
+                    queue.push_back(job);
+                    continue;
+                }
+                match app.clock.admit(&job.event) {
+                    Admission::Apply => {
+                        if !settle(&app, job, &settled, &stop).await {
+                            break;
+                        }
+                    }
+                    Admission::Hold { ahead_ms } => {
+                        hold(&app, &job, ahead_ms);
+                        parked.entry(job.event.key.clone()).or_default().push_back(job);
+                    }
+                }
+            }
+            _ = retry.tick(), if !parked.is_empty() => {
+                let keys: Vec<Key> = parked.keys().cloned().collect();
+                for key in keys {
+                    let queue = parked.get_mut(&key).expect("parked key");
+                    while let Some(job) = queue.front() {
+                        if let Admission::Hold { .. } = app.clock.admit(&job.event) {
+                            break;
+                        }
+                        let job = queue.pop_front().expect("front");
+                        app.clock.release(&job.event.origin);
+                        tracing::info!(origin = %job.event.origin, key = %job.event.key, "applying a held event: the clocks agree");
+                        if !settle(&app, job, &settled, &stop).await {
+                            return;
+                        }
+                    }
+                    if queue.is_empty() {
+                        parked.remove(&key);
+                    }
+                }
+            }
         }
     }
+    for job in parked.into_values().flatten() {
+        app.clock.release(&job.event.origin);
+    }
+}
+
+fn hold(app: &App, job: &Job, ahead_ms: u64) {
+    app.clock.hold(&job.event.origin, ahead_ms);
+    tracing::warn!(
+        origin = %job.event.origin,
+        key = %job.event.key,
+        ahead_ms,
+        "holding an event stamped too far ahead of this node's clock; it is applied once the clocks agree"
+    );
+}
+
+/// Applies `job` and reports it settled. False when shutdown interrupted it.
+async fn settle(
+    app: &App,
+    job: Job,
+    settled: &mpsc::UnboundedSender<Settled>,
+    stop: &CancellationToken,
+) -> bool {
+    let done = apply(app, &job.event, stop).await;
+    let _ = settled.send((job.partition, job.offset, done));
+    done
 }
 
 /// Applies one event. Returns false only when shutdown interrupted it before it was
 /// applied.
 async fn apply(app: &App, event: &Event, stop: &CancellationToken) -> bool {
+    crate::fault::point("apply", event.key.as_str());
     // The database may be down: retry the same event until it is back, never skip it.
     let mut delay = Duration::from_millis(50);
     loop {

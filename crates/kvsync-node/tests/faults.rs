@@ -431,7 +431,8 @@ fn rejected_series(reason: &str) -> String {
 }
 
 /// Scenario 6: records no node would publish are counted by reason, logged and skipped;
-/// replication goes on.
+/// replication goes on. A valid event stamped a day ahead is not skipped but held (and
+/// reported) until the clocks agree: it never drags the node's clock along.
 #[tokio::test]
 async fn poison_events_are_counted_logged_and_skipped() {
     let c = cluster(2).await;
@@ -473,15 +474,15 @@ async fn poison_events_are_counted_logged_and_skipped() {
             stuffed("poison/huge", MAX_EVENT_BYTES + 1024),
             "too_large",
         ),
-        (
-            "poison/future",
-            event("poison/future", now_ms() + day_ms, vec!["later".into()]).encode(),
-            "future",
-        ),
     ];
     for (key, payload, _) in &poison {
         c.broker.produce(c.topic(), key, payload).await.unwrap();
     }
+    let future = event("poison/future", now_ms() + day_ms, vec!["later".into()]);
+    c.broker
+        .produce(c.topic(), "poison/future", &future.encode())
+        .await
+        .unwrap();
     // The same path with a valid event: it is applied, so the others fail on content.
     let control = event("poison/control", now_ms(), vec!["fine".into()]);
     c.broker
@@ -527,6 +528,26 @@ async fn poison_events_are_counted_logged_and_skipped() {
         for (key, _, _) in &poison {
             assert_eq!(client.get(key).await.unwrap(), None, "{key} was applied");
         }
+        // Held, not applied and not skipped: reported until the clocks agree.
+        assert_eq!(client.get("poison/future").await.unwrap(), None);
+        wait_until(T, "the held event to be reported", || async {
+            let ready = client.get_json("/readyz").await.unwrap_or_default();
+            let info = client.node_info().await.unwrap_or_default();
+            ready["reasons"]
+                .to_string()
+                .contains("holding 1 events from node9")
+                && info["clock"]["held"]["node9"]["events"] == 1
+        })
+        .await
+        .unwrap();
+        assert!(!client.ready().await, "{} holds an event", client.base());
+        assert_eq!(
+            client
+                .metric("kvsync_events_held{peer=\"node9\"}")
+                .await
+                .unwrap(),
+            Some(1.0)
+        );
     }
     let log = c.nodes[1].log_tail(400);
     for needle in [

@@ -3,7 +3,9 @@
 //! loopback port, stopped when dropped. No mocks.
 
 mod client;
+mod clock;
 mod process;
+mod proxy;
 mod rng;
 
 use std::{
@@ -14,7 +16,9 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 pub use client::{Client, Pair};
+pub use clock::{build_shim, ClockOffset};
 pub use process::{free_port, listens_on, Proc};
+pub use proxy::{Cut, Proxy};
 pub use rng::{test_seed, Rng};
 
 /// Where the external tools live: `$KVSYNC_TOOLS` (default `~/.cache/kvsync-tools`), as
@@ -182,25 +186,49 @@ impl Service {
 
 /// A tansu broker with durable (SQLite) storage in its own directory.
 pub struct Broker {
+    /// The port clients connect to (the proxy's, if the broker is behind one).
     pub port: u16,
     service: Service,
+    proxy: Option<Proxy>,
 }
 
 impl Broker {
     /// On `port`, or on a free port if 0.
     pub async fn start(tools: &Tools, dir: &Path, port: u16) -> Result<Self> {
-        on_free_port(port, |port| Self::start_on(tools, dir, port)).await
+        on_free_port(port, |port| Self::start_on(tools, dir, port, None)).await
     }
 
-    async fn start_on(tools: &Tools, dir: &Path, port: u16) -> Result<Self> {
+    /// Behind a [`Proxy`] that every client goes through (the broker advertises the
+    /// proxy's address), so that a test can cut one client process off the broker.
+    pub async fn start_behind_proxy(tools: &Tools, dir: &Path) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let advertised = listener.local_addr()?.port();
+        let proxy = Proxy::start_on(listener, ([127, 0, 0, 1], 0).into())?;
+        let mut broker =
+            on_free_port(0, |port| Self::start_on(tools, dir, port, Some(advertised))).await?;
+        proxy.set_upstream(([127, 0, 0, 1], broker.service.port).into());
+        broker.proxy = Some(proxy);
+        Ok(broker)
+    }
+
+    async fn start_on(
+        tools: &Tools,
+        dir: &Path,
+        port: u16,
+        advertised_port: Option<u16>,
+    ) -> Result<Self> {
         let mut service = Service::new("tansu", &tools.tansu, dir, port)?;
         let url = format!("tcp://127.0.0.1:{}", service.port);
+        let advertised = match advertised_port {
+            Some(p) => format!("tcp://127.0.0.1:{p}"),
+            None => url.clone(),
+        };
         service.args = [
             "broker",
             "--listener-url",
             &url,
             "--advertised-listener-url",
-            &url,
+            &advertised,
         ]
         // tansu resolves sqlite:// paths against its working directory.
         .into_iter()
@@ -209,13 +237,19 @@ impl Broker {
         .collect();
         service.start().await?;
         Ok(Self {
-            port: service.port,
+            port: advertised_port.unwrap_or(service.port),
             service,
+            proxy: None,
         })
     }
 
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The proxy in front of the broker, if it was started behind one.
+    pub fn proxy(&self) -> Option<&Proxy> {
+        self.proxy.as_ref()
     }
 
     /// Starts the broker again (same port, same data) after [`Broker::kill`].
@@ -423,6 +457,12 @@ impl Node {
         self.proc.as_ref().map(|p| p.pid())
     }
 
+    /// `Some(exit code)` once the process has exited (`Some(None)`: killed by a
+    /// signal); `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<Option<i32>> {
+        self.proc.as_mut().and_then(Proc::exit_status)
+    }
+
     pub fn log_tail(&self, lines: usize) -> String {
         self.proc
             .as_ref()
@@ -453,6 +493,10 @@ pub struct ClusterOptions {
     pub mongo_port: u16,
     /// Where data and logs go; a temporary directory (removed on drop) if `None`.
     pub dir: Option<PathBuf>,
+    /// Every client reaches the broker through a [`Proxy`] (see [`Broker::proxy`]).
+    pub broker_proxy: bool,
+    /// Every node runs with a wall clock the test can move ([`Cluster::clock`]).
+    pub movable_clocks: bool,
 }
 
 impl Default for ClusterOptions {
@@ -465,6 +509,8 @@ impl Default for ClusterOptions {
             broker_port: 0,
             mongo_port: 0,
             dir: None,
+            broker_proxy: false,
+            movable_clocks: false,
         }
     }
 }
@@ -474,6 +520,7 @@ pub struct Cluster {
     pub broker: Broker,
     pub mongos: Vec<Mongo>,
     pub nodes: Vec<Node>,
+    clocks: Vec<ClockOffset>,
     options: ClusterOptions,
     tools: Tools,
     bin: PathBuf,
@@ -494,11 +541,16 @@ impl Cluster {
                 (t.path().to_owned(), Some(t))
             }
         };
-        let broker = Broker::start(&tools, &dir.join("broker"), options.broker_port).await?;
+        let broker = if options.broker_proxy {
+            Broker::start_behind_proxy(&tools, &dir.join("broker")).await?
+        } else {
+            Broker::start(&tools, &dir.join("broker"), options.broker_port).await?
+        };
         let mut c = Self {
             broker,
             mongos: Vec::new(),
             nodes: Vec::new(),
+            clocks: Vec::new(),
             options: options.clone(),
             tools,
             bin,
@@ -532,13 +584,23 @@ impl Cluster {
             port(self.options.mongo_port),
         )
         .await?;
+        let mut env = self.options.env.clone();
+        if self.options.movable_clocks {
+            let shim = build_shim(&self.dir.join("clock"))?;
+            let clock = ClockOffset {
+                file: self.dir.join("clock").join(format!("node{}.offset", i + 1)),
+            };
+            clock.set(0)?;
+            env.extend(clock.env(&shim));
+            self.clocks.push(clock);
+        }
         let spec = NodeSpec {
             id: format!("node{}", i + 1),
             http_port: 0,
             mongodb_uri: mongo.uri(),
             brokers: self.broker.addr(),
             topic: self.options.topic.clone(),
-            env: self.options.env.clone(),
+            env,
         };
         let (bin, dir) = (&self.bin, self.dir.join("nodes"));
         let node = on_free_port(port(self.options.http_port), |http_port| {
@@ -556,6 +618,11 @@ impl Cluster {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Node `i`'s movable wall clock (with [`ClusterOptions::movable_clocks`]).
+    pub fn clock(&self, i: usize) -> &ClockOffset {
+        &self.clocks[i]
     }
 
     pub fn clients(&self) -> Vec<Client> {

@@ -113,6 +113,11 @@ impl Proc {
         self.child.id()
     }
 
+    /// `Some(code)` once exited (`Some(None)` if a signal ended it), `None` while running.
+    pub fn exit_status(&mut self) -> Option<Option<i32>> {
+        self.child.try_wait().ok().flatten().map(|s| s.code())
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }

@@ -122,6 +122,9 @@ impl From<AppError> for ApiError {
                 "contended",
                 AppError::Contended.to_string(),
             ),
+            e @ AppError::ClockSkew(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "clock_skew", e.to_string())
+            }
             AppError::Store(e) => e.into(),
         }
     }

@@ -18,7 +18,6 @@ use axum::{
     routing::{get, post},
     Router,
 };
-use kvsync_kafka::ConsumerState;
 use tokio_util::sync::CancellationToken;
 use tower_http::{
     cors::{AllowOrigin, CorsLayer},
@@ -28,7 +27,7 @@ use tower_http::{
 pub use auth::Token;
 pub use error::ApiError;
 
-use crate::{app::App, metrics::HttpLabels};
+use crate::{app::App, metrics::HttpLabels, replicator::ReplicationStatus};
 
 /// Request bodies above this are refused with 413 before they are parsed. A maximal
 /// pair (1 MiB of values) fits with room for JSON escaping.
@@ -36,7 +35,7 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
 pub struct Shared {
     pub app: Arc<App>,
-    pub consumer: ConsumerState,
+    pub replication: Arc<ReplicationStatus>,
     pub topic: String,
     pub group: String,
     pub token: Option<Token>,

@@ -16,27 +16,30 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready when MongoDB answers and the consumer holds partitions; else 503 and why.
+/// Ready when MongoDB answers, the consumer owns every partition of the topic and makes
+/// progress, and no peer event is held for clock reasons; else 503 and why.
 pub async fn readyz(State(ctx): State<Ctx>) -> Response {
     let mongodb = match tokio::time::timeout(Duration::from_secs(2), ctx.app.store.ping()).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("MongoDB did not answer within 2 s".to_owned()),
     };
-    let partitions = ctx.consumer.assigned_partitions();
     let mut reasons = Vec::new();
     if let Err(e) = &mongodb {
         reasons.push(format!("mongodb: {e}"));
     }
-    if partitions == 0 {
-        reasons.push("kafka: the consumer has no partitions assigned yet".to_owned());
-    }
+    reasons.extend(ctx.replication.problems());
+    reasons.extend(ctx.app.clock.problems());
     let ready = reasons.is_empty();
     let body = json!({
         "ready": ready,
         "node": ctx.app.node.as_str(),
         "mongodb": if mongodb.is_ok() { "ok" } else { "unavailable" },
-        "kafka": { "assigned_partitions": partitions },
+        "kafka": {
+            "owned_partitions": ctx.replication.owned_partitions(),
+            "topic_partitions": ctx.replication.topic_partitions(),
+        },
+        "clock": ctx.app.clock.own().label(),
         "reasons": reasons,
     });
     let status = if ready {
@@ -48,19 +51,24 @@ pub async fn readyz(State(ctx): State<Ctx>) -> Response {
 }
 
 pub async fn metrics(State(ctx): State<Ctx>) -> Response {
+    let m = &ctx.app.metrics;
     if let Ok(n) = ctx.app.store.count_pending().await {
-        ctx.app.metrics.outbox_backlog.set(n as i64);
+        m.outbox_backlog.set(n as i64);
     }
-    ctx.app
-        .metrics
-        .assigned_partitions
-        .set(ctx.consumer.assigned_partitions() as i64);
+    m.assigned_partitions
+        .set(ctx.replication.owned_partitions() as i64);
+    m.consumer_lag.set(ctx.replication.lag());
+    m.clock_off.set(match ctx.app.clock.own() {
+        kvsync_core::OwnClock::Agrees => 0,
+        kvsync_core::OwnClock::Ahead { .. } => 1,
+        kvsync_core::OwnClock::Behind { .. } => -1,
+    });
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        ctx.app.metrics.render(),
+        m.render(),
     )
         .into_response()
 }
@@ -72,9 +80,8 @@ pub async fn node(State(ctx): State<Ctx>) -> Json<serde_json::Value> {
         "node_id": ctx.app.node.as_str(),
         "topic": ctx.topic,
         "consumer_group": ctx.group,
-        "consumer": {
-            "assigned_partitions": ctx.consumer.assigned_partitions(),
-        },
+        "consumer": ctx.replication.report(),
+        "clock": ctx.app.clock.report(),
         // null when MongoDB cannot be asked.
         "outbox_backlog": backlog,
         "counters": {
@@ -85,6 +92,8 @@ pub async fn node(State(ctx): State<Ctx>) -> Json<serde_json::Value> {
             "events_skipped_stale": m.skipped_stale.get(),
             "events_skipped_own": m.skipped_own.get(),
             "events_rejected": m.rejected_total(),
+            "consumer_recoveries": m.consumer_recoveries.get(),
+            "publisher_recoveries": m.publisher_recoveries.get(),
         },
     }))
 }

@@ -56,6 +56,7 @@ async fn main() -> Result<()> {
         broker_port: args.broker_port,
         mongo_port: args.mongo_port,
         dir: args.dir,
+        ..Default::default()
     })
     .await?;
     let nodes: Vec<_> = cluster
