@@ -181,7 +181,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ReplicatorError> {
     status.with(|s| s.started = Some(Instant::now()));
-    let probe = loop {
+    let mut probe = loop {
         match Probe::new(&settings.kafka, &settings.group) {
             Ok(p) => break Arc::new(p),
             Err(e) => {
@@ -210,7 +210,8 @@ pub async fn run(
                 continue;
             }
         };
-        let mut generation = Generation::new(&app, &subscriber, &status, &probe, &settings, first);
+        let mut generation =
+            Generation::new(&app, &subscriber, &status, probe.clone(), &settings, first);
         let end = generation.run(&shutdown).await?;
         first = false;
         match end {
@@ -223,8 +224,12 @@ pub async fn run(
                 app.metrics.consumer_recoveries.inc();
                 tracing::warn!(reason = %why, "rebuilding the consumer");
                 // The settled positions are where the new consumer starts; the old one's
-                // commit is best effort (it may be the part that is stuck).
+                // commit is best effort (it may be the part that is stuck). The probe is
+                // made anew too, for the same reason.
                 drop(subscriber);
+                if let Ok(p) = Probe::new(&settings.kafka, &settings.group) {
+                    probe = Arc::new(p);
+                }
             }
         }
     }
@@ -250,7 +255,13 @@ struct Generation<'a> {
     app: &'a Arc<App>,
     subscriber: &'a Subscriber,
     status: &'a ReplicationStatus,
-    probe: &'a Arc<Probe>,
+    probe: Arc<Probe>,
+    /// The probe call in flight, and when it started.
+    probing: Option<Instant>,
+    /// Since when the broker has not answered the probe (in this generation), and when
+    /// the probe was last made anew.
+    silent_since: Instant,
+    probe_built: Instant,
     settings: &'a ReplicatorSettings,
     /// The first generation starts from the committed offsets; later ones from the
     /// positions settled in this process.
@@ -270,7 +281,7 @@ impl<'a> Generation<'a> {
         app: &'a Arc<App>,
         subscriber: &'a Subscriber,
         status: &'a ReplicationStatus,
-        probe: &'a Arc<Probe>,
+        probe: Arc<Probe>,
         settings: &'a ReplicatorSettings,
         first: bool,
     ) -> Self {
@@ -279,6 +290,9 @@ impl<'a> Generation<'a> {
             subscriber,
             status,
             probe,
+            probing: None,
+            silent_since: Instant::now(),
+            probe_built: Instant::now(),
             settings,
             first,
             pending: HashMap::new(),
@@ -314,6 +328,8 @@ impl<'a> Generation<'a> {
 
         let mut probe_tick = tokio::time::interval(PROBE_INTERVAL);
         probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (probed_tx, mut probed_rx) = mpsc::channel::<(u64, Result<Probed, String>)>(4);
+        let mut probe_id = 0u64;
         let end = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break End::Shutdown,
@@ -337,7 +353,20 @@ impl<'a> Generation<'a> {
                     self.store(partition);
                 }
                 _ = probe_tick.tick() => {
-                    if let Some(why) = self.probe_and_watch().await {
+                    if let Some(why) = self.start_probe(&probed_tx, &mut probe_id) {
+                        break End::Recover(why);
+                    }
+                }
+                Some((id, answer)) = probed_rx.recv() => {
+                    if id != probe_id {
+                        continue; // From a probe given up on.
+                    }
+                    self.probing = None;
+                    let stalled = match answer {
+                        Ok(probed) => self.probed(probed),
+                        Err(e) => self.probe_failed(e),
+                    };
+                    if let Some(why) = stalled {
                         break End::Recover(why);
                     }
                 }
@@ -415,58 +444,93 @@ impl<'a> Generation<'a> {
         }
     }
 
-    /// Asks the broker for the partitions and watermarks, takes any partition not owned
-    /// yet, and checks that every partition with newer records makes progress. Returns
-    /// why the consumer must be rebuilt, if it must.
-    async fn probe_and_watch(&mut self) -> Option<String> {
+    /// Starts asking the broker, on a blocking thread, for the partitions and
+    /// watermarks (and where partitions not owned yet start), unless a call is in
+    /// flight. The main loop never waits for the broker: a call that does not come back
+    /// in time is given up on and the probe is made anew (its client may be the part
+    /// that is stuck). Returns why the consumer must be rebuilt, if it must: the broker
+    /// silent for twice the stall bound, so that a consumer stuck along with it is
+    /// replaced too once the broker answers again.
+    fn start_probe(
+        &mut self,
+        probed_tx: &mpsc::Sender<(u64, Result<Probed, String>)>,
+        probe_id: &mut u64,
+    ) -> Option<String> {
+        if let Some(started) = self.probing {
+            if started.elapsed() < 4 * PROBE_TIMEOUT {
+                return None;
+            }
+            self.probing = None;
+            let _ = self.probe_failed(format!(
+                "the probe did not come back within {} s",
+                started.elapsed().as_secs()
+            ));
+            self.rebuild_probe();
+        }
+        let silent = self.silent_since.elapsed();
+        if silent >= 2 * self.settings.stall_timeout {
+            return Some(format!(
+                "the broker has not answered for {} s",
+                silent.as_secs()
+            ));
+        }
+        *probe_id += 1;
+        let id = *probe_id;
+        self.probing = Some(Instant::now());
         let probe = self.probe.clone();
-        let known = self.status.topic_partitions();
         let owned: BTreeSet<i32> = self.subscriber.owned().into_iter().collect();
         // Where partitions not owned yet start: after a recovery, where this process
         // settled them; otherwise where the group's committed offsets say.
         let settled: BTreeMap<i32, i64> = self.status.with(|s| s.settled.clone());
         let first = self.first;
-        let answer = tokio::task::spawn_blocking(move || -> Result<Probed, BusError> {
-            let count = probe.partitions(PROBE_TIMEOUT)?;
-            let marks = probe.watermarks(count, PROBE_TIMEOUT)?;
-            let missing: Vec<i32> = (0..count).filter(|p| !owned.contains(p)).collect();
-            let mut starts = Vec::new();
-            let ask: Vec<i32> = missing
-                .iter()
-                .copied()
-                .filter(|p| first || !settled.contains_key(p))
-                .collect();
-            let committed: HashMap<i32, Option<i64>> = if ask.is_empty() {
-                HashMap::new()
-            } else {
-                probe.committed(&ask, PROBE_TIMEOUT)?.into_iter().collect()
-            };
-            for p in missing {
-                let (low, _) = marks[p as usize];
-                let at = match (settled.get(&p), committed.get(&p)) {
-                    (Some(at), _) if !first => *at,
-                    (_, Some(Some(at))) => *at,
-                    // Nothing committed: from the beginning.
-                    _ => low,
+        let tx = probed_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let answer = (|| -> Result<Probed, BusError> {
+                let count = probe.partitions(PROBE_TIMEOUT)?;
+                let marks = probe.watermarks(count, PROBE_TIMEOUT)?;
+                let missing: Vec<i32> = (0..count).filter(|p| !owned.contains(p)).collect();
+                let mut starts = Vec::new();
+                let ask: Vec<i32> = missing
+                    .iter()
+                    .copied()
+                    .filter(|p| first || !settled.contains_key(p))
+                    .collect();
+                let committed: HashMap<i32, Option<i64>> = if ask.is_empty() {
+                    HashMap::new()
+                } else {
+                    probe.committed(&ask, PROBE_TIMEOUT)?.into_iter().collect()
                 };
-                starts.push((p, at.max(low)));
-            }
-            Ok(Probed {
-                count,
-                marks,
-                starts,
-            })
-        })
-        .await;
+                for p in missing {
+                    let (low, _) = marks[p as usize];
+                    let at = match (settled.get(&p), committed.get(&p)) {
+                        (Some(at), _) if !first => *at,
+                        (_, Some(Some(at))) => *at,
+                        // Nothing committed: from the beginning.
+                        _ => low,
+                    };
+                    starts.push((p, at.max(low)));
+                }
+                Ok(Probed {
+                    count,
+                    marks,
+                    starts,
+                })
+            })();
+            let _ = tx.blocking_send((id, answer.map_err(|e| e.to_string())));
+        });
+        None
+    }
+
+    /// Takes any partition not owned yet and checks that every partition with newer
+    /// records makes progress. Returns why the consumer must be rebuilt, if it must.
+    fn probed(&mut self, probed: Probed) -> Option<String> {
+        let known = self.status.topic_partitions();
+        self.silent_since = Instant::now();
         let Probed {
             count,
             marks,
             starts,
-        } = match answer {
-            Ok(Ok(a)) => a,
-            Ok(Err(e)) => return self.probe_failed(e.to_string()),
-            Err(e) => return self.probe_failed(e.to_string()),
-        };
+        } = probed;
         if known.is_some_and(|k| k != count) {
             tracing::info!(partitions = count, "the topic's partition count changed");
         }
@@ -536,8 +600,31 @@ impl<'a> Generation<'a> {
         stalled
     }
 
+    /// A client that keeps failing may be the part that is broken (librdkafka times
+    /// some waits on the wall clock, so a stepped clock can leave one failing): make
+    /// the probe anew, at most once per stall bound.
+    fn rebuild_probe(&mut self) {
+        if self.probe_built.elapsed() < self.settings.stall_timeout {
+            return;
+        }
+        self.probe_built = Instant::now();
+        match Probe::new(&self.settings.kafka, &self.settings.group) {
+            Ok(p) => {
+                tracing::info!(
+                    "the broker has not answered the probe for a while; probing with a new client"
+                );
+                self.probe = Arc::new(p);
+            }
+            Err(e) => tracing::warn!(error = %e, "could not rebuild the Kafka probe"),
+        }
+    }
+
     /// The broker did not answer: nothing can be judged meanwhile.
     fn probe_failed(&mut self, error: String) -> Option<String> {
+        tracing::debug!(%error, "the broker did not answer the probe");
+        if self.silent_since.elapsed() >= self.settings.stall_timeout {
+            self.rebuild_probe();
+        }
         self.status.with(|s| s.probe_error = Some(error));
         self.watch.clear();
         None

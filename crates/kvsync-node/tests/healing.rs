@@ -28,20 +28,22 @@ async fn start(options: ClusterOptions) -> Cluster {
     Cluster::start(options).await.expect("cluster starts")
 }
 
-/// Writes distinct keys on `client`, one at a time and about 50 per second, until
-/// `stop`; every write must be acknowledged unless `refusals_allowed`, in which case a
-/// 503 `clock_skew` refusal is counted instead. Returns the acknowledged pairs.
+/// Writes distinct keys on `client`, one at a time and about 20 per second, until
+/// `stop`. A 503 (a refusal: `clock_skew`, or a database that is slow on a loaded
+/// machine) is counted, not acknowledged, so not expected anywhere; `clock_skew` is
+/// allowed only with `skew_allowed`, any other error fails the test. Returns the
+/// acknowledged pairs and the number of refusals.
 fn writer(
     client: Client,
     prefix: &str,
     stop: Arc<AtomicBool>,
-    refusals_allowed: bool,
+    skew_allowed: bool,
 ) -> JoinHandle<(Vec<Pair>, usize)> {
     let prefix = prefix.to_owned();
     tokio::spawn(async move {
         let mut written = Vec::new();
         let mut refused = 0;
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
         let mut i = 0;
         while !stop.load(Ordering::Relaxed) {
             tick.tick().await;
@@ -49,7 +51,11 @@ fn writer(
             i += 1;
             match client.put(&key, &[&key]).await {
                 Ok(p) => written.push(p),
-                Err(e) if refusals_allowed && e.to_string().contains("clock_skew") => refused += 1,
+                Err(e) if e.to_string().contains("HTTP 503") => {
+                    let skew = e.to_string().contains("clock_skew");
+                    assert!(!skew || skew_allowed, "PUT {key} on {}: {e}", client.base());
+                    refused += 1;
+                }
                 Err(e) => panic!("PUT {key} on {}: {e}", client.base()),
             }
         }
@@ -296,6 +302,14 @@ async fn far_skew(offset_ms: i64) {
         wait_sees_offset(peer, "node3", offset_ms).await;
     }
     wait_sees_offset(&clients[2], "node1", -offset_ms).await;
+    wait_sees_offset(&clients[2], "node2", -offset_ms).await;
+    let expected = if offset_ms > 0 { "ahead" } else { "behind" };
+    wait_until(T, "node3 to know its clock is off", || async {
+        let info = clients[2].node_info().await.unwrap_or_default();
+        info["clock"]["status"] == expected
+    })
+    .await
+    .unwrap();
     // node3 is the odd one out, and says so: no write is stamped with its clock.
     let resp = clients[2]
         .request(reqwest::Method::PUT, &clients[2].pair_url("refused"))
@@ -306,23 +320,21 @@ async fn far_skew(offset_ms: i64) {
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "clock_skew", "{body}");
-    wait_unready_because(&clients[2], &["clock"], T).await;
-    let info = clients[2].node_info().await.unwrap();
-    let expected = if offset_ms > 0 { "ahead" } else { "behind" };
-    assert_eq!(info["clock"]["status"], expected, "{}", info["clock"]);
+    wait_unready_because(&clients[2], &["clock", expected], T).await;
 
     // The nodes holding events they cannot apply yet say so, naming the clock.
     if offset_ms > 0 {
         // node3's writes stamped before it knew are held by its peers.
         wait_unready_because(&clients[0], &["clock", "node3"], T).await;
     } else {
-        // node3 holds its peers' events.
-        let info = clients[2].node_info().await.unwrap();
-        assert!(
-            info["clock"]["held"]["node1"]["events"].as_u64() > Some(0),
-            "{}",
-            info["clock"]
-        );
+        // node3 holds its peers' events (they keep writing).
+        wait_until(T, "node3 to hold node1's events", || async {
+            let info = clients[2].node_info().await.unwrap_or_default();
+            info["clock"]["held"]["node1"]["events"].as_u64() > Some(0)
+        })
+        .await
+        .unwrap();
+        wait_unready_because(&clients[2], &["holding", "node1"], T).await;
     }
     assert!(clients[0]
         .metrics()
@@ -395,8 +407,11 @@ async fn clocks_two_minutes_apart_converge_and_keep_causal_order() {
         for cl in &clients {
             let held = cl.get(&key).await.unwrap().unwrap();
             assert_eq!(held.values, ["from node1"], "{}", cl.base());
-            let (status, body) = readyz(cl).await;
-            assert_eq!(status, StatusCode::OK, "{body}");
+            // A clock stepped while the node runs can stall its Kafka client for a
+            // moment (librdkafka times some waits on the wall clock): it must heal.
+            if let Err(e) = wait_until(T, "every node ready", || cl.ready()).await {
+                panic!("{e}: {:?}", readyz(cl).await);
+            }
         }
     }
 }

@@ -22,6 +22,7 @@ pub fn build_shim(dir: &Path) -> Result<PathBuf> {
         .args(["-shared", "-fPIC", "-O2", "-o"])
         .arg(&lib)
         .arg(&src)
+        .arg("-ldl")
         .output()
         .with_context(|| format!("running {cc} to build the clock shim"))?;
     if !out.status.success() {
