@@ -471,3 +471,45 @@ async fn a_replicator_that_panics_takes_the_node_down() {
 async fn a_relay_that_panics_takes_the_node_down() {
     dying_task("publish").await;
 }
+
+/// The shutdown timeout bounds the HTTP drain too: a request stuck on a hung database
+/// does not hold the node up past it.
+#[tokio::test]
+async fn shutdown_is_bounded_by_its_timeout_even_with_a_request_stuck() {
+    let _slot = SLOTS.acquire().await.unwrap();
+    let mut c = start(ClusterOptions {
+        nodes: 1,
+        env: vec![
+            ("KVSYNC_SHUTDOWN_TIMEOUT_MS".into(), "1000".into()),
+            // Long enough that only the shutdown bound can end the stuck request.
+            ("KVSYNC_MONGODB_TIMEOUT_MS".into(), "60000".into()),
+            ("KVSYNC_REQUEST_TIMEOUT_MS".into(), "60000".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let client = c.nodes[0].client();
+    client.put("k", &["v"]).await.unwrap();
+    c.mongos[0].pause();
+    let stuck = tokio::spawn({
+        let client = client.clone();
+        async move { client.list_all().await }
+    });
+    // The request has reached the node and waits on the database.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !stuck.is_finished(),
+        "the request waits on the hung database"
+    );
+    let asked = Instant::now();
+    let code = c.nodes[0].terminate(Duration::from_secs(30)).await;
+    let took = asked.elapsed();
+    c.mongos[0].unpause();
+    eprintln!("stopped {took:?} after SIGTERM with a request stuck: {code:?}");
+    assert!(code.is_ok(), "exited by itself: {code:?}");
+    // One bound for the HTTP drain, one for the consumer and relay, and slack.
+    assert!(
+        took < Duration::from_secs(6),
+        "shutdown took {took:?} with a 1 s shutdown timeout"
+    );
+}
