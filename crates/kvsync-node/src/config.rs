@@ -272,6 +272,31 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_hides_secrets() {
+        let c = Config::try_parse_from([
+            "kvsync-node",
+            "--api-token",
+            "tok-secret-1",
+            "--kafka-sasl-password",
+            "sasl-secret-2",
+            "--mongodb-uri",
+            "mongodb://user:mongo-secret-3@db.example:27017/",
+            "--kafka-option",
+            "ssl.key.password=opt-secret-4",
+        ])
+        .unwrap();
+        let shown = format!("{c:?} {c:#?}");
+        for secret in [
+            "tok-secret-1",
+            "sasl-secret-2",
+            "mongo-secret-3",
+            "opt-secret-4",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
+
+    #[test]
     fn empty_settings_count_as_unset() {
         let c = Config::try_parse_from([
             "kvsync-node",

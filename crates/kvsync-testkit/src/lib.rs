@@ -4,6 +4,7 @@
 
 mod client;
 mod process;
+pub mod raw;
 mod rng;
 
 use std::{
@@ -421,6 +422,18 @@ impl Node {
 
     pub fn pid(&self) -> Option<u32> {
         self.proc.as_ref().map(|p| p.pid())
+    }
+
+    /// The node's resident memory now and at its peak (`VmRSS`, `VmHWM`), in KiB.
+    pub fn memory_kib(&self) -> Option<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        };
+        Some((field("VmRSS:")?, field("VmHWM:")?))
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
