@@ -17,6 +17,11 @@ use crate::metrics::Metrics;
 /// between its read and its conditional write.
 const MAX_CAS_ATTEMPTS: usize = 32;
 const FEED_CAPACITY: usize = 4096;
+/// How many keys "clear all" reads, then deletes, at a time: its memory does not grow
+/// with the database.
+pub const CLEAR_BATCH: usize = 500;
+/// Deletes of one batch in flight at once.
+const CLEAR_CONCURRENCY: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -240,9 +245,14 @@ impl App {
         Err(AppError::Contended)
     }
 
-    pub async fn append(&self, key: &Key, value: String) -> Result<Written, AppError> {
+    pub async fn append(
+        &self,
+        key: &Key,
+        value: String,
+        pre: &Precondition,
+    ) -> Result<Written, AppError> {
         let key_len = key.as_str().len();
-        self.write(key, &Precondition::None, |live| {
+        self.write(key, pre, |live| {
             let next = match live.and_then(|p| p.entry.values.as_ref()) {
                 Some(values) => values.appended(value.clone(), key_len)?,
                 None => Values::new(vec![value.clone()], key_len)?,
@@ -252,30 +262,46 @@ impl App {
         .await
     }
 
+    /// Deletes a live pair: 404 if there is none, unless the request had a
+    /// precondition, which then fails (RFC 9110: If-Match fails on a missing resource).
     pub async fn delete(&self, key: &Key, pre: &Precondition) -> Result<(), AppError> {
-        let pre = match pre {
-            Precondition::None => &Precondition::Exists,
-            other => other,
-        };
-        match self.write(key, pre, |_| Ok(None)).await {
-            Ok(_) => Ok(()),
-            Err(AppError::PreconditionFailed { current: None }) => Err(AppError::NotFound),
-            Err(e) => Err(e),
+        match pre {
+            Precondition::None => {
+                match self.write(key, &Precondition::Exists, |_| Ok(None)).await {
+                    Ok(_) => Ok(()),
+                    Err(AppError::PreconditionFailed { current: None }) => Err(AppError::NotFound),
+                    Err(e) => Err(e),
+                }
+            }
+            pre => self.write(key, pre, |_| Ok(None)).await.map(|_| ()),
         }
     }
 
-    /// Deletes every live pair, each as an ordinary replicated delete.
-    pub async fn clear(&self) -> Result<u64, AppError> {
-        let mut deleted = 0;
-        for (key, _) in self.store.live_versions().await? {
-            match self.delete(&key, &Precondition::None).await {
-                Ok(()) => deleted += 1,
-                // Deleted concurrently by someone else: just as good.
-                Err(AppError::NotFound) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(deleted)
+    /// The next batch of "clear all": up to [`CLEAR_BATCH`] live keys after `after`, in
+    /// key order.
+    pub async fn clear_batch(&self, after: Option<&Key>) -> Result<Vec<Key>, AppError> {
+        Ok(self
+            .store
+            .live_keys(after.map(Key::as_str), CLEAR_BATCH)
+            .await?)
+    }
+
+    /// Deletes `keys`, each as an ordinary replicated delete, a few at a time. Returns
+    /// how many were still live.
+    pub async fn delete_keys(&self, keys: Vec<Key>) -> Result<u64, AppError> {
+        use futures::{StreamExt, TryStreamExt};
+        futures::stream::iter(keys)
+            .map(|key| async move {
+                match self.delete(&key, &Precondition::None).await {
+                    Ok(()) => Ok(1),
+                    // Deleted concurrently by someone else: just as good.
+                    Err(AppError::NotFound) => Ok(0),
+                    Err(e) => Err(e),
+                }
+            })
+            .buffer_unordered(CLEAR_CONCURRENCY)
+            .try_fold(0, |sum, n| async move { Ok(sum + n) })
+            .await
     }
 
     /// Applies a peer's event under the merge rule.

@@ -12,6 +12,7 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context as _;
 use kvsync_kafka::{ConsumerState, Publisher, Subscriber};
 use kvsync_store::Store;
+use secrecy::ExposeSecret;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -38,7 +39,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     );
 
     let store = Store::connect(
-        &config.mongodb_uri,
+        config.mongodb_uri.expose_secret(),
         &config.mongodb_db,
         config.mongodb_timeout(),
     )
@@ -57,7 +58,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         consumer: consumer.clone(),
         topic: kafka.topic.clone(),
         group: group.clone(),
-        token: config.api_token.as_deref().map(http::Token::new),
+        token: config
+            .api_token
+            .as_ref()
+            .map(|t| http::Token::new(t.expose_secret())),
+        limits: http::Limits::new(config.request_timeout(), config.max_event_streams),
         shutdown: shutdown.clone(),
     });
     let router = http::router(ctx, &config.cors_origins);
@@ -93,6 +98,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     );
 
     tracing::info!(addr = %listener.local_addr()?, "listening");
+    let listener = http::CappedListener::new(listener, config.max_connections, app.metrics.clone());
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await

@@ -31,6 +31,7 @@ pub struct ReasonLabels {
 pub struct Metrics {
     registry: Arc<Registry>,
     pub http_requests: Family<HttpLabels, Counter>,
+    pub connections_refused: Counter,
     pub local_writes: Counter,
     pub published: Counter,
     pub publish_failures: Counter,
@@ -52,6 +53,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let http_requests = Family::<HttpLabels, Counter>::default();
+        let connections_refused = Counter::default();
         let local_writes = Counter::default();
         let published = Counter::default();
         let publish_failures = Counter::default();
@@ -69,6 +71,11 @@ impl Metrics {
             "http_requests",
             "HTTP requests by method, route and status",
             http_requests.clone(),
+        );
+        r.register(
+            "http_connections_refused",
+            "Connections refused because the node held KVSYNC_MAX_CONNECTIONS already",
+            connections_refused.clone(),
         );
         r.register(
             "local_writes",
@@ -120,6 +127,7 @@ impl Metrics {
         Self {
             registry: Arc::new(r),
             http_requests,
+            connections_refused,
             local_writes,
             published,
             publish_failures,
