@@ -7,6 +7,7 @@ use axum::{
     response::sse::{Event, KeepAlive, Sse},
 };
 use futures::{Stream, StreamExt};
+use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
@@ -19,8 +20,9 @@ pub struct EventsParams {
     #[serde(default)]
     prefix: String,
     /// Accepted (and checked by the auth layer) because EventSource cannot send headers.
+    /// Held as a secret, so no `Debug` of it can show the token.
     #[serde(default, rename = "access_token")]
-    _access_token: Option<String>,
+    _access_token: Option<SecretString>,
 }
 
 /// `hello` on connect, then one `change` per change applied on this node (local or
