@@ -287,21 +287,40 @@ impl App {
     }
 
     /// Deletes `keys`, each as an ordinary replicated delete, a few at a time. Returns
-    /// how many were still live.
-    pub async fn delete_keys(&self, keys: Vec<Key>) -> Result<u64, AppError> {
-        use futures::{StreamExt, TryStreamExt};
-        futures::stream::iter(keys)
-            .map(|key| async move {
-                match self.delete(&key, &Precondition::None).await {
-                    Ok(()) => Ok(1),
-                    // Deleted concurrently by someone else: just as good.
-                    Err(AppError::NotFound) => Ok(0),
-                    Err(e) => Err(e),
+    /// how many were still live (and so deleted here), and the first error if any. After
+    /// an error no further delete starts, but those under way run to their end: one cut
+    /// off could be applied without the relay hearing of it.
+    pub async fn delete_keys(&self, keys: Vec<Key>) -> (u64, Option<AppError>) {
+        use futures::StreamExt;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let failed = AtomicBool::new(false);
+        let results: Vec<_> = futures::stream::iter(keys)
+            .map(|key| {
+                let failed = &failed;
+                async move {
+                    if failed.load(Ordering::Relaxed) {
+                        return None;
+                    }
+                    let result = self.delete(&key, &Precondition::None).await;
+                    if matches!(&result, Err(e) if !matches!(e, AppError::NotFound)) {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    Some(result)
                 }
             })
             .buffer_unordered(CLEAR_CONCURRENCY)
-            .try_fold(0, |sum, n| async move { Ok(sum + n) })
-            .await
+            .collect()
+            .await;
+        let (mut deleted, mut failure) = (0, None);
+        for result in results.into_iter().flatten() {
+            match result {
+                Ok(()) => deleted += 1,
+                // Deleted concurrently by someone else: just as good.
+                Err(AppError::NotFound) => {}
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        (deleted, failure)
     }
 
     /// Applies a peer's event under the merge rule.

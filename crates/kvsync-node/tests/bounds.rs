@@ -361,6 +361,61 @@ async fn clear_deletes_in_batches_streams_its_progress_and_replicates() {
     assert_eq!(a.clear().await.unwrap(), 0);
 }
 
+#[tokio::test]
+async fn a_clear_cut_short_by_the_database_says_so_and_can_be_finished() {
+    const PAIRS: u64 = 1234;
+    let c = one_node(&[("KVSYNC_MONGODB_TIMEOUT_MS", "1000")]).await;
+    let a = c.nodes[0].client();
+    fill(&a, "cut/", PAIRS as usize).await;
+
+    let mut resp = a
+        .request(Method::DELETE, &a.url("/api/pairs"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // The first batch's total arrives; then the database hangs.
+    let mut text = String::new();
+    while !text.contains("500") {
+        let bytes = tokio::time::timeout(T, resp.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the answer ended before the first batch's total");
+        text.push_str(&String::from_utf8_lossy(&bytes));
+    }
+    c.mongos[0].pause();
+    let started = Instant::now();
+    while let Some(bytes) = tokio::time::timeout(T, resp.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        text.push_str(&String::from_utf8_lossy(&bytes));
+    }
+    // The deletes under way time out once; none starts after that.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    c.mongos[0].unpause();
+    let body: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(body["error"], "database_unavailable", "{body}");
+    let deleted = body["deleted"].as_u64().unwrap();
+    assert!((500..PAIRS).contains(&deleted), "{body}");
+
+    // What was deleted stays deleted; clearing again finishes the job. (A delete that
+    // timed out may still have been applied when the database woke up.)
+    let left = a.keys().await.unwrap().len() as u64;
+    assert!(
+        left <= PAIRS - deleted,
+        "{left} left after {deleted} deleted"
+    );
+    assert_eq!(a.clear().await.unwrap(), left);
+    assert!(a.keys().await.unwrap().is_empty());
+}
+
 /// Measures clearing a large database: time, and the node's memory before, during and
 /// after. Run by hand (`KVSYNC_CLEAR_PAIRS` sets the size, default 100,000):
 /// `cargo test --release -p kvsync-node --test bounds -- --ignored --nocapture`

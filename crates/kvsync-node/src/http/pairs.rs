@@ -188,9 +188,10 @@ async fn run_clear(ctx: Ctx, mut batch: Vec<Key>, tx: mpsc::Sender<String>) {
             break None;
         };
         let full = batch.len() == crate::app::CLEAR_BATCH;
-        match ctx.app.delete_keys(std::mem::take(&mut batch)).await {
-            Ok(n) => deleted += n,
-            Err(e) => break Some(ApiError::from(e)),
+        let (n, failure) = ctx.app.delete_keys(std::mem::take(&mut batch)).await;
+        deleted += n;
+        if let Some(e) = failure {
+            break Some(ApiError::from(e));
         }
         if tx.send(format!("{separator}{deleted}")).await.is_err() {
             tracing::info!(deleted, "clear stopped: its client went away");
