@@ -128,19 +128,19 @@ pub struct Config {
     pub relay_interval_ms: u64,
 
     /// Longest time a request may take, from its arrival to the start of its answer; past
-    /// it the node answers 504 with a JSON error (`timeout`). The event stream is exempt,
-    /// and "clear database" is bounded per batch, since its answer streams.
+    /// it the node answers 504 with a JSON error (`timeout`). The event stream is exempt;
+    /// "clear database" starts its answer once its first batch is read, then streams it.
     #[arg(long, env = "KVSYNC_REQUEST_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout_ms: u64,
 
     /// Most client connections held open at once (event streams included). A connection
     /// past it is answered 503 with a JSON error (`too_many_connections`) and closed.
-    #[arg(long, env = "KVSYNC_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "KVSYNC_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=MAX_BOUND))]
     pub max_connections: u64,
 
     /// Most event streams (`/api/events`) served at once; one more is answered 503 with a
     /// JSON error (`too_many_streams`).
-    #[arg(long, env = "KVSYNC_MAX_EVENT_STREAMS", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "KVSYNC_MAX_EVENT_STREAMS", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=MAX_BOUND))]
     pub max_event_streams: u64,
 
     /// How long shutdown waits for in-flight requests and publications.
@@ -153,6 +153,10 @@ pub struct Config {
     #[arg(long)]
     pub health_check: bool,
 }
+
+/// Upper limit for the connection and stream caps: far beyond what one process can
+/// serve, and within what a semaphore can count.
+const MAX_BOUND: u64 = 1_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
