@@ -83,11 +83,26 @@ function describe(status, body, fallbackText) {
   }
 }
 
+/** The body as text; `onText`, if given, sees the text so far as each piece arrives. */
+async function readText(res, onText) {
+  if (!onText || !res.body || !res.body.getReader) return res.text();
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  let text = '';
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    text += decoder.decode(value, { stream: true });
+    onText(text);
+  }
+  return text + decoder.decode();
+}
+
 /**
  * Performs a request. Resolves to { status, data, etag } for 2xx responses and for statuses
- * listed in `accept`; throws ApiError otherwise.
+ * listed in `accept`; throws ApiError otherwise. `onText` follows a body that streams.
  */
-export async function request(method, path, { body, headers = {}, accept = [], attempt = 0 } = {}) {
+export async function request(method, path, { body, headers = {}, accept = [], attempt = 0, onText } = {}) {
   const h = { Accept: 'application/json', ...headers };
   if (body !== undefined) h['Content-Type'] = 'application/json';
   const token = getToken();
@@ -108,7 +123,7 @@ export async function request(method, path, { body, headers = {}, accept = [], a
   let data = null;
   let text = '';
   if (res.status !== 204) {
-    text = await res.text().catch(() => '');
+    text = await readText(res, onText).catch(() => '');
     if (text) {
       try {
         data = JSON.parse(text);
@@ -121,7 +136,7 @@ export async function request(method, path, { body, headers = {}, accept = [], a
   if (res.status === 401 && attempt < MAX_TOKEN_TRIES) {
     // If another request already got a new token meanwhile, just try again with it.
     if (getToken() === token) await tokenPromptOnce(Boolean(token));
-    return request(method, path, { body, headers, accept, attempt: attempt + 1 });
+    return request(method, path, { body, headers, accept, attempt: attempt + 1, onText });
   }
 
   if (res.ok || accept.includes(res.status)) {
@@ -133,6 +148,10 @@ export async function request(method, path, { body, headers = {}, accept = [], a
     detail: data && data.detail,
     body: data,
   });
+}
+
+function plural(n) {
+  return `${n} ${n === 1 ? 'pair' : 'pairs'}`;
 }
 
 export const api = {
@@ -173,7 +192,29 @@ export const api = {
     return { ok: true, existed: r.status !== 404 };
   },
 
-  clear: () => request('DELETE', 'api/pairs').then((r) => r.data),
+  /**
+   * Deletes every pair. The node answers while it works, one JSON document
+   * `{"progress":[500,1000,...],"deleted":n}`; `onProgress(n)` sees each running total. A
+   * failure part-way arrives in that document as `error` and `detail`.
+   */
+  async clear(onProgress = () => {}) {
+    const onText = (text) => {
+      const m = /"progress":\[([\d,]*)/.exec(text);
+      const totals = m ? m[1].split(',').filter(Boolean) : [];
+      if (totals.length) onProgress(Number(totals[totals.length - 1]));
+    };
+    const r = await request('DELETE', 'api/pairs', { onText });
+    const data = r.data || {};
+    if (data.error) {
+      throw new ApiError(`It stopped after ${plural(data.deleted ?? 0)} deleted: ${data.detail || data.error}`, {
+        status: r.status,
+        code: data.error,
+        detail: data.detail,
+        body: data,
+      });
+    }
+    return data;
+  },
 };
 
 /** URL of the event stream; EventSource cannot send headers, so the token goes in the query. */

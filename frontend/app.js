@@ -597,12 +597,21 @@ async function clearAll() {
     return;
   }
   el.clear.disabled = true;
+  // A large clear takes a while: show the running total the node streams back.
+  let progress = null;
+  const onProgress = (n) => {
+    const text = `Clearing the database… ${plural(n, 'pair', 'pairs')} deleted so far.`;
+    if (!progress) progress = notify(text, 'info', { timeout: -1 });
+    else progress.querySelector('.msg-text').textContent = text;
+  };
   try {
-    const res = await api.clear();
+    const res = await api.clear(onProgress);
     const n = res && typeof res.deleted === 'number' ? res.deleted : null;
+    progress?.remove();
     notify(n === null ? 'The database was cleared.' : `The database was cleared (${plural(n, 'pair', 'pairs')} deleted).`, 'success');
     await reload();
   } catch (err) {
+    progress?.remove();
     notify(`Could not clear the database. ${messageOf(err)}`, 'error');
   } finally {
     el.clear.disabled = false;

@@ -465,6 +465,33 @@ describe('kvsync web UI on two nodes', { concurrency: false }, () => {
     await eventually(async () => (await api2.list()).json.pairs.length === 0, { what: 'node 2 to be empty' });
   });
 
+  test('a large clear shows its progress while the node works', async () => {
+    // Three batches of 500 on the node: long enough for the running total to show. The
+    // pages are away while the pairs are written, so they do not animate 1,100 arrivals.
+    const [urlA, urlB] = [pageA.url(), pageB.url()];
+    await pageA.goto('about:blank');
+    await pageB.goto('about:blank');
+    const prefix = uniq('bulk') + ':';
+    const keys = Array.from({ length: 1100 }, (_, i) => `${prefix}${String(i).padStart(4, '0')}`);
+    for (let i = 0; i < keys.length; i += 32) {
+      const puts = await Promise.all(keys.slice(i, i + 32).map((k) => api1.put(k, ['x'])));
+      assert.ok(puts.every((r) => r.status === 201), 'seeded');
+    }
+    await eventually(async () => (await api2.list()).json.pairs.length > 0, { what: 'node 2 to hold the pairs' });
+    await pageA.goto(urlA);
+    await pageB.goto(urlB);
+    await pageA.waitForFunction(() => document.querySelectorAll('#pairs-body tr.pair-row').length > 0);
+    await pageA.getByRole('button', { name: 'Clear database…' }).click();
+    await pageA.locator('#confirm-dialog').getByRole('button', { name: 'Clear database' }).click();
+    await pageA.getByText(/Clearing the database… \d+ pairs deleted so far/).waitFor({ timeout: LIVE_TIMEOUT });
+    await pageA.getByText('The database was cleared (1100 pairs deleted).').waitFor({ timeout: LIVE_TIMEOUT });
+    assert.equal(await pageA.getByText(/deleted so far/).count(), 0, 'the progress note is gone once done');
+    await eventually(async () => (await api2.list()).json.pairs.length === 0, { what: 'node 2 to be empty' });
+    // Fresh pages for the tests that follow, rather than ones still working through 1,100 deletions.
+    await pageA.goto(urlA);
+    await pageB.goto(urlB);
+  });
+
   test('screenshots of both pages', async () => {
     const seed = [
       ['config:feature-flags', ['dark-mode', 'beta-search']],

@@ -17,6 +17,11 @@ use crate::{clock_watch::ClockWatch, metrics::Metrics};
 /// between its read and its conditional write.
 const MAX_CAS_ATTEMPTS: usize = 32;
 const FEED_CAPACITY: usize = 4096;
+/// How many keys "clear all" reads, then deletes, at a time: its memory does not grow
+/// with the database.
+pub const CLEAR_BATCH: usize = 500;
+/// Deletes of one batch in flight at once.
+const CLEAR_CONCURRENCY: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -262,9 +267,14 @@ impl App {
         Err(AppError::Contended)
     }
 
-    pub async fn append(&self, key: &Key, value: String) -> Result<Written, AppError> {
+    pub async fn append(
+        &self,
+        key: &Key,
+        value: String,
+        pre: &Precondition,
+    ) -> Result<Written, AppError> {
         let key_len = key.as_str().len();
-        self.write(key, &Precondition::None, |live| {
+        self.write(key, pre, |live| {
             let next = match live.and_then(|p| p.entry.values.as_ref()) {
                 Some(values) => values.appended(value.clone(), key_len)?,
                 None => Values::new(vec![value.clone()], key_len)?,
@@ -274,30 +284,65 @@ impl App {
         .await
     }
 
+    /// Deletes a live pair: 404 if there is none, unless the request had a
+    /// precondition, which then fails (RFC 9110: If-Match fails on a missing resource).
     pub async fn delete(&self, key: &Key, pre: &Precondition) -> Result<(), AppError> {
-        let pre = match pre {
-            Precondition::None => &Precondition::Exists,
-            other => other,
-        };
-        match self.write(key, pre, |_| Ok(None)).await {
-            Ok(_) => Ok(()),
-            Err(AppError::PreconditionFailed { current: None }) => Err(AppError::NotFound),
-            Err(e) => Err(e),
+        match pre {
+            Precondition::None => {
+                match self.write(key, &Precondition::Exists, |_| Ok(None)).await {
+                    Ok(_) => Ok(()),
+                    Err(AppError::PreconditionFailed { current: None }) => Err(AppError::NotFound),
+                    Err(e) => Err(e),
+                }
+            }
+            pre => self.write(key, pre, |_| Ok(None)).await.map(|_| ()),
         }
     }
 
-    /// Deletes every live pair, each as an ordinary replicated delete.
-    pub async fn clear(&self) -> Result<u64, AppError> {
-        let mut deleted = 0;
-        for (key, _) in self.store.live_versions().await? {
-            match self.delete(&key, &Precondition::None).await {
+    /// The next batch of "clear all": up to [`CLEAR_BATCH`] live keys after `after`, in
+    /// key order.
+    pub async fn clear_batch(&self, after: Option<&Key>) -> Result<Vec<Key>, AppError> {
+        Ok(self
+            .store
+            .live_keys(after.map(Key::as_str), CLEAR_BATCH)
+            .await?)
+    }
+
+    /// Deletes `keys`, each as an ordinary replicated delete, a few at a time. Returns
+    /// how many were still live (and so deleted here), and the first error if any. After
+    /// an error no further delete starts, but those under way run to their end: one cut
+    /// off could be applied without the relay hearing of it.
+    pub async fn delete_keys(&self, keys: Vec<Key>) -> (u64, Option<AppError>) {
+        use futures::StreamExt;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let failed = AtomicBool::new(false);
+        let results: Vec<_> = futures::stream::iter(keys)
+            .map(|key| {
+                let failed = &failed;
+                async move {
+                    if failed.load(Ordering::Relaxed) {
+                        return None;
+                    }
+                    let result = self.delete(&key, &Precondition::None).await;
+                    if matches!(&result, Err(e) if !matches!(e, AppError::NotFound)) {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    Some(result)
+                }
+            })
+            .buffer_unordered(CLEAR_CONCURRENCY)
+            .collect()
+            .await;
+        let (mut deleted, mut failure) = (0, None);
+        for result in results.into_iter().flatten() {
+            match result {
                 Ok(()) => deleted += 1,
                 // Deleted concurrently by someone else: just as good.
                 Err(AppError::NotFound) => {}
-                Err(e) => return Err(e),
+                Err(e) => failure = failure.or(Some(e)),
             }
         }
-        Ok(deleted)
+        (deleted, failure)
     }
 
     /// Applies a peer's event under the merge rule.

@@ -3,10 +3,14 @@ use std::{net::SocketAddr, time::Duration};
 use clap::{Parser, ValueEnum};
 use kvsync_core::NodeId;
 use kvsync_kafka::KafkaSettings;
+use secrecy::{ExposeSecret, SecretString};
 
 /// A kvsync node: a REST API and web UI over its own MongoDB, replicated to its peers
 /// through a Kafka topic. Every flag can also be set through the environment variable
 /// shown with it.
+///
+/// Secrets are `SecretString`s, which print as `[REDACTED]`: the derived `Debug` cannot
+/// show them, and reading one takes an explicit `expose_secret()`.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "kvsync-node", version, about, long_about = None)]
 pub struct Config {
@@ -27,7 +31,7 @@ pub struct Config {
         default_value = "mongodb://127.0.0.1:27017",
         hide_env_values = true
     )]
-    pub mongodb_uri: String,
+    pub mongodb_uri: SecretString,
 
     /// MongoDB database holding this node's pairs.
     #[arg(long, env = "KVSYNC_MONGODB_DB", default_value = "kvsync")]
@@ -74,7 +78,7 @@ pub struct Config {
 
     /// Kafka SASL password (never logged).
     #[arg(long, env = "KVSYNC_KAFKA_SASL_PASSWORD", hide_env_values = true)]
-    pub kafka_sasl_password: Option<String>,
+    pub kafka_sasl_password: Option<SecretString>,
 
     /// CA certificate file for verifying the brokers' TLS certificates.
     #[arg(long, env = "KVSYNC_KAFKA_SSL_CA_LOCATION")]
@@ -90,12 +94,12 @@ pub struct Config {
         value_parser = parse_key_value,
         hide_env_values = true
     )]
-    pub kafka_options: Vec<(String, String)>,
+    pub kafka_options: Vec<(String, SecretString)>,
 
     /// Bearer token required on every API route except /healthz and /readyz (and the
     /// static UI). Unset: no authentication.
     #[arg(long, env = "KVSYNC_API_TOKEN", hide_env_values = true)]
-    pub api_token: Option<String>,
+    pub api_token: Option<SecretString>,
 
     /// Origins allowed to call the API from other sites (CORS), comma separated, or '*'.
     /// Unset: CORS is off (the UI is served from the same origin and needs none).
@@ -145,6 +149,22 @@ pub struct Config {
     #[arg(long, env = "KVSYNC_RELAY_INTERVAL_MS", default_value_t = 1000)]
     pub relay_interval_ms: u64,
 
+    /// Longest time a request may take, from its arrival to the start of its answer; past
+    /// it the node answers 504 with a JSON error (`timeout`). The event stream is exempt;
+    /// "clear database" starts its answer once its first batch is read, then streams it.
+    #[arg(long, env = "KVSYNC_REQUEST_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_ms: u64,
+
+    /// Most client connections held open at once (event streams included). A connection
+    /// past it is answered 503 with a JSON error (`too_many_connections`) and closed.
+    #[arg(long, env = "KVSYNC_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=MAX_BOUND))]
+    pub max_connections: u64,
+
+    /// Most event streams (`/api/events`) served at once; one more is answered 503 with a
+    /// JSON error (`too_many_streams`).
+    #[arg(long, env = "KVSYNC_MAX_EVENT_STREAMS", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=MAX_BOUND))]
+    pub max_event_streams: u64,
+
     /// How long shutdown waits for in-flight requests (the HTTP drain), then for the
     /// consumer and the relay to finish: each phase is bounded by it.
     #[arg(long, env = "KVSYNC_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
@@ -157,13 +177,17 @@ pub struct Config {
     pub health_check: bool,
 }
 
+/// Upper limit for the connection and stream caps: far beyond what one process can
+/// serve, and within what a semaphore can count.
+const MAX_BOUND: u64 = 1_000_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-fn parse_key_value(raw: &str) -> Result<(String, String), String> {
+fn parse_key_value(raw: &str) -> Result<(String, SecretString), String> {
     let (k, v) = raw
         .split_once('=')
         .ok_or_else(|| format!("expected key=value, got {:?}", raw.split('=').next()))?;
@@ -171,7 +195,7 @@ fn parse_key_value(raw: &str) -> Result<(String, String), String> {
     if k.is_empty() {
         return Err("empty librdkafka property name".into());
     }
-    Ok((k.to_owned(), v.to_owned()))
+    Ok((k.to_owned(), v.into()))
 }
 
 impl Config {
@@ -187,11 +211,17 @@ impl Config {
             &mut self.kafka_security_protocol,
             &mut self.kafka_sasl_mechanism,
             &mut self.kafka_sasl_username,
-            &mut self.kafka_sasl_password,
             &mut self.kafka_ssl_ca_location,
-            &mut self.api_token,
         ] {
             if field.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                *field = None;
+            }
+        }
+        for field in [&mut self.kafka_sasl_password, &mut self.api_token] {
+            if field
+                .as_ref()
+                .is_some_and(|v| v.expose_secret().trim().is_empty())
+            {
                 *field = None;
             }
         }
@@ -208,19 +238,28 @@ impl Config {
 
     pub fn kafka(&self, node: &NodeId) -> KafkaSettings {
         let mut extra = Vec::new();
+        let password = self
+            .kafka_sasl_password
+            .as_ref()
+            .map(|p| p.expose_secret().to_owned());
         let named = [
-            ("security.protocol", &self.kafka_security_protocol),
-            ("sasl.mechanism", &self.kafka_sasl_mechanism),
-            ("sasl.username", &self.kafka_sasl_username),
-            ("sasl.password", &self.kafka_sasl_password),
-            ("ssl.ca.location", &self.kafka_ssl_ca_location),
+            ("security.protocol", self.kafka_security_protocol.clone()),
+            ("sasl.mechanism", self.kafka_sasl_mechanism.clone()),
+            ("sasl.username", self.kafka_sasl_username.clone()),
+            ("sasl.password", password),
+            ("ssl.ca.location", self.kafka_ssl_ca_location.clone()),
         ];
         for (k, v) in named {
             if let Some(v) = v {
-                extra.push((k.to_owned(), v.clone()));
+                extra.push((k.to_owned(), v));
             }
         }
-        extra.extend(self.kafka_options.iter().cloned());
+        // KafkaSettings hands these to librdkafka and never prints them.
+        extra.extend(
+            self.kafka_options
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose_secret().to_owned())),
+        );
         KafkaSettings {
             brokers: self.kafka_brokers.clone(),
             topic: self.kafka_topic.clone(),
@@ -247,6 +286,10 @@ impl Config {
 
     pub fn mongodb_timeout(&self) -> Duration {
         Duration::from_millis(self.mongodb_timeout_ms)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
     }
 }
 
@@ -295,6 +338,31 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_hides_secrets() {
+        let c = Config::try_parse_from([
+            "kvsync-node",
+            "--api-token",
+            "tok-secret-1",
+            "--kafka-sasl-password",
+            "sasl-secret-2",
+            "--mongodb-uri",
+            "mongodb://user:mongo-secret-3@db.example:27017/",
+            "--kafka-option",
+            "ssl.key.password=opt-secret-4",
+        ])
+        .unwrap();
+        let shown = format!("{c:?} {c:#?}");
+        for secret in [
+            "tok-secret-1",
+            "sasl-secret-2",
+            "mongo-secret-3",
+            "opt-secret-4",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
+
+    #[test]
     fn empty_settings_count_as_unset() {
         let c = Config::try_parse_from([
             "kvsync-node",
@@ -307,7 +375,7 @@ mod tests {
         ])
         .unwrap()
         .normalized();
-        assert_eq!(c.api_token, None);
+        assert!(c.api_token.is_none());
         assert_eq!(c.node_id, None);
         assert!(c.cors_origins.is_empty());
     }

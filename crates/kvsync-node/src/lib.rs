@@ -21,6 +21,7 @@ use std::{future::IntoFuture, net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use kvsync_kafka::{KafkaSettings, Publisher};
 use kvsync_store::Store;
+use secrecy::ExposeSecret;
 use tokio::{
     net::TcpListener,
     sync::{mpsc, watch},
@@ -72,7 +73,7 @@ impl Node {
         );
 
         let store = Store::connect(
-            &config.mongodb_uri,
+            config.mongodb_uri.expose_secret(),
             &config.mongodb_db,
             config.mongodb_timeout(),
         )
@@ -102,7 +103,11 @@ impl Node {
             replication: replication.clone(),
             topic: kafka.topic.clone(),
             group: group.clone(),
-            token: config.api_token.as_deref().map(http::Token::new),
+            token: config
+                .api_token
+                .as_ref()
+                .map(|t| http::Token::new(t.expose_secret())),
+            limits: http::Limits::new(config.request_timeout(), config.max_event_streams),
             shutdown: http_shutdown.clone(),
         });
         let router = http::router(ctx, &config.cors_origins);
@@ -209,6 +214,8 @@ impl Node {
         });
 
         tracing::info!(addr = %listener.local_addr()?, "listening");
+        let listener =
+            http::CappedListener::new(listener, config.max_connections, app.metrics.clone());
         let http_stop = CancellationToken::new();
         let mut http = tokio::spawn(
             axum::serve(listener, router)

@@ -36,6 +36,7 @@ pub struct ReasonLabels {
 pub struct Metrics {
     registry: Arc<Registry>,
     pub http_requests: Family<HttpLabels, Counter>,
+    pub connections_refused: Counter,
     pub local_writes: Counter,
     pub published: Counter,
     pub publish_failures: Counter,
@@ -64,6 +65,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let http_requests = Family::<HttpLabels, Counter>::default();
+        let connections_refused = Counter::default();
         let local_writes = Counter::default();
         let published = Counter::default();
         let publish_failures = Counter::default();
@@ -88,6 +90,11 @@ impl Metrics {
             "http_requests",
             "HTTP requests by method, route and status",
             http_requests.clone(),
+        );
+        r.register(
+            "http_connections_refused",
+            "Connections refused because the node held KVSYNC_MAX_CONNECTIONS already",
+            connections_refused.clone(),
         );
         r.register(
             "local_writes",
@@ -174,6 +181,7 @@ impl Metrics {
         Self {
             registry: Arc::new(r),
             http_requests,
+            connections_refused,
             local_writes,
             published,
             publish_failures,

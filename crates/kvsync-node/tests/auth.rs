@@ -329,3 +329,98 @@ async fn mongodb_credentials_stay_out_of_logs_and_answers() {
         );
     }
 }
+
+/// At every log level, traffic that carries the token every way it can come (header,
+/// the event stream's query, near misses that contain it), a configured SASL password
+/// and MongoDB credentials leave no trace in the log.
+#[tokio::test]
+async fn secrets_stay_out_of_logs_at_every_level() {
+    const MONGO_PASSWORD: &str = "mongo-pw-71c3e5a9d2b4";
+    let mut failures = Vec::new();
+    for level in ["info", "debug", "trace"] {
+        let mut c = Cluster::start(ClusterOptions {
+            nodes: 1,
+            env: vec![
+                ("KVSYNC_LOG".into(), level.into()),
+                ("KVSYNC_API_TOKEN".into(), TOKEN.into()),
+                ("KVSYNC_KAFKA_SASL_USERNAME".into(), "kvsync".into()),
+                ("KVSYNC_KAFKA_SASL_PASSWORD".into(), SASL_PASSWORD.into()),
+            ],
+            ..Default::default()
+        })
+        .await
+        .expect("cluster starts");
+        let a = c.nodes[0].client();
+        let http = reqwest::Client::new();
+        a.put("k", &["v"]).await.unwrap();
+        a.append("k", "w").await.unwrap();
+        a.get("k").await.unwrap();
+        a.list_all().await.unwrap();
+        for url in [
+            a.url(&format!("/api/events?access_token={TOKEN}")),
+            a.url(&format!("/api/events?prefix=k&access_token={TOKEN}")),
+        ] {
+            let mut r = status_of(http.get(url)).await;
+            assert_eq!(r.status(), StatusCode::OK);
+            r.chunk().await.unwrap();
+        }
+        for (path, auth) in [
+            (format!("/api/pairs?access_token={TOKEN}"), None),
+            ("/api/pairs".to_owned(), Some(format!("Bearer {TOKEN}x"))),
+            ("/api/pairs/k".to_owned(), Some(format!("Basic {TOKEN}"))),
+            (format!("/api/events?access_token={TOKEN}x"), None),
+            (format!("/nope?access_token={TOKEN}"), None),
+        ] {
+            let mut r = http.get(a.url(&path));
+            if let Some(h) = auth {
+                r = r.header(AUTHORIZATION, h);
+            }
+            assert!(status_of(r).await.status().is_client_error(), "{path}");
+        }
+        // Then with MongoDB credentials (which the test server refuses).
+        let port = c.mongos[0].port;
+        c.nodes[0]
+            .reconfigure(|spec| {
+                spec.mongodb_uri =
+                    format!("mongodb://kvsync:{MONGO_PASSWORD}@127.0.0.1:{port}/?authSource=admin")
+            })
+            .await
+            .unwrap();
+        wait_until(
+            T,
+            "the node to try MongoDB with the credentials",
+            || async { c.nodes[0].log().contains("MongoDB not ready") },
+        )
+        .await
+        .unwrap();
+        let r = status_of(
+            a.request(Method::PUT, &a.pair_url("k"))
+                .json(&json!({"values": ["v"]})),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+        let log = c.nodes[0].log();
+        let marker = level.to_uppercase();
+        if level != "info" && !log.contains(&marker) {
+            failures.push(format!(
+                "KVSYNC_LOG={level}: no {marker} line, so not tested"
+            ));
+        }
+        for (name, secret) in [
+            ("API token", TOKEN),
+            ("SASL password", SASL_PASSWORD),
+            ("MongoDB password", MONGO_PASSWORD),
+        ] {
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains(secret)).collect();
+            if let Some(first) = lines.first() {
+                let excerpt: String = first.chars().take(300).collect();
+                failures.push(format!(
+                    "KVSYNC_LOG={level}: the {name} is in {} line(s), e.g. {excerpt}",
+                    lines.len()
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -352,6 +352,50 @@ fn cases(other_version: &str) -> Vec<Case> {
             404,
             "not_found",
         ),
+        // RFC 9110 13.1.1: If-Match fails on a missing resource, so the answer is 412.
+        case(
+            "DELETE If-Match on a missing key",
+            Method::DELETE,
+            &pair_path(b"absent"),
+            412,
+            "precondition_failed",
+        )
+        .header(IF_MATCH, &format!("\"{other_version}\"")),
+        case(
+            "DELETE If-Match * on a missing key",
+            Method::DELETE,
+            &pair_path(b"absent"),
+            412,
+            "precondition_failed",
+        )
+        .header(IF_MATCH, "*"),
+        append("append If-Match garbage", k, 400, "invalid_precondition")
+            .json(r#"{"value":"a"}"#)
+            .header(IF_MATCH, "garbage"),
+        append(
+            "append If-Match mismatched version",
+            k,
+            412,
+            "precondition_failed",
+        )
+        .json(r#"{"value":"a"}"#)
+        .header(IF_MATCH, &format!("\"{other_version}\"")),
+        append(
+            "append If-Match on a missing key",
+            b"absent",
+            412,
+            "precondition_failed",
+        )
+        .json(r#"{"value":"a"}"#)
+        .header(IF_MATCH, "*"),
+        append(
+            "append If-None-Match * on an existing key",
+            k,
+            412,
+            "precondition_failed",
+        )
+        .json(r#"{"value":"a"}"#)
+        .header(IF_NONE_MATCH, "*"),
         // Unknown routes.
         case(
             "unknown API route",
@@ -555,6 +599,20 @@ fn cases(other_version: &str) -> Vec<Case> {
             400,
             "invalid_query",
         ),
+        case(
+            "event stream unknown parameter",
+            Method::GET,
+            "/api/events?prefx=a",
+            400,
+            "invalid_query",
+        ),
+        case(
+            "event stream listing parameter",
+            Method::GET,
+            "/api/events?limit=10",
+            400,
+            "invalid_query",
+        ),
     ]);
     v
 }
@@ -586,7 +644,9 @@ async fn send(a: &Client, case: &Case) -> reqwest::Response {
     if let Some(b) = &case.body {
         r = r.body(b.clone());
     }
-    r.send()
+    // Bounded, so a case answered with an endless stream fails instead of hanging.
+    r.timeout(Duration::from_secs(10))
+        .send()
         .await
         .unwrap_or_else(|e| panic!("{}: transport error {e}", case.name))
 }
@@ -817,4 +877,51 @@ async fn unusual_keys_round_trip_and_replicate_unchanged() {
     .await
     .unwrap();
     c.identical(T).await.unwrap();
+}
+
+/// The positive side of conditional requests: `If-Match` and `If-None-Match: *` on
+/// appends, and `If-Match` on deletes, including once the pair is gone.
+#[tokio::test]
+async fn conditional_appends_and_deletes() {
+    let c = Cluster::start(ClusterOptions {
+        nodes: 1,
+        ..Default::default()
+    })
+    .await
+    .expect("cluster starts");
+    let a = c.nodes[0].client();
+    let v1 = a.put("k", &["1"]).await.unwrap().version;
+    let append = |key: &str, header: HeaderName, value: String| {
+        a.request(Method::POST, &format!("{}/values", a.pair_url(key)))
+            .header(header, value)
+            .json(&json!({ "value": "x" }))
+            .send()
+    };
+    let r = append("k", IF_MATCH, format!("\"{v1}\"")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v2 = r.json::<Pair>().await.unwrap().version;
+    // The version read before is stale now: refused, and the answer shows the pair.
+    let r = append("k", IF_MATCH, format!("\"{v1}\"")).await.unwrap();
+    assert_eq!(r.status(), 412);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["current"]["version"], v2.as_str());
+    assert_eq!(a.get("k").await.unwrap().unwrap().values, ["1", "x"]);
+    // If-None-Match: * creates once.
+    let r = append("new", IF_NONE_MATCH, "*".into()).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let r = append("new", IF_NONE_MATCH, "*".into()).await.unwrap();
+    assert_eq!(r.status(), 412);
+    assert_eq!(a.get("new").await.unwrap().unwrap().values, ["x"]);
+
+    let delete = |version: &str| {
+        a.request(Method::DELETE, &a.pair_url("k"))
+            .header(IF_MATCH, format!("\"{version}\""))
+            .send()
+    };
+    assert_eq!(delete(&v1).await.unwrap().status(), 412);
+    assert_eq!(delete(&v2).await.unwrap().status(), 204);
+    // Gone: the precondition cannot hold, so 412 (with `current: null`), not 404.
+    let r = delete(&v2).await.unwrap();
+    assert_eq!(r.status(), 412);
+    assert_eq!(r.json::<Value>().await.unwrap()["current"], Value::Null);
 }

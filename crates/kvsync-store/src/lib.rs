@@ -391,18 +391,32 @@ impl Store {
         .await
     }
 
-    /// Every live key with its version (for "clear all").
-    pub async fn live_versions(&self) -> Result<Vec<(Key, Version)>, StoreError> {
-        let mut cursor = self
-            .pairs
-            .find(doc! { "deleted": false })
-            .projection(doc! { "_id": 1, "ver": 1 })
-            .await?;
-        let mut out = Vec::new();
-        while let Some(d) = cursor.try_next().await? {
-            out.push((decode_key(&d)?, decode_version(&d, "ver")?));
-        }
-        Ok(out)
+    /// Up to `limit` live keys in key order, after `after` if given: one batch of "clear
+    /// all", which pages through the keys this way rather than holding them all.
+    pub async fn live_keys(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Key>, StoreError> {
+        self.bounded(async {
+            let filter = match after {
+                Some(after) => doc! { "_id": { "$gt": after }, "deleted": false },
+                None => doc! { "deleted": false },
+            };
+            let mut cursor = self
+                .pairs
+                .find(filter)
+                .sort(doc! { "_id": 1 })
+                .projection(doc! { "_id": 1 })
+                .limit(limit as i64)
+                .await?;
+            let mut keys = Vec::with_capacity(limit.min(1024));
+            while let Some(d) = cursor.try_next().await? {
+                keys.push(decode_key(&d)?);
+            }
+            Ok(keys)
+        })
+        .await
     }
 
     /// Number of live pairs.
@@ -413,7 +427,9 @@ impl Store {
             .await?)
     }
 
-    /// Digest over every (key, version, deleted), tombstones included.
+    /// Digest over every (key, version, deleted), tombstones included. Streams the
+    /// cursor and hashes as it goes, so memory stays flat whatever the size; the HTTP
+    /// request timeout bounds its time.
     pub async fn digest(&self) -> Result<(u64, String), StoreError> {
         let mut cursor = self
             .pairs

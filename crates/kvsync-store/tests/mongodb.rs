@@ -251,3 +251,24 @@ async fn listing_pages_through_a_prefix_in_byte_order() {
     let (page, _) = s.list("", Some("q"), 10).await.unwrap();
     assert_eq!(keys(&page), vec!["é".to_owned()]);
 }
+
+#[tokio::test]
+async fn live_keys_page_in_key_order_past_tombstones() {
+    let f = fixture().await;
+    let s = &f.store;
+    for k in ["d", "a", "c", "b", "e"] {
+        s.apply_remote(&put(k, 10, "n1", &["v"])).await.unwrap();
+    }
+    s.apply_remote(&delete("b", 20, "n1")).await.unwrap();
+    let page = |after: Option<&'static str>| async move {
+        s.live_keys(after, 2)
+            .await
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(page(None).await, ["a", "c"]);
+    assert_eq!(page(Some("c")).await, ["d", "e"]);
+    assert_eq!(page(Some("e")).await, Vec::<String>::new());
+}

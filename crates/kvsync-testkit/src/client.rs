@@ -130,7 +130,16 @@ impl Client {
             .send()
             .await?
             .error_for_status()?;
+        // The answer streams while the clear runs, so a failure part-way shows in the
+        // body, after a 200.
         let v: Value = resp.json().await?;
+        if let Some(error) = v.get("error") {
+            bail!(
+                "clear failed after {} deletes: {error} {}",
+                v["deleted"],
+                v["detail"]
+            );
+        }
         v["deleted"].as_u64().context("deleted count")
     }
 
@@ -205,6 +214,16 @@ impl Client {
         info["counters"][name]
             .as_u64()
             .with_context(|| format!("counter {name} in {info}"))
+    }
+
+    /// How many series `/metrics` shows (sample lines, each label set counted once).
+    pub async fn series_count(&self) -> Result<usize> {
+        Ok(self
+            .metrics()
+            .await?
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .count())
     }
 
     pub async fn metrics(&self) -> Result<String> {

@@ -6,6 +6,7 @@ mod client;
 mod clock;
 mod process;
 mod proxy;
+pub mod raw;
 mod rng;
 
 use std::{
@@ -461,6 +462,18 @@ impl Node {
     /// signal); `None` while it runs.
     pub fn exit_status(&mut self) -> Option<Option<i32>> {
         self.proc.as_mut().and_then(Proc::exit_status)
+    }
+
+    /// The node's resident memory now and at its peak (`VmRSS`, `VmHWM`), in KiB.
+    pub fn memory_kib(&self) -> Option<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        };
+        Some((field("VmRSS:")?, field("VmHWM:")?))
     }
 
     pub fn log_tail(&self, lines: usize) -> String {

@@ -7,34 +7,41 @@ use axum::{
     response::sse::{Event, KeepAlive, Sse},
 };
 use futures::{Stream, StreamExt};
+use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{extract::Q, Ctx};
+use super::{error::ApiError, extract::Q, Ctx};
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EventsParams {
     #[serde(default)]
     prefix: String,
     /// Accepted (and checked by the auth layer) because EventSource cannot send headers.
+    /// Held as a secret, so no `Debug` of it can show the token.
     #[serde(default, rename = "access_token")]
-    _access_token: Option<String>,
+    _access_token: Option<SecretString>,
 }
 
 /// `hello` on connect, then one `change` per change applied on this node (local or
 /// replicated) whose key has the prefix. `resync` tells a client that fell too far
-/// behind to reload, since it missed changes.
+/// behind to reload, since it missed changes. At most `KVSYNC_MAX_EVENT_STREAMS` at once.
 pub async fn events(
     State(ctx): State<Ctx>,
     Q(params): Q<EventsParams>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let slot = ctx.limits.event_stream()?;
     let mut rx = ctx.app.subscribe();
     let hello = Event::default()
         .event("hello")
         .data(json!({ "node": ctx.app.node.as_str() }).to_string());
     let prefix = params.prefix;
     let changes = async_stream::stream! {
+        // The stream's place under the cap, given back when the stream ends or its client
+        // goes away.
+        let _slot = slot;
         yield Ok(hello);
         loop {
             match rx.recv().await {
@@ -50,5 +57,5 @@ pub async fn events(
     };
     // End the stream at shutdown, or graceful shutdown would wait for it forever.
     let shutdown = ctx.shutdown.clone().cancelled_owned();
-    Sse::new(changes.take_until(shutdown)).keep_alive(KeepAlive::default())
+    Ok(Sse::new(changes.take_until(shutdown)).keep_alive(KeepAlive::default()))
 }

@@ -4,6 +4,7 @@ mod auth;
 mod error;
 mod events;
 mod extract;
+mod limits;
 mod ops;
 pub mod pairs;
 mod ui;
@@ -12,7 +13,7 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
-    http::{header, HeaderValue, Method},
+    http::{header, HeaderValue, Method, StatusCode},
     middleware::{self, Next},
     response::Response,
     routing::{get, post},
@@ -26,6 +27,7 @@ use tower_http::{
 
 pub use auth::Token;
 pub use error::ApiError;
+pub use limits::{CappedListener, Limits};
 
 use crate::{app::App, metrics::HttpLabels, replicator::ReplicationStatus};
 
@@ -39,6 +41,7 @@ pub struct Shared {
     pub topic: String,
     pub group: String,
     pub token: Option<Token>,
+    pub limits: Limits,
     pub shutdown: CancellationToken,
 }
 
@@ -64,12 +67,17 @@ pub fn router(ctx: Ctx, cors_origins: &[String]) -> Router {
             ctx.clone(),
             auth::require_token,
         ))
+        .layer(middleware::from_fn_with_state(
+            ctx.clone(),
+            limits::time_limit,
+        ))
         .layer(middleware::from_fn_with_state(ctx.clone(), count_requests))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // 5xx answers are logged once where they arise (see ApiError); readiness
         // probes answer 503 on purpose.
         .layer(
             TraceLayer::new_for_http()
+                .make_span_with(request_span)
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         );
     if let Some(cors) = cors_layer(cors_origins) {
@@ -107,22 +115,55 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     )
 }
 
+/// The span every request's log lines carry. Never the whole URI: the event stream's
+/// query may hold the access token.
+fn request_span(req: &Request) -> tracing::Span {
+    tracing::debug_span!(
+        "request",
+        method = %method_label(req.method()),
+        path = %req.uri().path(),
+    )
+}
+
+/// Methods the API answers, by name; any other (clients may send any token) is `other`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
+/// Counts requests by labels drawn from fixed sets, so no request, authenticated or
+/// not, can add a series: the method's label, the route template (never the path) or
+/// `ui` / `unmatched` for requests no route took, and the status.
 async fn count_requests(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
-    let method = req.method().to_string();
-    // The route template, not the path, so keys do not explode the label set.
+    let method = method_label(req.method());
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+        .map(|p| p.as_str())
+        // axum names its fallback with a private catch-all template.
+        .filter(|p| !p.contains("__private__"))
+        .map(str::to_owned);
     let response = next.run(req).await;
+    let status = response.status();
+    let route = route.unwrap_or_else(|| {
+        let served = status.is_success() || status == StatusCode::NOT_MODIFIED;
+        if served { "ui" } else { "unmatched" }.to_owned()
+    });
     ctx.app
         .metrics
         .http_requests
         .get_or_create(&HttpLabels {
-            method,
+            method: method.to_owned(),
             route,
-            status: response.status().as_u16(),
+            status: status.as_u16(),
         })
         .inc();
     response

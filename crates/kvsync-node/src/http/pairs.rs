@@ -1,15 +1,21 @@
 //! `/api/pairs`: the key-value API.
 
+use std::convert::Infallible;
+
 use axum::{
+    body::Body,
     extract::State,
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
+use futures::StreamExt;
 use kvsync_core::{Key, Values, Version};
 use kvsync_store::StoredPair;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 use super::{
     error::ApiError,
@@ -137,9 +143,11 @@ pub struct AppendBody {
 pub async fn append(
     State(ctx): State<Ctx>,
     KeyPath(key): KeyPath,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<AppendBody>,
 ) -> Result<Response, ApiError> {
-    Ok(written(ctx.app.append(&key, body.value).await?))
+    let pre = precondition(&headers)?;
+    Ok(written(ctx.app.append(&key, body.value, &pre).await?))
 }
 
 pub async fn delete(
@@ -152,7 +160,71 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// "Clear database": deletes every live pair, batch by batch, each an ordinary
+/// replicated delete. The answer is one JSON document, streamed as the clear goes:
+/// `{"progress":[500,1000,...],"deleted":n}`, a running total after each batch. A failure
+/// part-way ends it with `"error"` and `"detail"` (the status, sent first, is 200 by
+/// then). The first batch is read before answering, so a database that cannot be used
+/// gets the usual 503 (or 504).
 pub async fn clear(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
-    let deleted = ctx.app.clear().await?;
-    Ok(Json(json!({ "deleted": deleted })).into_response())
+    let first = ctx.app.clear_batch(None).await?;
+    // The clear runs in its own task, so a client that goes away stops it between
+    // batches, never in the middle of a delete.
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(run_clear(ctx, first, tx));
+    let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+async fn run_clear(ctx: Ctx, mut batch: Vec<Key>, tx: mpsc::Sender<String>) {
+    let started = std::time::Instant::now();
+    let mut deleted = 0u64;
+    let mut separator = "";
+    if tx.send(r#"{"progress":["#.to_owned()).await.is_err() {
+        return;
+    }
+    let failure = loop {
+        let Some(last) = batch.last().cloned() else {
+            break None;
+        };
+        let full = batch.len() == crate::app::CLEAR_BATCH;
+        let (n, failure) = ctx.app.delete_keys(std::mem::take(&mut batch)).await;
+        deleted += n;
+        if let Some(e) = failure {
+            break Some(ApiError::from(e));
+        }
+        if tx.send(format!("{separator}{deleted}")).await.is_err() {
+            tracing::info!(deleted, "clear stopped: its client went away");
+            return;
+        }
+        separator = ",";
+        tracing::info!(deleted, "clearing");
+        if !full {
+            break None;
+        }
+        if ctx.shutdown.is_cancelled() {
+            break Some(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the node is shutting down; clear again once it is back",
+            ));
+        }
+        batch = match ctx.app.clear_batch(Some(&last)).await {
+            Ok(next) => next,
+            Err(e) => break Some(ApiError::from(e)),
+        };
+    };
+    let end = match failure {
+        None => {
+            tracing::info!(deleted, elapsed = ?started.elapsed(), "cleared");
+            format!(r#"],"deleted":{deleted}}}"#)
+        }
+        Some(e) => {
+            tracing::warn!(deleted, error = e.error, detail = %e.detail, "clear failed part-way");
+            let tail = json!({ "deleted": deleted, "error": e.error, "detail": e.detail });
+            // The object without its opening brace continues the one already begun.
+            format!("],{}", &tail.to_string()[1..])
+        }
+    };
+    let _ = tx.send(end).await;
 }
