@@ -299,7 +299,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Node::build(config).await?.run_until_stopped(shutdown).await
 }
 
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+/// The message a panic carried, for the log line that says why a task died.
+pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

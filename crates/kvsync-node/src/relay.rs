@@ -308,11 +308,7 @@ impl Relay {
             // A panic here would leave the change unpublished until a restart: stop the
             // node rather than serve on without publishing.
             if let Err(panic) = std::panic::AssertUnwindSafe(publish).catch_unwind().await {
-                let why = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panicked".to_owned());
+                let why = crate::panic_message(panic);
                 *fatal_why.lock().expect("fatal lock") = Some(why);
                 fatal.cancel();
             }

@@ -28,7 +28,10 @@ use serde_json::{json, Value};
 use tokio::{sync::mpsc, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{now_ms, App};
+use crate::{
+    app::{now_ms, App},
+    panic_message,
+};
 
 /// Concurrent applies (lanes).
 const LANES: usize = 8;
@@ -636,14 +639,6 @@ struct Probed {
     marks: Vec<(i64, i64)>,
     /// Partitions to take, each with the offset to start from.
     starts: Vec<(i32, i64)>,
-}
-
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panicked".to_owned())
 }
 
 fn lane_of(key: &Key) -> usize {

@@ -63,6 +63,21 @@ fn writer(
     })
 }
 
+/// Stops the writers; every pair they had acknowledged, and how many writes were refused.
+async fn stop_writers(
+    stop: &AtomicBool,
+    writers: impl IntoIterator<Item = JoinHandle<(Vec<Pair>, usize)>>,
+) -> (Vec<Pair>, usize) {
+    stop.store(true, Ordering::Relaxed);
+    let (mut written, mut refused) = (Vec::new(), 0);
+    for w in writers {
+        let (w, r) = w.await.unwrap();
+        written.extend(w);
+        refused += r;
+    }
+    (written, refused)
+}
+
 /// The acknowledged pairs that `client` does not hold as acknowledged or newer.
 async fn missing(client: &Client, written: &[Pair]) -> Vec<String> {
     let held: HashMap<String, Pair> = client
@@ -166,11 +181,7 @@ async fn a_node_killed_twice_in_quick_succession_owns_every_partition_and_conver
     let (owned, topic) = partitions(&b.node_info().await.unwrap());
 
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut written = Vec::new();
-    for w in writers {
-        written.extend(w.await.unwrap().0);
-    }
+    let (written, _) = stop_writers(&stop, writers).await;
     eprintln!(
         "node2 ready {ready_after:?} after its second restart, owning {owned} of {topic} \
          partitions; {} writes on its peers",
@@ -221,11 +232,7 @@ async fn cut_off_from_the_broker(how: Cut) {
     let healed = Instant::now();
 
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut written = Vec::new();
-    for w in writers {
-        written.extend(w.await.unwrap().0);
-    }
+    let (written, _) = stop_writers(&stop, writers).await;
     assert_converged(&c, &written, Duration::from_secs(30)).await;
     c.nodes[1]
         .wait_ready(Duration::from_secs(30))
@@ -344,14 +351,7 @@ async fn far_skew(offset_ms: i64) {
 
     c.clock(2).set(0).unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut written = Vec::new();
-    let mut refused = 0;
-    for w in writers {
-        let (w, r) = w.await.unwrap();
-        written.extend(w);
-        refused += r;
-    }
+    let (written, refused) = stop_writers(&stop, writers).await;
     eprintln!(
         "clock {offset_ms:+} ms: {} writes acknowledged, {refused} refused",
         written.len()

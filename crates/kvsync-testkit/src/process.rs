@@ -19,50 +19,61 @@ pub fn free_port() -> Result<u16> {
 /// server between [`free_port`] and the bind.
 #[cfg(target_os = "linux")]
 pub fn listens_on(pid: u32, port: u16) -> bool {
-    let inodes = listening_inodes(port);
-    if inodes.is_empty() {
-        return false;
-    }
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
-    };
-    fds.flatten().any(|fd| {
-        std::fs::read_link(fd.path())
-            .ok()
-            .and_then(|target| {
-                let target = target.to_str()?;
-                let inode = target.strip_prefix("socket:[")?.strip_suffix(']')?;
-                inode.parse::<u64>().ok()
-            })
-            .is_some_and(|inode| inodes.contains(&inode))
-    })
+    const LISTEN: &str = "0A";
+    let held = socket_inodes(pid);
+    tcp_sockets().any(|s| s.state == LISTEN && s.local_port == port && held.contains(&s.inode))
 }
 
-/// Inodes of the sockets listening on `port`, from the kernel's TCP tables.
+/// Inodes of the sockets that process `pid` holds open.
 #[cfg(target_os = "linux")]
-fn listening_inodes(port: u16) -> Vec<u64> {
-    const LISTEN: &str = "0A";
-    let mut inodes = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        // Columns: sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
-        for fields in text
-            .lines()
-            .skip(1)
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        {
-            let local_port = fields
-                .get(1)
-                .and_then(|a| a.rsplit_once(':'))
-                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-            if fields.get(3) == Some(&LISTEN) && local_port == Some(port) {
-                inodes.extend(fields.get(9).and_then(|i| i.parse::<u64>().ok()));
-            }
-        }
-    }
-    inodes
+pub(crate) fn socket_inodes(pid: u32) -> std::collections::HashSet<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| {
+            let target = std::fs::read_link(fd.path()).ok()?;
+            let target = target.to_str()?;
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// One row of the kernel's TCP tables.
+#[cfg(target_os = "linux")]
+pub(crate) struct TcpSocket {
+    pub local_port: u16,
+    pub state: String,
+    pub inode: u64,
+}
+
+/// Every TCP socket (IPv4 and IPv6) from the kernel's tables.
+#[cfg(target_os = "linux")]
+pub(crate) fn tcp_sockets() -> impl Iterator<Item = TcpSocket> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .into_iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|text| {
+            // Columns: sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            text.lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let fields: Vec<&str> = l.split_whitespace().collect();
+                    Some(TcpSocket {
+                        local_port: fields
+                            .get(1)
+                            .and_then(|a| a.rsplit_once(':'))
+                            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())?,
+                        state: (*fields.get(3)?).to_owned(),
+                        inode: fields.get(9)?.parse().ok()?,
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
 }
 
 /// Elsewhere: whether anything listens on `port`.

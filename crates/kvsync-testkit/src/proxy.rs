@@ -186,43 +186,11 @@ fn reset(stream: TcpStream) {
 /// Local ports of the TCP sockets that process `pid` holds.
 #[cfg(target_os = "linux")]
 fn owned_ports(pid: u32) -> HashSet<u16> {
-    let inodes: HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|fd| {
-            let target = std::fs::read_link(fd.path()).ok()?;
-            let target = target.to_str()?;
-            target
-                .strip_prefix("socket:[")?
-                .strip_suffix(']')?
-                .parse()
-                .ok()
-        })
-        .collect();
-    let mut ports = HashSet::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for fields in text
-            .lines()
-            .skip(1)
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        {
-            let inode = fields.get(9).and_then(|i| i.parse::<u64>().ok());
-            let port = fields
-                .get(1)
-                .and_then(|a| a.rsplit_once(':'))
-                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-            if let (Some(inode), Some(port)) = (inode, port) {
-                if inodes.contains(&inode) {
-                    ports.insert(port);
-                }
-            }
-        }
-    }
-    ports
+    let held = crate::process::socket_inodes(pid);
+    crate::process::tcp_sockets()
+        .filter(|s| held.contains(&s.inode))
+        .map(|s| s.local_port)
+        .collect()
 }
 
 #[cfg(not(target_os = "linux"))]
