@@ -11,11 +11,8 @@
 //! the topic explicitly and uses the group id only to commit and fetch offsets.
 
 use std::{
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::Duration,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use kvsync_core::Event;
@@ -138,10 +135,14 @@ impl KafkaSettings {
     }
 }
 
+/// How often "all brokers are down" is said while an outage lasts.
+const BROKERS_DOWN_EVERY: Duration = Duration::from_secs(60);
+
 /// Forwards librdkafka's own logs and errors to `tracing`.
 #[derive(Clone, Default)]
 pub struct Context {
-    brokers_down: Arc<AtomicBool>,
+    /// When "all brokers are down" was last said.
+    brokers_down: Arc<Mutex<Option<Instant>>>,
 }
 
 impl ClientContext for Context {
@@ -158,8 +159,11 @@ impl ClientContext for Context {
 
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            // librdkafka repeats this while the outage lasts: say it once.
-            if !self.brokers_down.swap(true, Ordering::Relaxed) {
+            // librdkafka repeats this many times a second while the outage lasts: say it
+            // once, and again a minute later if it still lasts (or for a later outage).
+            let mut last = self.brokers_down.lock().expect("brokers_down lock");
+            if last.is_none_or(|t| t.elapsed() >= BROKERS_DOWN_EVERY) {
+                *last = Some(Instant::now());
                 tracing::warn!(target: "librdkafka", "all brokers are down; reconnecting");
             }
             return;
@@ -324,20 +328,6 @@ impl Subscriber {
         }
         self.consumer.incremental_assign(&list)?;
         Ok(())
-    }
-
-    /// The fetch position (next offset to fetch) of each owned partition, `None` while
-    /// not known yet (its committed offset has not been fetched).
-    pub fn positions(&self) -> Vec<(i32, Option<i64>)> {
-        self.consumer
-            .position()
-            .map(|list| {
-                list.elements()
-                    .iter()
-                    .map(|e| (e.partition(), e.offset().to_raw().filter(|o| *o >= 0)))
-                    .collect()
-            })
-            .unwrap_or_default()
     }
 
     /// The partitions this consumer owns.

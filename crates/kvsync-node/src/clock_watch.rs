@@ -162,11 +162,18 @@ impl ClockWatch {
                 "clock: {own}; local writes are refused until it is set right"
             ));
         }
-        let held = self.held.lock().expect("held lock");
-        let mut held: Vec<_> = held.iter().collect();
-        held.sort_by(|a, b| a.0.cmp(b.0));
-        for (peer, h) in held {
-            let offset = self.offset_of(peer);
+        // A snapshot, so that the held lock is not kept while the peers one is taken
+        // (report() takes them the other way round).
+        let mut held: Vec<(NodeId, u64, u64)> = self
+            .held
+            .lock()
+            .expect("held lock")
+            .iter()
+            .map(|(n, h)| (n.clone(), h.events, h.max_ahead_ms))
+            .collect();
+        held.sort();
+        for (peer, events, max_ahead_ms) in held {
+            let offset = self.offset_of(&peer);
             let whose = match offset {
                 Some(o) if o.unsigned_abs() > self.settings.max_skew_ms => format!(
                     "{peer}'s clock is {} s {} this node's",
@@ -178,8 +185,8 @@ impl ClockWatch {
             out.push(format!(
                 "clock: holding {} events from {peer} stamped up to {} s ahead of this \
                  node's clock ({whose}); they are applied once the clocks agree",
-                h.events,
-                h.max_ahead_ms / 1000
+                events,
+                max_ahead_ms / 1000
             ));
         }
         out
@@ -188,8 +195,10 @@ impl ClockWatch {
     /// The clock section of `/api/node`.
     pub fn report(&self) -> Value {
         let own = self.own();
-        let peers = self.peers.lock().expect("peers lock");
-        let peers: serde_json::Map<String, Value> = peers
+        let peers: serde_json::Map<String, Value> = self
+            .peers
+            .lock()
+            .expect("peers lock")
             .iter()
             .map(|(n, p)| {
                 let away = p.last_heard.elapsed() > self.settings.away_after;
@@ -204,8 +213,10 @@ impl ClockWatch {
                 )
             })
             .collect();
-        let held = self.held.lock().expect("held lock");
-        let held: serde_json::Map<String, Value> = held
+        let held: serde_json::Map<String, Value> = self
+            .held
+            .lock()
+            .expect("held lock")
             .iter()
             .map(|(n, h)| {
                 (

@@ -61,7 +61,6 @@ pub struct Relay {
     app: Arc<App>,
     publisher: Publisher,
     settings: RelaySettings,
-    interval: Duration,
     /// Since when every publication has failed.
     failing_since: Arc<Mutex<Option<std::time::Instant>>>,
     /// Set when a publication task panicked, with why.
@@ -84,7 +83,6 @@ impl Relay {
         Self {
             app,
             publisher,
-            interval: settings.interval,
             settings,
             failing_since: Default::default(),
             fatal: CancellationToken::new(),
@@ -209,7 +207,8 @@ impl Relay {
 
     fn backoff(&self) -> Duration {
         let failures = self.failures.load(Ordering::Relaxed).min(8);
-        (self.interval * 2u32.pow(failures)).min(MAX_BACKOFF.max(self.interval))
+        let interval = self.settings.interval;
+        (interval * 2u32.pow(failures)).min(MAX_BACKOFF.max(interval))
     }
 
     /// Publishes every marked change not already in flight.

@@ -68,7 +68,6 @@ struct Status {
     probe_error: Option<String>,
     stalled: Option<String>,
     recoveries: u64,
-    started: Option<Instant>,
 }
 
 impl ReplicationStatus {
@@ -99,11 +98,9 @@ impl ReplicationStatus {
                 )),
                 Some(_) => {}
             }
-            let silent = match s.last_probe_ok {
-                Some(at) => at.elapsed(),
-                None => s.started.map(|t| t.elapsed()).unwrap_or_default(),
-            };
-            if silent > BROKER_SILENCE && s.topic_partitions.is_some() {
+            // Before the first answer the partitions are unknown, which says it already.
+            let silent = s.last_probe_ok.map(|at| at.elapsed()).unwrap_or_default();
+            if silent > BROKER_SILENCE {
                 out.push(format!(
                     "kafka: the broker has not answered for {} s{}",
                     silent.as_secs(),
@@ -183,7 +180,6 @@ pub async fn run(
     status: Arc<ReplicationStatus>,
     shutdown: CancellationToken,
 ) -> Result<(), ReplicatorError> {
-    status.with(|s| s.started = Some(Instant::now()));
     let mut probe = loop {
         match Probe::new(&settings.kafka, &settings.group) {
             Ok(p) => break Arc::new(p),
@@ -269,9 +265,11 @@ struct Generation<'a> {
     /// The first generation starts from the committed offsets; later ones from the
     /// positions settled in this process.
     first: bool,
-    /// Per partition: offsets sent to lanes and not settled yet.
-    pending: HashMap<i32, BTreeSet<i64>>,
-    pending_bytes: HashMap<(i32, i64), usize>,
+    /// Per partition: offsets sent to lanes and not settled yet, with their sizes, and
+    /// the totals over all partitions (checked before every receive).
+    pending: HashMap<i32, BTreeMap<i64, usize>>,
+    pending_count: usize,
+    pending_bytes: usize,
     /// Per partition: one past the last offset received.
     received: HashMap<i32, i64>,
     /// Per partition: the fetch position and since when it has not moved while behind.
@@ -299,20 +297,30 @@ impl<'a> Generation<'a> {
             settings,
             first,
             pending: HashMap::new(),
-            pending_bytes: HashMap::new(),
+            pending_count: 0,
+            pending_bytes: 0,
             received: HashMap::new(),
             watch: HashMap::new(),
             last_error: String::new(),
         }
     }
 
-    fn pending_count(&self) -> usize {
-        self.pending.values().map(BTreeSet::len).sum()
+    fn backpressured(&self) -> bool {
+        self.pending_count >= MAX_PENDING || self.pending_bytes >= MAX_PENDING_BYTES
     }
 
-    fn backpressured(&self) -> bool {
-        self.pending_count() >= MAX_PENDING
-            || self.pending_bytes.values().sum::<usize>() >= MAX_PENDING_BYTES
+    /// The event at `offset` of `partition` is dealt with: forget it and store what can
+    /// be stored.
+    fn settle(&mut self, partition: i32, offset: i64) {
+        if let Some(bytes) = self
+            .pending
+            .get_mut(&partition)
+            .and_then(|p| p.remove(&offset))
+        {
+            self.pending_count -= 1;
+            self.pending_bytes -= bytes;
+        }
+        self.store(partition);
     }
 
     async fn run(&mut self, shutdown: &CancellationToken) -> Result<End, ReplicatorError> {
@@ -349,11 +357,7 @@ impl<'a> Generation<'a> {
                     if !done {
                         continue; // Shutting down mid-apply: its offset stays unstored.
                     }
-                    if let Some(set) = self.pending.get_mut(&partition) {
-                        set.remove(&offset);
-                    }
-                    self.pending_bytes.remove(&(partition, offset));
-                    self.store(partition);
+                    self.settle(partition, offset);
                 }
                 _ = probe_tick.tick() => {
                     if let Some(why) = self.start_probe(&probed_tx, &mut probe_id) {
@@ -391,8 +395,9 @@ impl<'a> Generation<'a> {
                     self.received.insert(partition, offset + 1);
                     if let Some(event) = accept(self.app, delivery.payload()) {
                         let bytes = delivery.payload().map_or(0, <[u8]>::len);
-                        self.pending.entry(partition).or_default().insert(offset);
-                        self.pending_bytes.insert((partition, offset), bytes);
+                        self.pending.entry(partition).or_default().insert(offset, bytes);
+                        self.pending_count += 1;
+                        self.pending_bytes += bytes;
                         let job = Job { event, partition, offset };
                         if senders[lane_of(&job.event.key)].send(job).is_err() {
                             continue; // The lane died: join_next reports it.
@@ -414,10 +419,7 @@ impl<'a> Generation<'a> {
         // Offsets of events applied meanwhile.
         while let Ok((partition, offset, done)) = settled_rx.try_recv() {
             if done {
-                if let Some(set) = self.pending.get_mut(&partition) {
-                    set.remove(&offset);
-                }
-                self.store(partition);
+                self.settle(partition, offset);
             }
         }
         if matches!(end, End::Shutdown) {
@@ -432,7 +434,7 @@ impl<'a> Generation<'a> {
         let first_unsettled = self
             .pending
             .get(&partition)
-            .and_then(|s| s.first().copied());
+            .and_then(|s| s.first_key_value().map(|(o, _)| *o));
         let Some(next) = first_unsettled.or_else(|| self.received.get(&partition).copied()) else {
             return;
         };

@@ -20,6 +20,16 @@ const T: Duration = Duration::from_secs(60);
 const TOKEN: &str = "tok-3f9c1a7e5b2d4c6f8a0e1b3d5f7a9c2e";
 const SASL_PASSWORD: &str = "sasl-pw-9d8c7b6a5f4e3d2c1b0a";
 
+/// The API token and a SASL password (unused with a plaintext broker, but configured:
+/// it must not leak either).
+fn secret_env() -> Vec<(String, String)> {
+    vec![
+        ("KVSYNC_API_TOKEN".into(), TOKEN.into()),
+        ("KVSYNC_KAFKA_SASL_USERNAME".into(), "kvsync".into()),
+        ("KVSYNC_KAFKA_SASL_PASSWORD".into(), SASL_PASSWORD.into()),
+    ]
+}
+
 /// Every protected route, with a body where it takes one.
 fn protected() -> Vec<(Method, &'static str, Option<Value>)> {
     vec![
@@ -70,12 +80,7 @@ async fn assert_unauthorized(resp: reqwest::Response, what: &str) {
 #[tokio::test]
 async fn token_guards_the_api_and_never_leaks() {
     let c = Cluster::start(ClusterOptions {
-        env: vec![
-            ("KVSYNC_API_TOKEN".into(), TOKEN.into()),
-            // Unused with a plaintext broker, but configured: it must not leak either.
-            ("KVSYNC_KAFKA_SASL_USERNAME".into(), "kvsync".into()),
-            ("KVSYNC_KAFKA_SASL_PASSWORD".into(), SASL_PASSWORD.into()),
-        ],
+        env: secret_env(),
         ..Default::default()
     })
     .await
@@ -340,12 +345,10 @@ async fn secrets_stay_out_of_logs_at_every_level() {
     for level in ["info", "debug", "trace"] {
         let mut c = Cluster::start(ClusterOptions {
             nodes: 1,
-            env: vec![
-                ("KVSYNC_LOG".into(), level.into()),
-                ("KVSYNC_API_TOKEN".into(), TOKEN.into()),
-                ("KVSYNC_KAFKA_SASL_USERNAME".into(), "kvsync".into()),
-                ("KVSYNC_KAFKA_SASL_PASSWORD".into(), SASL_PASSWORD.into()),
-            ],
+            env: [("KVSYNC_LOG".into(), level.into())]
+                .into_iter()
+                .chain(secret_env())
+                .collect(),
             ..Default::default()
         })
         .await
