@@ -222,7 +222,7 @@ pub async fn run(target: &Target, args: &FloorArgs) -> Result<Option<FloorResult
         let prefix = format!("kvsync-bench-floor-{id}/");
         for i in 0..20 {
             store
-                .apply_remote(&event(format!("{prefix}warmup/{i}"), &mut rng)?)
+                .apply_remote(&event(format!("{prefix}warmup/{i}"), &mut rng)?, 0)
                 .await?;
         }
         let pb = progress::bar(
@@ -239,7 +239,7 @@ pub async fn run(target: &Target, args: &FloorArgs) -> Result<Option<FloorResult
             ticker.tick().await;
             let e = event(format!("{prefix}remote/{i}"), &mut rng)?;
             let t0 = Instant::now();
-            match store.apply_remote(&e).await {
+            match store.apply_remote(&e, 0).await {
                 Ok(_) => remote.push(ms(t0.elapsed())),
                 Err(_) => errors += 1,
             }
@@ -248,9 +248,12 @@ pub async fn run(target: &Target, args: &FloorArgs) -> Result<Option<FloorResult
         for i in 0..args.floor_count {
             ticker.tick().await;
             let e = event(format!("{prefix}local/{i}"), &mut rng)?;
-            let entry = kvsync_core::Entry::from_event(&e);
             let t0 = Instant::now();
-            match store.write_local_if_newer(&e.key, &entry, e.id).await {
+            // A new key: one insert, the least a local write costs.
+            match store
+                .write_local(&e.key, None, &e.state, e.id, &e.version)
+                .await
+            {
                 Ok(_) => local.push(ms(t0.elapsed())),
                 Err(_) => errors += 1,
             }

@@ -295,10 +295,10 @@ pub async fn run(target: &Target, args: &ThroughputArgs) -> Result<ThroughputRes
     })
 }
 
-/// Writes/s of `args.writers` concurrent `write_local_if_newer` calls on a dedicated
-/// server, keys cycling like the HTTP writers'.
+/// Writes/s of `args.writers` concurrent single-document writes (an insert of a new key
+/// with its outbox mark, the least a local write costs) on a dedicated server.
 async fn db_alone(server: &FloorMongo, args: &ThroughputArgs, duration: Duration) -> Result<f64> {
-    use kvsync_core::{Entry, Event, Key, NodeId, Op, Timestamp, Values, Version};
+    use kvsync_core::{Event, Key, NodeId, Op, Timestamp, Values, Version};
     let (mongo, _dir) = server.start().await?;
     let store =
         kvsync_store::Store::connect(&mongo.uri(), "kvsync", Duration::from_secs(5)).await?;
@@ -311,12 +311,12 @@ async fn db_alone(server: &FloorMongo, args: &ThroughputArgs, duration: Duration
     for _ in 0..args.writers {
         let (store, node, counter, acked) =
             (store.clone(), node.clone(), counter.clone(), acked.clone());
-        let (keys, bytes) = (args.keys, args.value_bytes);
+        let bytes = args.value_bytes;
         handles.push(tokio::spawn(async move {
             let mut rng = Rng::new();
             while start.elapsed() < duration {
                 let i = counter.fetch_add(1, Ordering::Relaxed);
-                let key = Key::parse(format!("db/{}", i % keys))?;
+                let key = Key::parse(format!("db/{i}"))?;
                 let values = Values::new(vec![rng.text(bytes)], key.as_str().len())?;
                 let wall = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)?
@@ -326,9 +326,8 @@ async fn db_alone(server: &FloorMongo, args: &ThroughputArgs, duration: Duration
                     node.clone(),
                 );
                 let event = Event::new(key, version, Op::Put(values));
-                let entry = Entry::from_event(&event);
                 if store
-                    .write_local_if_newer(&event.key, &entry, event.id)
+                    .write_local(&event.key, None, &event.state, event.id, &event.version)
                     .await
                     .is_ok()
                 {

@@ -1,10 +1,8 @@
 use sha2::{Digest as _, Sha256};
 
-use crate::version::Version;
-
 /// A hash over everything a replica holds, tombstones included, fed in key order.
-/// Two replicas with equal digests hold the same keys at the same versions (and since
-/// a version names exactly one change, the same values).
+/// Two replicas with equal digests hold the same keys in the same states: each key adds
+/// its state's version and fingerprint ([`crate::PairState::fingerprint`]).
 #[derive(Debug, Clone, Default)]
 pub struct Digest {
     hasher: Sha256,
@@ -17,13 +15,12 @@ impl Digest {
     }
 
     /// Adds one entry. Callers must add entries in ascending key order.
-    pub fn add(&mut self, key: &str, version: &Version, deleted: bool) {
+    pub fn add(&mut self, key: &str, version: &str, deleted: bool, fingerprint: &str) {
         // Length prefixes keep ("ab","c") and ("a","bc") apart.
-        self.hasher.update((key.len() as u64).to_be_bytes());
-        self.hasher.update(key.as_bytes());
-        let v = version.to_string();
-        self.hasher.update((v.len() as u64).to_be_bytes());
-        self.hasher.update(v.as_bytes());
+        for field in [key, version, fingerprint] {
+            self.hasher.update((field.len() as u64).to_be_bytes());
+            self.hasher.update(field.as_bytes());
+        }
         self.hasher.update([deleted as u8]);
         self.count += 1;
     }
@@ -37,15 +34,13 @@ impl Digest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{clock::Timestamp, node_id::NodeId};
 
     #[test]
     fn distinguishes_tombstones_and_versions() {
-        let v = |ms| Version::new(Timestamp::new(ms, 0), NodeId::parse("n").unwrap());
         let run = |entries: &[(&str, u64, bool)]| {
             let mut d = Digest::new();
             for (k, ms, del) in entries {
-                d.add(k, &v(*ms), *del);
+                d.add(k, &ms.to_string(), *del, "fp");
             }
             d.finish()
         };

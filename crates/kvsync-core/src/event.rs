@@ -1,8 +1,10 @@
 //! The replication event: what travels on the topic for every change.
 //!
-//! Wire format (JSON, schema 1), documented in `docs/events.md`:
-//! `{"schema":1,"id":"<uuid>","origin":"<node>","op":"put"|"delete","key":"<key>",
-//!   "values":[..] (put only),"version":"<version>"}`
+//! Wire format (JSON, schema 2), documented in `docs/events.md`: the key's whole merged
+//! state, so an event merges with any other, in any order, any number of times:
+//! `{"schema":2,"id":"<uuid>","origin":"<node>","key":"<key>","version":"<version>",
+//!   "state":{..}}`. Schema 1 events (a whole list or a delete, last writer wins) are
+//! still read, as the state such a write gives.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -11,14 +13,18 @@ use crate::{
     key::{Key, KeyError},
     node_id::NodeId,
     pair::{Values, ValuesError, MAX_PAIR_BYTES},
+    state::{PairState, StateWire, WireError},
     version::Version,
 };
 
-pub const SCHEMA: u32 = 1;
-/// Largest encoded event accepted: a maximal pair plus room for JSON escaping.
-pub const MAX_EVENT_BYTES: usize = 4 * MAX_PAIR_BYTES;
+pub const SCHEMA: u32 = 2;
+/// The last-writer-wins format of earlier releases, still accepted.
+pub const LEGACY_SCHEMA: u32 = 1;
+/// Largest encoded event accepted: a maximal pair with its element metadata and
+/// tombstones, plus room for JSON escaping.
+pub const MAX_EVENT_BYTES: usize = 8 * MAX_PAIR_BYTES;
 
-/// What a change does to its key.
+/// A whole-list write, the way schema 1 described every change.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Op {
     Put(Values),
@@ -30,8 +36,10 @@ pub struct Event {
     pub id: Uuid,
     pub origin: NodeId,
     pub key: Key,
+    /// The version of the origin's write this event publishes.
     pub version: Version,
-    pub op: Op,
+    /// The key's state at the origin when published: that write and all it had merged.
+    pub state: PairState,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,11 +58,19 @@ pub enum EventError {
     OpShape,
     #[error("version {version} was not made by origin {origin}")]
     Forged { version: String, origin: String },
+    #[error("invalid state: {0}")]
+    State(String),
+}
+
+impl From<WireError> for EventError {
+    fn from(e: WireError) -> Self {
+        EventError::State(e.to_string())
+    }
 }
 
 impl EventError {
     /// Every value [`EventError::kind`] can take.
-    pub const KINDS: [&'static str; 7] = [
+    pub const KINDS: [&'static str; 8] = [
         "too_large",
         "malformed",
         "schema",
@@ -62,6 +78,7 @@ impl EventError {
         "values",
         "op_shape",
         "forged",
+        "state",
     ];
 
     /// A short stable label, for metrics.
@@ -74,15 +91,30 @@ impl EventError {
             EventError::Values(_) => "values",
             EventError::OpShape => "op_shape",
             EventError::Forged { .. } => "forged",
+            EventError::State(_) => "state",
         }
     }
 }
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-enum WireOp {
+enum LegacyOp {
     Put,
     Delete,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LegacyWire {
+    #[allow(dead_code)]
+    schema: u32,
+    id: Uuid,
+    origin: NodeId,
+    op: LegacyOp,
+    key: String,
+    #[serde(default)]
+    values: Option<Vec<String>>,
+    version: Version,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -91,49 +123,45 @@ struct Wire {
     schema: u32,
     id: Uuid,
     origin: NodeId,
-    op: WireOp,
     key: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    values: Option<Vec<String>>,
     version: Version,
+    state: StateWire,
 }
 
 impl Event {
-    /// A new event for a change made on `version.node`.
+    /// An event for a whole-list write made on `version.node` (tests and tools).
     pub fn new(key: Key, version: Version, op: Op) -> Self {
+        let values = match op {
+            Op::Put(v) => Some(v.into_vec()),
+            Op::Delete => None,
+        };
+        let state = PairState::whole(values, &version);
+        Self::of_state(key, version, state)
+    }
+
+    /// An event publishing `state`, made by the write at `version`.
+    pub fn of_state(key: Key, version: Version, state: PairState) -> Self {
         Self {
             id: Uuid::now_v7(),
             origin: version.node.clone(),
             key,
             version,
-            op,
+            state,
         }
     }
 
     pub fn is_delete(&self) -> bool {
-        matches!(self.op, Op::Delete)
-    }
-
-    pub fn values(&self) -> Option<&Values> {
-        match &self.op {
-            Op::Put(v) => Some(v),
-            Op::Delete => None,
-        }
+        !self.state.is_live()
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let (op, values) = match &self.op {
-            Op::Put(v) => (WireOp::Put, Some(v.as_slice().to_vec())),
-            Op::Delete => (WireOp::Delete, None),
-        };
         let wire = Wire {
             schema: SCHEMA,
             id: self.id,
             origin: self.origin.clone(),
-            op,
             key: self.key.as_str().to_owned(),
-            values,
             version: self.version.clone(),
+            state: self.state.to_wire(),
         };
         serde_json::to_vec(&wire).expect("an event always serializes")
     }
@@ -149,33 +177,49 @@ impl Event {
         struct Probe {
             schema: Option<u32>,
         }
-        let probe: Probe =
-            serde_json::from_slice(bytes).map_err(|e| EventError::Malformed(e.to_string()))?;
-        match probe.schema {
-            Some(SCHEMA) => {}
+        let malformed = |e: serde_json::Error| EventError::Malformed(e.to_string());
+        let probe: Probe = serde_json::from_slice(bytes).map_err(malformed)?;
+        let (id, origin, key, version, state) = match probe.schema {
+            Some(SCHEMA) => {
+                let wire: Wire = serde_json::from_slice(bytes).map_err(malformed)?;
+                let key = Key::parse(wire.key)?;
+                let state = PairState::from_wire(wire.state)?;
+                (wire.id, wire.origin, key, wire.version, state)
+            }
+            Some(LEGACY_SCHEMA) => {
+                let wire: LegacyWire = serde_json::from_slice(bytes).map_err(malformed)?;
+                let key = Key::parse(wire.key)?;
+                let values = match (wire.op, wire.values) {
+                    (LegacyOp::Put, Some(values)) => {
+                        Some(Values::new(values, key.as_str().len())?.into_vec())
+                    }
+                    (LegacyOp::Delete, None) => None,
+                    _ => return Err(EventError::OpShape),
+                };
+                let state = PairState::whole(values, &wire.version);
+                (wire.id, wire.origin, key, wire.version, state)
+            }
             Some(other) => return Err(EventError::Schema(other)),
             None => return Err(EventError::Malformed("missing field `schema`".into())),
-        }
-        let wire: Wire =
-            serde_json::from_slice(bytes).map_err(|e| EventError::Malformed(e.to_string()))?;
-        let key = Key::parse(wire.key)?;
-        let op = match (wire.op, wire.values) {
-            (WireOp::Put, Some(values)) => Op::Put(Values::new(values, key.as_str().len())?),
-            (WireOp::Delete, None) => Op::Delete,
-            _ => return Err(EventError::OpShape),
         };
-        if wire.version.node != wire.origin {
+        if version.node != origin {
             return Err(EventError::Forged {
-                version: wire.version.to_string(),
-                origin: wire.origin.to_string(),
+                version: version.to_string(),
+                origin: origin.to_string(),
             });
         }
+        // The published write is part of the state it publishes.
+        if state.version() < Some(&version) {
+            return Err(EventError::State(format!(
+                "the state is older than the event's version {version}"
+            )));
+        }
         Ok(Self {
-            id: wire.id,
-            origin: wire.origin,
+            id,
+            origin,
             key,
-            version: wire.version,
-            op,
+            version,
+            state,
         })
     }
 }
@@ -206,7 +250,7 @@ mod tests {
         let d = Event::new(Key::parse("k").unwrap(), version(5, "n2"), Op::Delete);
         assert_eq!(Event::decode(&d.encode()).unwrap(), d);
         let text = String::from_utf8(d.encode()).unwrap();
-        assert!(!text.contains("values"), "{text}");
+        assert!(text.contains(r#""schema":2"#), "{text}");
     }
 
     fn tweak(f: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
@@ -215,30 +259,70 @@ mod tests {
         serde_json::to_vec(&v).unwrap()
     }
 
+    /// A schema 1 event as earlier releases wrote it.
+    fn legacy(f: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+        let mut v = serde_json::json!({
+            "schema": 1, "id": Uuid::now_v7(), "origin": "n1", "op": "put", "key": "k",
+            "values": ["a"], "version": version(1_000, "n1"),
+        });
+        f(&mut v);
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn reads_schema_1_as_a_whole_write() {
+        let e = Event::decode(&legacy(|_| {})).unwrap();
+        assert_eq!(e.state, put("k", &["a"]).state);
+        let d = Event::decode(&legacy(|v| {
+            v["op"] = "delete".into();
+            v.as_object_mut().unwrap().remove("values");
+        }))
+        .unwrap();
+        assert!(d.is_delete());
+    }
+
     #[test]
     fn rejects_what_a_local_write_would_reject() {
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (b"not json".to_vec(), "malformed"),
             (b"{}".to_vec(), "malformed"),
-            (tweak(|v| v["schema"] = 2.into()), "schema"),
+            (tweak(|v| v["schema"] = 3.into()), "schema"),
             (tweak(|v| v["key"] = "".into()), "key"),
             (tweak(|v| v["key"] = "a\u{0}".into()), "key"),
             (
-                tweak(|v| v["values"] = serde_json::json!(["x".repeat(70_000)])),
-                "values",
+                tweak(|v| v["state"]["els"][0]["value"] = "x".repeat(70_000).into()),
+                "state",
             ),
-            (tweak(|v| v["values"] = serde_json::json!([1])), "malformed"),
-            (tweak(|v| v["op"] = "delete".into()), "op_shape"),
-            (tweak(|v| v["op"] = "merge".into()), "malformed"),
+            (
+                tweak(|v| v["state"]["els"][0]["value"] = 1.into()),
+                "malformed",
+            ),
+            (
+                tweak(|v| v["state"]["els"][0]["id"] = "nope".into()),
+                "malformed",
+            ),
             (
                 tweak(|v| {
-                    v.as_object_mut().unwrap().remove("values");
+                    let el = v["state"]["els"][0].clone();
+                    v["state"]["els"] = serde_json::json!([el, el]);
                 }),
-                "op_shape",
+                "state",
             ),
+            (
+                tweak(|v| v["version"] = version(9_000, "n1").to_string().into()),
+                "state",
+            ),
+            (tweak(|v| v["state"]["extra"] = true.into()), "malformed"),
             (tweak(|v| v["origin"] = "n2".into()), "forged"),
             (tweak(|v| v["version"] = "yesterday".into()), "malformed"),
             (tweak(|v| v["extra"] = true.into()), "malformed"),
+            (
+                legacy(|v| v["values"] = serde_json::json!(["x".repeat(70_000)])),
+                "values",
+            ),
+            (legacy(|v| v["op"] = "delete".into()), "op_shape"),
+            (legacy(|v| v["op"] = "merge".into()), "malformed"),
+            (legacy(|v| v["origin"] = "n2".into()), "forged"),
             (vec![b' '; MAX_EVENT_BYTES + 1], "too_large"),
         ];
         for (bytes, kind) in cases {

@@ -12,14 +12,16 @@ pub mod merge;
 pub mod node_id;
 pub mod pair;
 pub mod skew;
+pub mod state;
 pub mod version;
 
 pub use clock::{Clock, Timestamp};
 pub use digest::Digest;
 pub use event::{Event, EventError, Op};
 pub use key::{Key, KeyError};
-pub use merge::{Entry, Outcome, Replica};
+pub use merge::Outcome;
 pub use node_id::{NodeId, NodeIdError};
 pub use pair::{Values, ValuesError};
 pub use skew::{Admission, Heartbeat, OwnClock};
+pub use state::{Conflict, ConflictKind, ElemId, PairState, StateError};
 pub use version::{Version, VersionError};

@@ -6,8 +6,11 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use kvsync_core::{Clock, Entry, Event, Key, NodeId, Op, Outcome, Values, ValuesError, Version};
-use kvsync_store::{CasError, LocalWrite, Store, StoreError, StoredPair};
+use kvsync_core::{
+    state::TOMBSTONE_HORIZON_MS, Clock, Conflict, ElemId, Event, Key, NodeId, Outcome, PairState,
+    StateError, Values, ValuesError, Version,
+};
+use kvsync_store::{CasError, Store, StoreError, StoredPair};
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, Notify, OnceCell};
 
@@ -27,8 +30,11 @@ const CLEAR_CONCURRENCY: usize = 8;
 pub enum AppError {
     #[error("no pair with this key")]
     NotFound,
+    #[error("no value with id {0} in this pair")]
+    NoSuchValue(String),
     #[error("precondition failed")]
-    PreconditionFailed { current: Option<StoredPair> },
+    /// Boxed: a pair is large next to the other variants.
+    PreconditionFailed { current: Option<Box<StoredPair>> },
     #[error(transparent)]
     Values(#[from] ValuesError),
     #[error("the pair is being changed too often concurrently; retry")]
@@ -38,6 +44,19 @@ pub enum AppError {
     ClockSkew(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<StateError> for AppError {
+    fn from(e: StateError) -> Self {
+        match e {
+            StateError::NoSuchElement(id) => AppError::NoSuchValue(id),
+            StateError::ValueTooLarge { index, len } => {
+                AppError::Values(ValuesError::ValueTooLarge { index, len })
+            }
+            StateError::PairTooLarge(n) => AppError::Values(ValuesError::PairTooLarge(n)),
+            StateError::TooMany(n) => AppError::Values(ValuesError::TooMany(n)),
+        }
+    }
 }
 
 /// A conditional request's precondition (RFC 9110 If-Match / If-None-Match).
@@ -58,7 +77,7 @@ impl Precondition {
         match self {
             Precondition::None => true,
             Precondition::IfMatch(versions) => {
-                live.is_some_and(|p| versions.contains(&p.entry.version))
+                live.is_some_and(|p| p.version().is_some_and(|v| versions.contains(v)))
             }
             Precondition::Exists => live.is_some(),
             Precondition::Absent => live.is_none(),
@@ -66,11 +85,29 @@ impl Precondition {
     }
 }
 
+/// One value of a pair, with the id element-level writes name it by.
+#[derive(Debug, Clone, Serialize)]
+pub struct ValueBody {
+    pub id: String,
+    pub value: String,
+}
+
+pub fn elements(state: &PairState) -> Vec<ValueBody> {
+    state
+        .items()
+        .map(|i| ValueBody {
+            id: i.id.to_string(),
+            value: i.value.to_owned(),
+        })
+        .collect()
+}
+
 /// One change applied on this node, local or replicated, as the change feed shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Change {
     pub key: String,
     pub values: Option<Vec<String>>,
+    pub elements: Option<Vec<ValueBody>>,
     pub deleted: bool,
     pub version: String,
     pub origin: String,
@@ -78,15 +115,74 @@ pub struct Change {
 }
 
 impl Change {
-    fn of(event: &Event) -> Self {
+    fn of(key: &Key, state: &PairState, origin: &NodeId) -> Self {
+        let live = state.is_live();
+        let version = state.version();
         Self {
-            key: event.key.as_str().to_owned(),
-            values: event.values().map(|v| v.as_slice().to_vec()),
-            deleted: event.is_delete(),
-            version: event.version.to_string(),
-            origin: event.origin.to_string(),
-            updated_at: rfc3339(event.version.ts.wall_ms),
+            key: key.as_str().to_owned(),
+            values: live.then(|| state.values()),
+            elements: live.then(|| elements(state)),
+            deleted: !live,
+            version: version.map(ToString::to_string).unwrap_or_default(),
+            origin: origin.to_string(),
+            updated_at: rfc3339(version.map_or(0, |v| v.ts.wall_ms)),
         }
+    }
+}
+
+/// A conflict this node settled while merging a peer's change.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConflictNote {
+    pub key: String,
+    #[serde(flatten)]
+    pub conflict: Conflict,
+    /// Who made the losing and the winning write.
+    pub lost_origin: String,
+    pub won_origin: String,
+    pub at: String,
+}
+
+impl ConflictNote {
+    pub fn new(key: &Key, conflict: Conflict, at_ms: u64) -> Self {
+        Self {
+            key: key.as_str().to_owned(),
+            lost_origin: conflict.lost_version.node.to_string(),
+            won_origin: conflict.won_version.node.to_string(),
+            conflict,
+            at: rfc3339(at_ms),
+        }
+    }
+}
+
+/// What the change feed carries.
+#[derive(Debug, Clone)]
+pub enum FeedItem {
+    Change(Change),
+    Conflict(ConflictNote),
+}
+
+impl FeedItem {
+    pub fn key(&self) -> &str {
+        match self {
+            FeedItem::Change(c) => &c.key,
+            FeedItem::Conflict(c) => &c.key,
+        }
+    }
+
+    /// The SSE event name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FeedItem::Change(_) => "change",
+            FeedItem::Conflict(_) => "conflict",
+        }
+    }
+
+    pub fn json(&self) -> String {
+        match self {
+            FeedItem::Change(c) => serde_json::to_string(c),
+            FeedItem::Conflict(c) => serde_json::to_string(c),
+        }
+        .expect("feed items serialize")
     }
 }
 
@@ -106,7 +202,10 @@ pub fn now_ms() -> u64 {
 #[derive(Debug)]
 pub struct Written {
     pub pair: StoredPair,
+    /// There was no live pair before.
     pub created: bool,
+    /// The value an append added.
+    pub element: Option<ElemId>,
 }
 
 pub struct App {
@@ -116,10 +215,11 @@ pub struct App {
     /// The cluster's clocks as this node sees them.
     pub clock: ClockWatch,
     hlc: Mutex<Clock>,
-    /// The clock must start after every version already stored (the physical clock may
-    /// have gone backwards across a restart); done once, when MongoDB first answers.
-    clock_ready: OnceCell<()>,
-    feed: broadcast::Sender<Arc<Change>>,
+    /// Before the first read or write: pairs of an earlier release converted, and the
+    /// clock started after every version already stored (the physical clock may have
+    /// gone backwards across a restart); done once, when MongoDB first answers.
+    ready: OnceCell<()>,
+    feed: broadcast::Sender<Arc<FeedItem>>,
     outbox: mpsc::Sender<Event>,
     /// Asks the relay to scan the outbox: a change did not fit in its queue, or a
     /// publication failed.
@@ -140,14 +240,14 @@ impl App {
             metrics,
             clock,
             hlc: Mutex::new(Clock::new()),
-            clock_ready: OnceCell::new(),
+            ready: OnceCell::new(),
             feed: broadcast::channel(FEED_CAPACITY).0,
             outbox,
             rescan: Notify::new(),
         }
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<FeedItem>> {
         self.feed.subscribe()
     }
 
@@ -159,9 +259,13 @@ impl App {
         }
     }
 
-    pub async fn ensure_clock(&self) -> Result<(), StoreError> {
-        self.clock_ready
+    pub async fn ensure_ready(&self) -> Result<(), StoreError> {
+        self.ready
             .get_or_try_init(|| async {
+                let converted = self.store.convert_legacy().await?;
+                if converted > 0 {
+                    tracing::info!(converted, "converted pairs stored by an earlier release");
+                }
                 if let Some(ts) = self.store.max_timestamp().await? {
                     self.observe(ts);
                 }
@@ -184,43 +288,58 @@ impl App {
     }
 
     pub async fn get(&self, key: &Key) -> Result<StoredPair, AppError> {
+        self.ensure_ready().await?;
         match self.store.get(key).await? {
-            Some(p) if !p.entry.is_tombstone() => Ok(p),
+            Some(p) if p.is_live() => Ok(p),
             _ => Err(AppError::NotFound),
         }
     }
 
-    /// The common shape of every local write: read, check, compute, conditional write;
-    /// again if another change got in between.
-    async fn write<F>(&self, key: &Key, pre: &Precondition, next: F) -> Result<Written, AppError>
+    /// The common shape of every local write: read, check, apply the operation to the
+    /// state, conditional write; again if another change got in between.
+    async fn write<F>(&self, key: &Key, pre: &Precondition, op: F) -> Result<Written, AppError>
     where
-        F: Fn(Option<&StoredPair>) -> Result<Option<Values>, AppError>,
+        F: Fn(&mut PairState, &Version) -> Result<Option<ElemId>, AppError>,
     {
         self.check_clock()?;
-        self.ensure_clock().await?;
+        self.ensure_ready().await?;
         for _ in 0..MAX_CAS_ATTEMPTS {
             let stored = self.store.get(key).await?;
-            let live = stored.as_ref().filter(|p| !p.entry.is_tombstone());
+            let live = stored.as_ref().filter(|p| p.is_live());
             if !pre.check(live) {
                 return Err(AppError::PreconditionFailed {
-                    current: live.cloned(),
+                    current: live.cloned().map(Box::new),
                 });
             }
-            let values = next(live)?;
-            let stored_version = stored.as_ref().map(|p| &p.entry.version);
-            let version = self.next_version(stored_version);
-            let op = match values {
-                Some(v) => Op::Put(v),
-                None => Op::Delete,
-            };
-            let event = Event::new(key.clone(), version, op);
-            let entry = Entry::from_event(&event);
+            let mut state = stored.as_ref().map(|p| p.state.clone()).unwrap_or_default();
+            let version = self.next_version(state.version());
+            let element = op(&mut state, &version)?;
+            state.collect(now_ms(), TOMBSTONE_HORIZON_MS);
+            let event = Event::of_state(key.clone(), version, state);
+            let rev = stored.as_ref().map(|p| p.rev);
             match self
                 .store
-                .write_local(key, stored_version, &entry, event.id)
+                .write_local(key, rev, &event.state, event.id, &event.version)
                 .await
             {
-                Ok(()) => return Ok(self.committed(event, live.is_none())),
+                Ok(()) => {
+                    let pair = StoredPair {
+                        key: key.clone(),
+                        state: event.state.clone(),
+                        rev: rev.map_or(1, |r| r + 1),
+                        conflicts: stored
+                            .as_ref()
+                            .map(|p| p.conflicts.clone())
+                            .unwrap_or_default(),
+                    };
+                    let created = live.is_none();
+                    self.committed(event);
+                    return Ok(Written {
+                        pair,
+                        created,
+                        element,
+                    });
+                }
                 Err(CasError::Conflict) => continue,
                 Err(CasError::Store(e)) => return Err(self.write_failed(e)),
             }
@@ -228,45 +347,23 @@ impl App {
         Err(AppError::Contended)
     }
 
+    /// Replaces the whole list (PUT).
     pub async fn put(
         &self,
         key: &Key,
         values: Values,
         pre: &Precondition,
     ) -> Result<Written, AppError> {
-        if *pre != Precondition::None {
-            return self.write(key, pre, |_| Ok(Some(values.clone()))).await;
-        }
-        // No precondition: the clock is ahead of every stored version, so "write if
-        // newer" succeeds in one round trip; only a racing newer write makes it retry.
-        self.check_clock()?;
-        self.ensure_clock().await?;
-        let mut seen = None;
-        for _ in 0..MAX_CAS_ATTEMPTS {
-            let event = Event::new(
-                key.clone(),
-                self.next_version(seen.as_ref()),
-                Op::Put(values.clone()),
-            );
-            let entry = Entry::from_event(&event);
-            let created = match self
-                .store
-                .write_local_if_newer(key, &entry, event.id)
-                .await
-                .map_err(|e| self.write_failed(e))?
-            {
-                LocalWrite::Created => true,
-                LocalWrite::Replaced => false,
-                LocalWrite::Stale => {
-                    seen = self.store.get(key).await?.map(|p| p.entry.version);
-                    continue;
-                }
-            };
-            return Ok(self.committed(event, created));
-        }
-        Err(AppError::Contended)
+        let values = values.into_vec();
+        let key_len = key.as_str().len();
+        self.write(key, pre, |state, at| {
+            state.replace(values.clone(), at, key_len)?;
+            Ok(None)
+        })
+        .await
     }
 
+    /// Adds a value at the end of the list, creating the pair if needed.
     pub async fn append(
         &self,
         key: &Key,
@@ -274,29 +371,70 @@ impl App {
         pre: &Precondition,
     ) -> Result<Written, AppError> {
         let key_len = key.as_str().len();
-        self.write(key, pre, |live| {
-            let next = match live.and_then(|p| p.entry.values.as_ref()) {
-                Some(values) => values.appended(value.clone(), key_len)?,
-                None => Values::new(vec![value.clone()], key_len)?,
-            };
-            Ok(Some(next))
+        self.write(key, pre, |state, at| {
+            Ok(Some(state.append(value.clone(), at, key_len)?))
         })
         .await
     }
 
-    /// Deletes a live pair: 404 if there is none, unless the request had a
+    /// Changes one value in place. 404 if the pair or the value is not there.
+    pub async fn edit(
+        &self,
+        key: &Key,
+        id: &ElemId,
+        value: String,
+        pre: &Precondition,
+    ) -> Result<Written, AppError> {
+        let key_len = key.as_str().len();
+        self.write_existing(key, pre, |state, at| {
+            state.edit(id, value.clone(), at, key_len)?;
+            Ok(None)
+        })
+        .await
+    }
+
+    /// Removes one value; the pair stays, even with no values left.
+    pub async fn remove_value(
+        &self,
+        key: &Key,
+        id: &ElemId,
+        pre: &Precondition,
+    ) -> Result<Written, AppError> {
+        self.write_existing(key, pre, |state, at| {
+            state.remove(id, at)?;
+            Ok(None)
+        })
+        .await
+    }
+
+    /// A write to a pair that must exist: 404 if it does not, unless the request had a
     /// precondition, which then fails (RFC 9110: If-Match fails on a missing resource).
-    pub async fn delete(&self, key: &Key, pre: &Precondition) -> Result<(), AppError> {
+    async fn write_existing<F>(
+        &self,
+        key: &Key,
+        pre: &Precondition,
+        op: F,
+    ) -> Result<Written, AppError>
+    where
+        F: Fn(&mut PairState, &Version) -> Result<Option<ElemId>, AppError>,
+    {
         match pre {
-            Precondition::None => {
-                match self.write(key, &Precondition::Exists, |_| Ok(None)).await {
-                    Ok(_) => Ok(()),
-                    Err(AppError::PreconditionFailed { current: None }) => Err(AppError::NotFound),
-                    Err(e) => Err(e),
-                }
-            }
-            pre => self.write(key, pre, |_| Ok(None)).await.map(|_| ()),
+            Precondition::None => match self.write(key, &Precondition::Exists, op).await {
+                Err(AppError::PreconditionFailed { current: None }) => Err(AppError::NotFound),
+                other => other,
+            },
+            pre => self.write(key, pre, op).await,
         }
+    }
+
+    /// Deletes a live pair: 404 if there is none (see [`Self::write_existing`]).
+    pub async fn delete(&self, key: &Key, pre: &Precondition) -> Result<(), AppError> {
+        self.write_existing(key, pre, |state, at| {
+            state.delete(at);
+            Ok(None)
+        })
+        .await
+        .map(|_| ())
     }
 
     /// The next batch of "clear all": up to [`CLEAR_BATCH`] live keys after `after`, in
@@ -345,14 +483,33 @@ impl App {
         (deleted, failure)
     }
 
-    /// Applies a peer's event under the merge rule.
+    /// Merges a peer's event into the key's state.
     pub async fn apply_remote(&self, event: &Event) -> Result<Outcome, StoreError> {
+        self.ensure_ready().await?;
         self.observe(event.version.ts);
-        let outcome = self.store.apply_remote(event).await?;
-        if outcome == Outcome::Applied {
-            self.announce(event);
+        let now = now_ms();
+        let applied = self.store.apply_remote(event, now as i64).await?;
+        if applied.outcome == Outcome::Applied {
+            self.announce(FeedItem::Change(Change::of(
+                &event.key,
+                &applied.state,
+                &event.origin,
+            )));
         }
-        Ok(outcome)
+        for conflict in applied.conflicts {
+            self.metrics.conflict(&conflict.kind);
+            tracing::info!(
+                key = event.key.as_str(),
+                kind = conflict.kind.as_str(),
+                lost = %conflict.lost_version,
+                won = %conflict.won_version,
+                "concurrent writes: one lost"
+            );
+            self.announce(FeedItem::Conflict(ConflictNote::new(
+                &event.key, conflict, now,
+            )));
+        }
+        Ok(applied.outcome)
     }
 
     /// A write that failed on its way to or from the database may still be applied, outbox
@@ -364,23 +521,22 @@ impl App {
     }
 
     /// After a local change is durable: tell the feed and hand it to the relay.
-    fn committed(&self, event: Event, created: bool) -> Written {
-        self.announce(&event);
+    fn committed(&self, event: Event) {
+        self.announce(FeedItem::Change(Change::of(
+            &event.key,
+            &event.state,
+            &self.node,
+        )));
         self.metrics.local_writes.inc();
-        let pair = StoredPair {
-            key: event.key.clone(),
-            entry: Entry::from_event(&event),
-        };
         // The outbox mark is durable; the relay publishes right away. If its queue is
         // full, it finds the change with a scan of the outbox instead.
         if self.outbox.try_send(event).is_err() {
             self.rescan.notify_one();
         }
-        Written { pair, created }
     }
 
-    fn announce(&self, event: &Event) {
+    fn announce(&self, item: FeedItem) {
         // No subscribers is fine.
-        let _ = self.feed.send(Arc::new(Change::of(event)));
+        let _ = self.feed.send(Arc::new(item));
     }
 }

@@ -311,7 +311,7 @@ pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 async fn prepare_store(app: Arc<App>, shutdown: CancellationToken) {
     retry("MongoDB", &shutdown, || async {
         app.store.ensure_indexes().await?;
-        app.ensure_clock().await
+        app.ensure_ready().await
     })
     .await;
 }

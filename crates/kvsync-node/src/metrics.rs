@@ -2,7 +2,7 @@
 
 use std::sync::{atomic::AtomicU64, Arc};
 
-use kvsync_core::EventError;
+use kvsync_core::{ConflictKind, EventError};
 
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
@@ -32,6 +32,11 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
@@ -54,6 +59,7 @@ pub struct Metrics {
     pub clock_offset: Family<PeerLabels, Gauge<f64, AtomicU64>>,
     pub events_held: Family<PeerLabels, Gauge>,
     pub clock_off: Gauge,
+    pub conflicts: Family<KindLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -84,6 +90,13 @@ impl Metrics {
         let clock_offset = Family::<PeerLabels, Gauge<f64, AtomicU64>>::default();
         let events_held = Family::<PeerLabels, Gauge>::default();
         let clock_off = Gauge::default();
+        let conflicts = Family::<KindLabels, Counter>::default();
+        // Every kind shows from the start, at 0: a dashboard need not wait for the first.
+        for kind in ConflictKind::ALL {
+            let _ = conflicts.get_or_create(&KindLabels {
+                kind: kind.as_str().to_owned(),
+            });
+        }
 
         let mut r = Registry::with_prefix("kvsync");
         r.register(
@@ -177,6 +190,11 @@ impl Metrics {
             "1 if this node's clock is ahead of, -1 if behind, the majority of its peers by more than the skew bound",
             clock_off.clone(),
         );
+        r.register(
+            "conflicts",
+            "Writes that lost to a concurrent write of the same value or list, by kind, as settled here",
+            conflicts.clone(),
+        );
 
         Self {
             registry: Arc::new(r),
@@ -199,7 +217,29 @@ impl Metrics {
             clock_offset,
             events_held,
             clock_off,
+            conflicts,
         }
+    }
+
+    pub fn conflict(&self, kind: &ConflictKind) {
+        self.conflicts
+            .get_or_create(&KindLabels {
+                kind: kind.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn conflicts_total(&self) -> u64 {
+        ConflictKind::ALL
+            .iter()
+            .map(|k| {
+                self.conflicts
+                    .get_or_create(&KindLabels {
+                        kind: k.as_str().to_owned(),
+                    })
+                    .get()
+            })
+            .sum()
     }
 
     pub fn clock_offset(&self, peer: &str, offset_ms: i64) {

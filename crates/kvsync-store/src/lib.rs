@@ -1,29 +1,40 @@
 //! MongoDB adapter: one document per key in the `pairs` collection.
 //!
 //! ```text
-//! { _id: <key>, values: [..] | null, deleted: bool, ver: <version text>,
-//!   outbox: { id, ver, values, deleted } }   // present while a local change awaits publication
+//! { _id: <key>, state: { els: [..], base, written, deleted, floor },  // the replicated state
+//!   rev: <int>,                      // bumped by every write: the compare-and-swap token
+//!   ver: <version text>, deleted: bool, values: [..], fp: <hex>,   // derived, for queries
+//!   outbox: { id, ver },             // present while a local change awaits publication
+//!   conflicts: [..] }                // the last conflicts this node settled for the key
 //! ```
 //!
-//! Version text sorts like the version itself (see `kvsync_core::Version`), so the merge
-//! rule becomes a plain conditional write on `ver`. The outbox mark is written in the same
-//! single-document write as the change it describes, so an acknowledged change can never
-//! exist without its pending publication, and no multi-document transaction is needed.
+//! Every write is "read, merge, conditional write on `rev`", retried when another write
+//! got in between. The outbox mark is written in the same single-document write as the
+//! change it describes, so an acknowledged change can never exist without its pending
+//! publication, and no multi-document transaction is needed. The relay publishes the
+//! key's state as it is then: a newer state includes every change before it.
 
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use kvsync_core::{Digest, Entry, Event, Key, NodeId, Op, Outcome, Timestamp, Values, Version};
+use kvsync_core::{
+    state::StateWire, Conflict, Digest, Event, Key, Outcome, PairState, Timestamp, Version,
+};
 use mongodb::{
     bson::{doc, Bson, Document},
     error::{ErrorKind, WriteFailure},
-    options::{ClientOptions, IndexOptions, ReturnDocument},
+    options::{ClientOptions, IndexOptions},
     Client, Collection, Database, IndexModel,
 };
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 const COLLECTION: &str = "pairs";
 const DUPLICATE_KEY: i32 = 11000;
+/// Conflicts kept per key, newest last.
+pub const CONFLICTS_KEPT: usize = 20;
+/// Attempts of a read-merge-write before giving up on a key changed that often.
+const MAX_ATTEMPTS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -67,23 +78,31 @@ fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredPair {
     pub key: Key,
-    pub entry: Entry,
+    pub state: PairState,
+    /// The compare-and-swap token of the document.
+    pub rev: i64,
+    /// Conflicts this node settled for the key (empty where not read).
+    pub conflicts: Vec<RecordedConflict>,
 }
 
 impl StoredPair {
-    pub fn origin(&self) -> &NodeId {
-        &self.entry.version.node
+    pub fn is_live(&self) -> bool {
+        self.state.is_live()
+    }
+
+    /// The version of the last write the pair holds.
+    pub fn version(&self) -> Option<&Version> {
+        self.state.version()
     }
 }
 
-/// What [`Store::write_local_if_newer`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LocalWrite {
-    /// There was no live pair (absent, or a tombstone).
-    Created,
-    Replaced,
-    /// A version at least as new was stored: nothing written.
-    Stale,
+/// A conflict as this node recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedConflict {
+    /// When this node settled it, in milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    #[serde(flatten)]
+    pub conflict: Conflict,
 }
 
 /// Why a compare-and-swap write did not happen.
@@ -93,6 +112,15 @@ pub enum CasError {
     Conflict,
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// What [`Store::apply_remote`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub outcome: Outcome,
+    /// The state after the merge.
+    pub state: PairState,
+    pub conflicts: Vec<Conflict>,
 }
 
 #[derive(Clone)]
@@ -168,6 +196,51 @@ impl Store {
         Ok(())
     }
 
+    /// Converts pairs stored by a release before lists merged (a whole list or a
+    /// tombstone under one version) to states, the same way on every node. Returns how
+    /// many were converted. Idempotent; run before anything reads the pairs.
+    pub async fn convert_legacy(&self) -> Result<u64, StoreError> {
+        let mut converted = 0;
+        loop {
+            let mut cursor = self
+                .pairs
+                .find(doc! { "state": { "$exists": false } })
+                .limit(500)
+                .await?;
+            let mut batch = Vec::new();
+            while let Some(d) = cursor.try_next().await? {
+                batch.push(d);
+            }
+            if batch.is_empty() {
+                return Ok(converted);
+            }
+            for d in batch {
+                let key = decode_key(&d)?;
+                let version = decode_version(&d, "ver")?;
+                let values = if decode_bool(&d, "deleted")? {
+                    None
+                } else {
+                    Some(decode_strings(&d, "values")?)
+                };
+                let state = PairState::whole(values, &version);
+                let mut set = state_fields(&state);
+                set.insert("rev", 1_i64);
+                if let Ok(outbox) = d.get_document("outbox") {
+                    let id = outbox.get_str("id").unwrap_or_default().to_owned();
+                    let ver = outbox.get_str("ver").unwrap_or_default().to_owned();
+                    set.insert("outbox", doc! { "id": id, "ver": ver });
+                }
+                self.pairs
+                    .update_one(
+                        doc! { "_id": key.as_str(), "state": { "$exists": false } },
+                        doc! { "$set": set },
+                    )
+                    .await?;
+                converted += 1;
+            }
+        }
+    }
+
     pub async fn get(&self, key: &Key) -> Result<Option<StoredPair>, StoreError> {
         self.bounded(async {
             let found = self.pairs.find_one(doc! { "_id": key.as_str() }).await?;
@@ -176,134 +249,148 @@ impl Store {
         .await
     }
 
-    /// Writes a local change if the stored version is still `expected` (`None`: no
-    /// document at all), together with the outbox mark for `event_id`.
+    /// Forgets the conflicts recorded for `key`.
+    pub async fn dismiss_conflicts(&self, key: &Key) -> Result<(), StoreError> {
+        self.bounded(async {
+            self.pairs
+                .update_one(
+                    doc! { "_id": key.as_str() },
+                    doc! { "$unset": { "conflicts": "" } },
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The conflicts this node recorded for `key`, oldest first.
+    pub async fn conflicts(&self, key: &Key) -> Result<Vec<RecordedConflict>, StoreError> {
+        self.bounded(async {
+            let found = self
+                .pairs
+                .find_one(doc! { "_id": key.as_str() })
+                .projection(doc! { "conflicts": 1 })
+                .await?;
+            Ok(match found {
+                Some(d) => decode_conflicts(&d)?,
+                None => Vec::new(),
+            })
+        })
+        .await
+    }
+
+    /// Writes a local change if the document is still at `expected` (`None`: no document
+    /// at all), together with the outbox mark of the change's event.
     pub async fn write_local(
         &self,
         key: &Key,
-        expected: Option<&Version>,
-        entry: &Entry,
+        expected: Option<i64>,
+        state: &PairState,
         event_id: Uuid,
+        version: &Version,
     ) -> Result<(), CasError> {
         self.bounded(async {
-            let mut document = entry_doc(entry);
-            document.insert("outbox", outbox_doc(entry, event_id));
-            match expected {
-                None => {
-                    document.insert("_id", key.as_str());
-                    match self.pairs.insert_one(document).await {
-                        Ok(_) => Ok(()),
-                        Err(e) if is_duplicate_key(&e) => Err(CasError::Conflict),
-                        Err(e) => Err(StoreError::from(e).into()),
-                    }
-                }
-                Some(expected) => {
-                    let filter = doc! { "_id": key.as_str(), "ver": expected.to_string() };
-                    let result = self
-                        .pairs
-                        .replace_one(filter, document)
-                        .await
-                        .map_err(StoreError::from)?;
-                    if result.matched_count == 1 {
-                        Ok(())
-                    } else {
-                        Err(CasError::Conflict)
-                    }
-                }
-            }
+            let mut set = state_fields(state);
+            set.insert(
+                "outbox",
+                doc! { "id": event_id.to_string(), "ver": version.to_string() },
+            );
+            self.swap(key, expected, set).await
         })
         .await
     }
 
-    /// Writes a local change (with its outbox mark) if `entry.version` is newer than
-    /// whatever is stored, for writes with no precondition. Creating a key and replacing
-    /// a live pair take one round trip; reviving a tombstone, or finding a newer
-    /// version, two or three.
-    pub async fn write_local_if_newer(
+    /// One compare-and-swap: insert when `expected` is `None`, else update at that rev.
+    async fn swap(
         &self,
         key: &Key,
-        entry: &Entry,
-        event_id: Uuid,
-    ) -> Result<LocalWrite, StoreError> {
-        self.bounded(async {
-            let mut document = entry_doc(entry);
-            document.insert("outbox", outbox_doc(entry, event_id));
-            let version = entry.version.to_string();
-            // One conditional upsert covers the common cases. Its insert collides when
-            // the key holds a tombstone (which answers "created", so it must be told
-            // apart), a version at least as new, or a racing insert: the steps below
-            // sort those out.
-            let live_and_older =
-                doc! { "_id": key.as_str(), "ver": { "$lt": &version }, "deleted": false };
-            match self
-                .pairs
-                .update_one(live_and_older, doc! { "$set": document.clone() })
-                .upsert(true)
-                .await
-            {
-                Ok(r) if r.upserted_id.is_some() => return Ok(LocalWrite::Created),
-                Ok(r) if r.matched_count == 1 => return Ok(LocalWrite::Replaced),
-                Ok(_) => {}
-                Err(e) if is_duplicate_key(&e) => {}
-                Err(e) => return Err(e.into()),
+        expected: Option<i64>,
+        mut set: Document,
+    ) -> Result<(), CasError> {
+        match expected {
+            None => {
+                set.insert("_id", key.as_str());
+                set.insert("rev", 1_i64);
+                match self.pairs.insert_one(set).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if is_duplicate_key(&e) => Err(CasError::Conflict),
+                    Err(e) => Err(StoreError::from(e).into()),
+                }
             }
-            let filter = doc! { "_id": key.as_str(), "ver": { "$lt": &version } };
-            let before = self
-                .pairs
-                .find_one_and_update(filter, doc! { "$set": document.clone() })
-                .return_document(ReturnDocument::Before)
-                .projection(doc! { "deleted": 1 })
-                .await?;
-            if let Some(before) = before {
-                return Ok(if decode_deleted(&before)? {
-                    LocalWrite::Created
+            Some(rev) => {
+                set.insert("rev", rev + 1);
+                let result = self
+                    .pairs
+                    .update_one(
+                        doc! { "_id": key.as_str(), "rev": rev },
+                        doc! { "$set": set },
+                    )
+                    .await
+                    .map_err(StoreError::from)?;
+                if result.matched_count == 1 {
+                    Ok(())
                 } else {
-                    LocalWrite::Replaced
-                });
+                    Err(CasError::Conflict)
+                }
             }
-            // No pair, or a newer one: the insert's duplicate-key error tells which. (Not an
-            // upsert: servers disagree on how a findAndModify upsert reports a collision.)
-            document.insert("_id", key.as_str());
-            match self.pairs.insert_one(document).await {
-                Ok(_) => Ok(LocalWrite::Created),
-                Err(e) if is_duplicate_key(&e) => Ok(LocalWrite::Stale),
-                Err(e) => Err(e.into()),
-            }
-        })
-        .await
+        }
     }
 
-    /// Applies a peer's change if it is newer than what is stored: one conditional
-    /// upsert, so a stale or duplicate event changes nothing. A pending outbox mark of
-    /// our own is kept: that change is still published (and is stale for the peers).
-    pub async fn apply_remote(&self, event: &Event) -> Result<Outcome, StoreError> {
-        self.bounded(async {
-            let version = event.version.to_string();
-            let filter = doc! { "_id": event.key.as_str(), "ver": { "$lt": &version } };
-            let update = doc! { "$set": entry_doc(&Entry::from_event(event)) };
-            match self
-                .pairs
-                .update_one(filter.clone(), update.clone())
-                .upsert(true)
-                .await
-            {
-                Ok(_) => Ok(Outcome::Applied),
-                // The upsert's insert collided: the key exists, either with a version at
-                // least as new, or because another write created it in the meantime. Pairs
-                // are never removed (deletes are tombstones), so the same update without
-                // upsert now tells which.
-                Err(e) if is_duplicate_key(&e) => {
-                    let result = self.pairs.update_one(filter, update).await?;
-                    Ok(if result.matched_count == 1 {
-                        Outcome::Applied
-                    } else {
-                        Outcome::Stale
+    /// Merges a peer's state into the key's: read, merge, conditional write, again if
+    /// another write got in between. A stale or duplicate event writes nothing. A pending
+    /// outbox mark of our own is kept: the relay publishes the merged state.
+    pub async fn apply_remote(&self, event: &Event, now_ms: i64) -> Result<Applied, StoreError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let found = self
+                .bounded(async {
+                    Ok::<_, StoreError>(
+                        self.pairs
+                            .find_one(doc! { "_id": event.key.as_str() })
+                            .await?,
+                    )
+                })
+                .await?;
+            let (mut state, rev, mut recorded) = match &found {
+                Some(d) => {
+                    let pair = decode_pair(d)?;
+                    (pair.state, Some(pair.rev), pair.conflicts)
+                }
+                None => (PairState::default(), None, Vec::new()),
+            };
+            let (changed, conflicts) = state.merge(&event.state);
+            if !changed {
+                return Ok(Applied {
+                    outcome: Outcome::Stale,
+                    state,
+                    conflicts,
+                });
+            }
+            let mut set = state_fields(&state);
+            if !conflicts.is_empty() {
+                recorded.extend(conflicts.iter().map(|c| RecordedConflict {
+                    at_ms: now_ms,
+                    conflict: c.clone(),
+                }));
+                let excess = recorded.len().saturating_sub(CONFLICTS_KEPT);
+                recorded.drain(..excess);
+                set.insert("conflicts", conflicts_bson(&recorded)?);
+            }
+            match self.bounded(self.swap(&event.key, rev, set)).await {
+                Ok(()) => {
+                    return Ok(Applied {
+                        outcome: Outcome::Applied,
+                        state,
+                        conflicts,
                     })
                 }
-                Err(e) => Err(e.into()),
+                Err(CasError::Conflict) => continue,
+                Err(CasError::Store(e)) => return Err(e),
             }
-        })
-        .await
+        }
+        Err(StoreError::Backend(format!(
+            "key {:?} changed {MAX_ATTEMPTS} times while a peer's change was merged into it",
+            event.key.as_str()
+        )))
     }
 
     /// Clears the outbox marks of events the broker has acknowledged, in one operation.
@@ -328,11 +415,12 @@ impl Store {
         .await
     }
 
-    /// Up to `limit` changes awaiting publication.
+    /// Up to `limit` changes awaiting publication, each with its key's current state.
     pub async fn pending(&self, limit: i64) -> Result<Vec<Event>, StoreError> {
         let mut cursor = self
             .pairs
             .find(doc! { "outbox.id": { "$exists": true } })
+            .projection(doc! { "conflicts": 0 })
             .limit(limit)
             .await?;
         let mut events = Vec::new();
@@ -427,28 +515,34 @@ impl Store {
             .await?)
     }
 
-    /// Digest over every (key, version, deleted), tombstones included. Streams the
-    /// cursor and hashes as it goes, so memory stays flat whatever the size; the HTTP
-    /// request timeout bounds its time.
+    /// Digest over every key's state fingerprint, tombstones included. Streams the cursor
+    /// and hashes as it goes, so memory stays flat whatever the size; the HTTP request
+    /// timeout bounds its time.
     pub async fn digest(&self) -> Result<(u64, String), StoreError> {
         let mut cursor = self
             .pairs
             .find(doc! {})
             .sort(doc! { "_id": 1 })
-            .projection(doc! { "_id": 1, "ver": 1, "deleted": 1 })
+            .projection(doc! { "_id": 1, "ver": 1, "deleted": 1, "fp": 1 })
             .await?;
         let mut digest = Digest::new();
         while let Some(d) = cursor.try_next().await? {
             let key = decode_key(&d)?;
-            let version = decode_version(&d, "ver")?;
-            digest.add(key.as_str(), &version, decode_deleted(&d)?);
+            let version = d.get_str("ver").unwrap_or_default();
+            let fp = d.get_str("fp").unwrap_or_default();
+            digest.add(key.as_str(), version, decode_bool(&d, "deleted")?, fp);
         }
         Ok(digest.finish())
     }
 
-    /// Every stored entry in key order, tombstones included (for tests and tools).
+    /// Every stored pair in key order, tombstones included (for tests and tools).
     pub async fn dump(&self) -> Result<Vec<StoredPair>, StoreError> {
-        let mut cursor = self.pairs.find(doc! {}).sort(doc! { "_id": 1 }).await?;
+        let mut cursor = self
+            .pairs
+            .find(doc! {})
+            .projection(doc! { "conflicts": 0 })
+            .sort(doc! { "_id": 1 })
+            .await?;
         let mut out = Vec::new();
         while let Some(d) = cursor.try_next().await? {
             out.push(decode_pair(&d)?);
@@ -474,33 +568,25 @@ impl Store {
     }
 }
 
-fn values_bson(values: Option<&Values>) -> Bson {
-    match values {
-        Some(v) => Bson::Array(
-            v.as_slice()
-                .iter()
-                .map(|s| Bson::String(s.clone()))
-                .collect(),
-        ),
-        None => Bson::Null,
+/// The fields a write sets: the state, and what queries need of it.
+fn state_fields(state: &PairState) -> Document {
+    let state_doc =
+        mongodb::bson::to_document(&state.to_wire()).expect("a state always converts to BSON");
+    let values: Vec<Bson> = state
+        .items()
+        .map(|i| Bson::String(i.value.to_owned()))
+        .collect();
+    doc! {
+        "state": state_doc,
+        "ver": state.version().map(ToString::to_string).unwrap_or_default(),
+        "deleted": !state.is_live(),
+        "values": values,
+        "fp": state.fingerprint(),
     }
 }
 
-fn entry_doc(entry: &Entry) -> Document {
-    doc! {
-        "values": values_bson(entry.values.as_ref()),
-        "deleted": entry.is_tombstone(),
-        "ver": entry.version.to_string(),
-    }
-}
-
-fn outbox_doc(entry: &Entry, event_id: Uuid) -> Document {
-    doc! {
-        "id": event_id.to_string(),
-        "ver": entry.version.to_string(),
-        "values": values_bson(entry.values.as_ref()),
-        "deleted": entry.is_tombstone(),
-    }
+fn conflicts_bson(recorded: &[RecordedConflict]) -> Result<Bson, StoreError> {
+    mongodb::bson::to_bson(recorded).map_err(|e| StoreError::Backend(e.to_string()))
 }
 
 fn corrupt(d: &Document, reason: impl Into<String>) -> StoreError {
@@ -524,52 +610,72 @@ fn decode_version(d: &Document, field: &str) -> Result<Version, StoreError> {
         .map_err(|e: kvsync_core::VersionError| corrupt(d, e.to_string()))
 }
 
-fn decode_deleted(d: &Document) -> Result<bool, StoreError> {
-    // Lenient: some servers hand back booleans written by other tools as numbers.
-    match d.get("deleted") {
+/// Lenient: some servers hand back booleans written by other tools as numbers.
+fn decode_bool(d: &Document, field: &str) -> Result<bool, StoreError> {
+    match d.get(field) {
         Some(Bson::Boolean(b)) => Ok(*b),
         Some(Bson::Int32(i)) => Ok(*i != 0),
         Some(Bson::Int64(i)) => Ok(*i != 0),
         None | Some(Bson::Null) => Ok(false),
-        Some(_) => Err(corrupt(d, "deleted is not a boolean")),
+        Some(_) => Err(corrupt(d, format!("{field} is not a boolean"))),
     }
 }
 
-fn decode_values(
-    d: &Document,
-    key: &Key,
-    field: &str,
-    deleted: bool,
-) -> Result<Option<Values>, StoreError> {
-    if deleted {
-        return Ok(None);
+/// Lenient too: small Int64 values may come back as Int32.
+fn decode_int(d: &Document, field: &str) -> Result<i64, StoreError> {
+    match d.get(field) {
+        Some(Bson::Int32(i)) => Ok(i64::from(*i)),
+        Some(Bson::Int64(i)) => Ok(*i),
+        Some(Bson::Double(f)) if f.fract() == 0.0 => Ok(*f as i64),
+        _ => Err(corrupt(d, format!("{field} is not an integer"))),
     }
-    let array = d
-        .get_array(field)
-        .map_err(|_| corrupt(d, format!("{field} is not an array")))?;
-    let values = array
+}
+
+fn decode_strings(d: &Document, field: &str) -> Result<Vec<String>, StoreError> {
+    d.get_array(field)
+        .map_err(|_| corrupt(d, format!("{field} is not an array")))?
         .iter()
         .map(|b| b.as_str().map(str::to_owned))
         .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| corrupt(d, format!("{field} holds a non-string")))?;
-    Values::new(values, key.as_str().len())
-        .map(Some)
-        .map_err(|e| corrupt(d, e.to_string()))
+        .ok_or_else(|| corrupt(d, format!("{field} holds a non-string")))
+}
+
+fn decode_state(d: &Document) -> Result<PairState, StoreError> {
+    let state = match d.get("state") {
+        Some(Bson::Document(s)) => s,
+        None => {
+            return Err(corrupt(
+                d,
+                "stored in the layout of an earlier release; the node converts such pairs when it starts",
+            ))
+        }
+        Some(_) => return Err(corrupt(d, "state is not a document")),
+    };
+    let wire: StateWire = mongodb::bson::from_document(state.clone())
+        .map_err(|e| corrupt(d, format!("state: {e}")))?;
+    PairState::from_wire(wire).map_err(|e| corrupt(d, format!("state: {e}")))
 }
 
 fn decode_pair(d: &Document) -> Result<StoredPair, StoreError> {
-    let key = decode_key(d)?;
-    let version = decode_version(d, "ver")?;
-    let deleted = decode_deleted(d)?;
-    let values = decode_values(d, &key, "values", deleted)?;
     Ok(StoredPair {
-        key,
-        entry: Entry { values, version },
+        key: decode_key(d)?,
+        state: decode_state(d)?,
+        rev: decode_int(d, "rev")?,
+        conflicts: decode_conflicts(d)?,
     })
 }
 
+fn decode_conflicts(d: &Document) -> Result<Vec<RecordedConflict>, StoreError> {
+    match d.get("conflicts") {
+        None | Some(Bson::Null) => Ok(Vec::new()),
+        Some(b) => {
+            mongodb::bson::from_bson(b.clone()).map_err(|e| corrupt(d, format!("conflicts: {e}")))
+        }
+    }
+}
+
 fn decode_outbox(d: &Document) -> Result<Event, StoreError> {
-    let key = decode_key(d)?;
+    let pair = decode_pair(d)?;
     let outbox = d
         .get_document("outbox")
         .map_err(|_| corrupt(d, "outbox is not a document"))?;
@@ -579,16 +685,11 @@ fn decode_outbox(d: &Document) -> Result<Event, StoreError> {
         .and_then(|s| Uuid::parse_str(s).ok())
         .ok_or_else(|| corrupt(d, "outbox.id is not a UUID"))?;
     let version = decode_version(outbox, "ver")?;
-    let deleted = decode_deleted(outbox)?;
-    let op = match decode_values(outbox, &key, "values", deleted)? {
-        Some(values) => Op::Put(values),
-        None => Op::Delete,
-    };
     Ok(Event {
         id,
         origin: version.node.clone(),
-        key,
+        key: pair.key,
         version,
-        op,
+        state: pair.state,
     })
 }

@@ -1,11 +1,13 @@
-//! The store against a real MongoDB-protocol server: the merge rule as conditional
-//! writes, compare-and-swap, and the outbox life cycle.
+//! The store against a real MongoDB-protocol server: merges as read-merge-conditional
+//! writes, compare-and-swap, recorded conflicts, conversion of the earlier layout, and the
+//! outbox life cycle.
 
 use std::time::Duration;
 
-use kvsync_core::{Entry, Event, Key, NodeId, Op, Outcome, Timestamp, Values, Version};
-use kvsync_store::{CasError, LocalWrite, Store};
+use kvsync_core::{Event, Key, NodeId, Op, Outcome, PairState, Timestamp, Values, Version};
+use kvsync_store::{CasError, Store};
 use kvsync_testkit::{Mongo, Tools};
+use mongodb::bson::doc;
 
 struct Fixture {
     store: Store,
@@ -42,41 +44,65 @@ fn put(k: &str, ms: u64, node: &str, values: &[&str]) -> Event {
     Event::new(key(k), version(ms, node), Op::Put(values))
 }
 
-fn delete(k: &str, ms: u64, node: &str) -> Event {
-    Event::new(key(k), version(ms, node), Op::Delete)
+async fn values(store: &Store, k: &str) -> Option<Vec<String>> {
+    let pair = store.get(&key(k)).await.unwrap()?;
+    pair.is_live().then(|| pair.state.values())
 }
 
-async fn stored(store: &Store, k: &str) -> Option<Entry> {
-    store.get(&key(k)).await.unwrap().map(|p| p.entry)
+async fn apply(store: &Store, event: &Event) -> Outcome {
+    store.apply_remote(event, 0).await.unwrap().outcome
+}
+
+/// A local write as the node makes it: read, change, conditional write.
+async fn write(
+    store: &Store,
+    k: &str,
+    ms: u64,
+    change: impl Fn(&mut PairState, &Version),
+) -> Event {
+    let pair = store.get(&key(k)).await.unwrap();
+    let mut state = pair.as_ref().map(|p| p.state.clone()).unwrap_or_default();
+    let at = version(ms, "n1");
+    change(&mut state, &at);
+    let event = Event::of_state(key(k), at, state);
+    store
+        .write_local(
+            &event.key,
+            pair.map(|p| p.rev),
+            &event.state,
+            event.id,
+            &event.version,
+        )
+        .await
+        .unwrap();
+    event
 }
 
 #[tokio::test]
-async fn remote_applies_follow_the_merge_rule() {
+async fn remote_applies_merge_and_duplicates_change_nothing() {
     let f = fixture().await;
     let s = &f.store;
     let newer = put("k", 20, "n2", &["new"]);
-    assert_eq!(s.apply_remote(&newer).await.unwrap(), Outcome::Applied);
+    assert_eq!(apply(s, &newer).await, Outcome::Applied);
+    assert_eq!(apply(s, &newer).await, Outcome::Stale, "duplicate");
+    // An older whole write loses whole: its list is hidden, the state records it.
     assert_eq!(
-        s.apply_remote(&newer).await.unwrap(),
-        Outcome::Stale,
-        "duplicate"
+        apply(s, &put("k", 10, "n1", &["old"])).await,
+        Outcome::Applied
     );
     assert_eq!(
-        s.apply_remote(&put("k", 10, "n1", &["old"])).await.unwrap(),
+        apply(s, &put("k", 10, "n1", &["old"])).await,
         Outcome::Stale
     );
-    assert_eq!(stored(s, "k").await, Some(Entry::from_event(&newer)));
+    assert_eq!(values(s, "k").await.unwrap(), ["new"]);
 
-    // A tombstone blocks older puts and is itself replaced by newer ones.
-    let tomb = delete("k", 30, "n1");
-    assert_eq!(s.apply_remote(&tomb).await.unwrap(), Outcome::Applied);
-    assert_eq!(
-        s.apply_remote(&put("k", 25, "n2", &["zombie"]))
-            .await
-            .unwrap(),
-        Outcome::Stale
-    );
-    assert!(stored(s, "k").await.unwrap().is_tombstone());
+    // A delete that saw the list removes it; an older write it saw cannot revive it.
+    let mut state = s.get(&key("k")).await.unwrap().unwrap().state;
+    state.delete(&version(30, "n1"));
+    let tomb = Event::of_state(key("k"), version(30, "n1"), state);
+    assert_eq!(apply(s, &tomb).await, Outcome::Applied);
+    assert_eq!(apply(s, &newer).await, Outcome::Stale);
+    assert_eq!(values(s, "k").await, None);
     assert_eq!(s.list("", None, 10).await.unwrap().0.len(), 0);
     assert_eq!(
         s.digest().await.unwrap().0,
@@ -90,31 +116,56 @@ async fn remote_applies_follow_the_merge_rule() {
 }
 
 #[tokio::test]
-async fn local_writes_are_conditional_and_leave_an_outbox_mark() {
+async fn concurrent_edits_record_a_conflict_that_can_be_dismissed() {
     let f = fixture().await;
     let s = &f.store;
-    let first = put("k", 10, "n1", &["a"]);
-    let w = s
-        .write_local_if_newer(&first.key, &Entry::from_event(&first), first.id)
+    let base = put("k", 10, "n1", &["x"]);
+    assert_eq!(apply(s, &base).await, Outcome::Applied);
+    let x = base.state.items().next().unwrap().id.clone();
+    let edit = |ms, node: &str, v: &str| {
+        let mut state = base.state.clone();
+        state.edit(&x, v.into(), &version(ms, node), 1).unwrap();
+        Event::of_state(key("k"), version(ms, node), state)
+    };
+    assert_eq!(apply(s, &edit(20, "n1", "mine")).await, Outcome::Applied);
+    let applied = s
+        .apply_remote(&edit(21, "n2", "theirs"), 1234)
         .await
         .unwrap();
-    assert_eq!(w, LocalWrite::Created);
-    let second = put("k", 11, "n1", &["b"]);
-    let w = s
-        .write_local_if_newer(&second.key, &Entry::from_event(&second), second.id)
-        .await
-        .unwrap();
-    assert_eq!(w, LocalWrite::Replaced);
-    // An older version writes nothing.
-    let late = put("k", 5, "n1", &["late"]);
-    let w = s
-        .write_local_if_newer(&late.key, &Entry::from_event(&late), late.id)
-        .await
-        .unwrap();
-    assert_eq!(w, LocalWrite::Stale);
-    assert_eq!(stored(s, "k").await, Some(Entry::from_event(&second)));
+    assert_eq!(applied.conflicts.len(), 1);
+    assert_eq!(values(s, "k").await.unwrap(), ["theirs"]);
+    let recorded = s.conflicts(&key("k")).await.unwrap();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].at_ms, 1234);
+    assert_eq!(recorded[0].conflict.lost, ["mine"]);
+    assert_eq!(s.get(&key("k")).await.unwrap().unwrap().conflicts, recorded);
+    // A local write keeps the record; dismissing forgets it.
+    write(s, "k", 30, |st, at| {
+        drop(st.append("more".into(), at, 1).unwrap())
+    })
+    .await;
+    assert_eq!(s.conflicts(&key("k")).await.unwrap().len(), 1);
+    s.dismiss_conflicts(&key("k")).await.unwrap();
+    assert!(s.conflicts(&key("k")).await.unwrap().is_empty());
+}
 
-    // Only the newest change is pending; clearing a superseded id clears nothing.
+#[tokio::test]
+async fn local_writes_are_compare_and_swap_and_leave_an_outbox_mark() {
+    let f = fixture().await;
+    let s = &f.store;
+    let first = write(s, "k", 10, |st, at| {
+        st.replace(vec!["a".into()], at, 1).unwrap()
+    })
+    .await;
+    let second = write(s, "k", 11, |st, at| {
+        drop(st.append("b".into(), at, 1).unwrap())
+    })
+    .await;
+    assert_eq!(values(s, "k").await.unwrap(), ["a", "b"]);
+    let rev = s.get(&key("k")).await.unwrap().unwrap().rev;
+    assert_eq!(rev, 2);
+
+    // Only the newest change is pending, with the key's current state.
     assert_eq!(s.pending(10).await.unwrap(), vec![second.clone()]);
     s.clear_outboxes(&[(first.key.clone(), first.id)])
         .await
@@ -125,73 +176,43 @@ async fn local_writes_are_conditional_and_leave_an_outbox_mark() {
         .unwrap();
     assert_eq!(s.count_pending().await.unwrap(), 0);
 
-    // Compare-and-swap: the expected version must still be the stored one.
-    let third = delete("k", 12, "n1");
-    let stale_expectation = Some(&first.version);
-    let r = s
-        .write_local(
-            &third.key,
-            stale_expectation,
-            &Entry::from_event(&third),
-            third.id,
-        )
+    // Compare-and-swap: the document must still be at the expected rev.
+    let state = PairState::default();
+    let v = version(12, "n1");
+    let stale = s
+        .write_local(&key("k"), Some(rev - 1), &state, first.id, &v)
         .await;
-    assert!(matches!(r, Err(CasError::Conflict)));
-    s.write_local(
-        &third.key,
-        Some(&second.version),
-        &Entry::from_event(&third),
-        third.id,
-    )
-    .await
-    .unwrap();
+    assert!(matches!(stale, Err(CasError::Conflict)));
     assert!(matches!(
-        s.write_local(
-            &key("fresh"),
-            None,
-            &Entry::from_event(&put("fresh", 1, "n1", &[])),
-            third.id
-        )
-        .await,
+        s.write_local(&key("fresh"), None, &state, first.id, &v)
+            .await,
         Ok(())
     ));
     assert!(matches!(
-        s.write_local(
-            &key("fresh"),
-            None,
-            &Entry::from_event(&put("fresh", 2, "n1", &[])),
-            third.id
-        )
-        .await,
+        s.write_local(&key("fresh"), None, &state, first.id, &v)
+            .await,
         Err(CasError::Conflict)
     ));
-
-    // A tombstone over a live pair counts as created again.
-    let back = put("k", 13, "n1", &["back"]);
-    let w = s
-        .write_local_if_newer(&back.key, &Entry::from_event(&back), back.id)
-        .await
-        .unwrap();
-    assert_eq!(w, LocalWrite::Created);
 }
 
 #[tokio::test]
 async fn marks_are_cleared_in_batches_by_event_id() {
     let f = fixture().await;
     let s = &f.store;
-    let events: Vec<Event> = (0..5)
-        .map(|i| put(&format!("k{i}"), 10, "n1", &["v"]))
-        .collect();
-    for e in &events {
-        s.write_local_if_newer(&e.key, &Entry::from_event(e), e.id)
-            .await
-            .unwrap();
+    let mut events = Vec::new();
+    for i in 0..5 {
+        events.push(
+            write(s, &format!("k{i}"), 10, |st, at| {
+                st.replace(vec!["v".into()], at, 1).unwrap()
+            })
+            .await,
+        );
     }
     // k0 changes again before its first publication is acknowledged.
-    let newer = put("k0", 11, "n1", &["w"]);
-    s.write_local_if_newer(&newer.key, &Entry::from_event(&newer), newer.id)
-        .await
-        .unwrap();
+    let newer = write(s, "k0", 11, |st, at| {
+        st.replace(vec!["w".into()], at, 1).unwrap()
+    })
+    .await;
     assert_eq!(s.count_pending().await.unwrap(), 5);
     let acked: Vec<(Key, uuid::Uuid)> = events[..4].iter().map(|e| (e.key.clone(), e.id)).collect();
     s.clear_outboxes(&acked).await.unwrap();
@@ -210,18 +231,57 @@ async fn marks_are_cleared_in_batches_by_event_id() {
 }
 
 #[tokio::test]
-async fn a_remote_apply_keeps_a_pending_local_change() {
+async fn a_remote_apply_keeps_a_pending_local_change_and_it_publishes_the_merge() {
     let f = fixture().await;
     let s = &f.store;
-    let mine = put("k", 10, "n1", &["mine"]);
-    s.write_local_if_newer(&mine.key, &Entry::from_event(&mine), mine.id)
-        .await
+    let mine = write(s, "k", 10, |st, at| {
+        drop(st.append("mine".into(), at, 1).unwrap())
+    })
+    .await;
+    let mut theirs = PairState::default();
+    theirs
+        .append("theirs".into(), &version(20, "n2"), 1)
         .unwrap();
-    let theirs = put("k", 20, "n2", &["theirs"]);
-    assert_eq!(s.apply_remote(&theirs).await.unwrap(), Outcome::Applied);
-    // Our change was acknowledged, so it is still published (peers will find it stale).
-    assert_eq!(s.pending(10).await.unwrap(), vec![mine]);
-    assert_eq!(stored(s, "k").await, Some(Entry::from_event(&theirs)));
+    let theirs = Event::of_state(key("k"), version(20, "n2"), theirs);
+    assert_eq!(apply(s, &theirs).await, Outcome::Applied);
+    // Both appends stay; our change is still published, now with the merged state.
+    assert_eq!(values(s, "k").await.unwrap(), ["mine", "theirs"]);
+    let pending = s.pending(10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        (pending[0].id, &pending[0].version),
+        (mine.id, &mine.version)
+    );
+    assert_eq!(pending[0].state.values(), ["mine", "theirs"]);
+}
+
+#[tokio::test]
+async fn pairs_of_the_earlier_layout_are_converted_alike_everywhere() {
+    let f = fixture().await;
+    let s = &f.store;
+    let client = mongodb::Client::with_uri_str(f._mongo.uri()).await.unwrap();
+    let raw = client
+        .database("test")
+        .collection::<mongodb::bson::Document>("pairs");
+    let v = version(10, "n1").to_string();
+    raw.insert_many([
+        doc! { "_id": "live", "values": ["a", "b"], "deleted": false, "ver": &v,
+               "outbox": { "id": uuid::Uuid::now_v7().to_string(), "ver": &v, "values": ["a", "b"], "deleted": false } },
+        doc! { "_id": "gone", "values": null, "deleted": true, "ver": &v },
+    ])
+    .await
+    .unwrap();
+    // Never misread: until converted, reading such a pair is an error that says why.
+    let err = s.get(&key("live")).await.unwrap_err().to_string();
+    assert!(err.contains("earlier release"), "{err}");
+    assert_eq!(s.convert_legacy().await.unwrap(), 2);
+    assert_eq!(s.convert_legacy().await.unwrap(), 0, "idempotent");
+    assert_eq!(values(s, "live").await.unwrap(), ["a", "b"]);
+    assert_eq!(values(s, "gone").await, None);
+    let expected = put("live", 10, "n1", &["a", "b"]).state;
+    assert_eq!(s.get(&key("live")).await.unwrap().unwrap().state, expected);
+    // The pending publication survives the conversion.
+    assert_eq!(s.pending(10).await.unwrap()[0].state, expected);
 }
 
 #[tokio::test]
@@ -232,9 +292,7 @@ async fn listing_pages_through_a_prefix_in_byte_order() {
         .iter()
         .enumerate()
     {
-        s.apply_remote(&put(k, i as u64 + 1, "n1", &["v"]))
-            .await
-            .unwrap();
+        apply(s, &put(k, i as u64 + 1, "n1", &["v"])).await;
     }
     let keys = |page: &[kvsync_store::StoredPair]| {
         page.iter()
@@ -257,9 +315,12 @@ async fn live_keys_page_in_key_order_past_tombstones() {
     let f = fixture().await;
     let s = &f.store;
     for k in ["d", "a", "c", "b", "e"] {
-        s.apply_remote(&put(k, 10, "n1", &["v"])).await.unwrap();
+        apply(s, &put(k, 10, "n1", &["v"])).await;
     }
-    s.apply_remote(&delete("b", 20, "n1")).await.unwrap();
+    // A delete made after seeing the pair.
+    let mut seen = put("b", 10, "n1", &["v"]).state;
+    seen.delete(&version(20, "n1"));
+    apply(s, &Event::of_state(key("b"), version(20, "n1"), seen)).await;
     let page = |after: Option<&'static str>| async move {
         s.live_keys(after, 2)
             .await

@@ -104,10 +104,15 @@ impl From<AppError> for ApiError {
     fn from(e: AppError) -> Self {
         match e {
             AppError::NotFound => Self::not_found("no pair with this key"),
+            AppError::NoSuchValue(id) => Self::new(
+                StatusCode::NOT_FOUND,
+                "no_such_value",
+                format!("the pair has no value with id {id} (removed or replaced meanwhile?)"),
+            ),
             AppError::PreconditionFailed { current } => Self {
                 current: Some(
                     current
-                        .map(|p| json!(PairBody::from(&p)))
+                        .map(|p| json!(PairBody::from(&*p)))
                         .unwrap_or(Value::Null),
                 ),
                 ..Self::new(

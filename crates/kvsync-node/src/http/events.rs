@@ -26,7 +26,7 @@ pub struct EventsParams {
 }
 
 /// `hello` on connect, then one `change` per change applied on this node (local or
-/// replicated) whose key has the prefix. `resync` tells a client that fell too far
+/// replicated) whose key has the prefix, and one `conflict` per conflict settled here. `resync` tells a client that fell too far
 /// behind to reload, since it missed changes. At most `KVSYNC_MAX_EVENT_STREAMS` at once.
 pub async fn events(
     State(ctx): State<Ctx>,
@@ -45,9 +45,8 @@ pub async fn events(
         yield Ok(hello);
         loop {
             match rx.recv().await {
-                Ok(change) if change.key.starts_with(&prefix) => {
-                    let data = serde_json::to_string(&*change).expect("a change serializes");
-                    yield Ok(Event::default().event("change").data(data));
+                Ok(item) if item.key().starts_with(&prefix) => {
+                    yield Ok(Event::default().event(item.name()).data(item.json()));
                 }
                 Ok(_) => {}
                 Err(RecvError::Lagged(_)) => yield Ok(Event::default().event("resync").data("{}")),

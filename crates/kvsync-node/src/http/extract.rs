@@ -5,7 +5,7 @@ use axum::{
     http::{header, request::Parts, HeaderMap},
     Json,
 };
-use kvsync_core::{Key, Version};
+use kvsync_core::{state::ElemIdError, ElemId, Key, Version};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -20,6 +20,22 @@ impl<S: Send + Sync> FromRequestParts<S> for KeyPath {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let Path(raw) = Path::<String>::from_request_parts(parts, state).await?;
         Ok(Self(Key::parse(raw)?))
+    }
+}
+
+/// `/api/pairs/{key}/values/{id}`: a key and the id of one of its values.
+pub struct ValuePath(pub Key, pub ElemId);
+
+impl<S: Send + Sync> FromRequestParts<S> for ValuePath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path((key, id)) = Path::<(String, String)>::from_request_parts(parts, state).await?;
+        let key = Key::parse(key)?;
+        let id = id
+            .parse()
+            .map_err(|e: ElemIdError| ApiError::bad_request("invalid_value_id", e.to_string()))?;
+        Ok(Self(key, id))
     }
 }
 

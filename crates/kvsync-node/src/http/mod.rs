@@ -16,7 +16,7 @@ use axum::{
     http::{header, HeaderValue, Method, StatusCode},
     middleware::{self, Next},
     response::Response,
-    routing::{get, post},
+    routing::{get, post, put},
     Router,
 };
 use tokio_util::sync::CancellationToken;
@@ -55,6 +55,14 @@ pub fn router(ctx: Ctx, cors_origins: &[String]) -> Router {
             get(pairs::get).put(pairs::put).delete(pairs::delete),
         )
         .route("/api/pairs/{key}/values", post(pairs::append))
+        .route(
+            "/api/pairs/{key}/values/{id}",
+            put(pairs::edit_value).delete(pairs::remove_value),
+        )
+        .route(
+            "/api/pairs/{key}/conflicts",
+            get(pairs::conflicts).delete(pairs::dismiss_conflicts),
+        )
         .route("/api/events", get(events::events))
         .route("/api/node", get(ops::node))
         .route("/api/digest", get(ops::digest))

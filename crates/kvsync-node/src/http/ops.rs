@@ -92,6 +92,7 @@ pub async fn node(State(ctx): State<Ctx>) -> Json<serde_json::Value> {
             "events_skipped_stale": m.skipped_stale.get(),
             "events_skipped_own": m.skipped_own.get(),
             "events_rejected": m.rejected_total(),
+            "conflicts": m.conflicts_total(),
             "consumer_recoveries": m.consumer_recoveries.get(),
             "publisher_recoveries": m.publisher_recoveries.get(),
         },

@@ -19,10 +19,10 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::{
     error::ApiError,
-    extract::{precondition, JsonBody, KeyPath, Q},
+    extract::{precondition, JsonBody, KeyPath, ValuePath, Q},
     Ctx,
 };
-use crate::app::{rfc3339, Written};
+use crate::app::{elements, rfc3339, ConflictNote, ValueBody, Written};
 
 pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 1000;
@@ -32,24 +32,31 @@ pub const MAX_PAGE: usize = 1000;
 pub struct PairBody {
     pub key: String,
     pub values: Vec<String>,
+    /// The same values with their ids, for writes of one value.
+    pub elements: Vec<ValueBody>,
     pub version: String,
     pub updated_at: String,
     pub origin: String,
+    /// Conflicts this node settled for the key, oldest first (only when there are some).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<ConflictNote>,
 }
 
 impl From<&StoredPair> for PairBody {
     fn from(p: &StoredPair) -> Self {
+        let version = p.version();
         Self {
             key: p.key.as_str().to_owned(),
-            values: p
-                .entry
-                .values
-                .as_ref()
-                .map(|v| v.as_slice().to_vec())
-                .unwrap_or_default(),
-            version: p.entry.version.to_string(),
-            updated_at: rfc3339(p.entry.version.ts.wall_ms),
-            origin: p.origin().to_string(),
+            values: p.state.values(),
+            elements: elements(&p.state),
+            version: version.map(ToString::to_string).unwrap_or_default(),
+            updated_at: rfc3339(version.map_or(0, |v| v.ts.wall_ms)),
+            origin: version.map(|v| v.node.to_string()).unwrap_or_default(),
+            conflicts: p
+                .conflicts
+                .iter()
+                .map(|c| ConflictNote::new(&p.key, c.conflict.clone(), c.at_ms.max(0) as u64))
+                .collect(),
         }
     }
 }
@@ -60,9 +67,9 @@ fn etag(version: &Version) -> HeaderValue {
 
 fn pair_response(status: StatusCode, pair: &StoredPair) -> Response {
     let mut response = (status, Json(PairBody::from(pair))).into_response();
-    response
-        .headers_mut()
-        .insert(header::ETAG, etag(&pair.entry.version));
+    if let Some(version) = pair.version() {
+        response.headers_mut().insert(header::ETAG, etag(version));
+    }
     response
 }
 
@@ -148,6 +155,55 @@ pub async fn append(
 ) -> Result<Response, ApiError> {
     let pre = precondition(&headers)?;
     Ok(written(ctx.app.append(&key, body.value, &pre).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValueBodyIn {
+    value: String,
+}
+
+/// Changes one value in place.
+pub async fn edit_value(
+    State(ctx): State<Ctx>,
+    ValuePath(key, id): ValuePath,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<ValueBodyIn>,
+) -> Result<Response, ApiError> {
+    let pre = precondition(&headers)?;
+    Ok(written(ctx.app.edit(&key, &id, body.value, &pre).await?))
+}
+
+/// Removes one value; the pair stays.
+pub async fn remove_value(
+    State(ctx): State<Ctx>,
+    ValuePath(key, id): ValuePath,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let pre = precondition(&headers)?;
+    Ok(written(ctx.app.remove_value(&key, &id, &pre).await?))
+}
+
+/// The conflicts this node settled for a key, oldest first.
+pub async fn conflicts(
+    State(ctx): State<Ctx>,
+    KeyPath(key): KeyPath,
+) -> Result<Response, ApiError> {
+    let recorded = ctx.app.store.conflicts(&key).await?;
+    let notes: Vec<ConflictNote> = recorded
+        .into_iter()
+        .map(|c| ConflictNote::new(&key, c.conflict, c.at_ms.max(0) as u64))
+        .collect();
+    Ok(Json(json!({ "conflicts": notes })).into_response())
+}
+
+/// Forgets the conflicts recorded for a key (they were seen, or restored).
+pub async fn dismiss_conflicts(
+    State(ctx): State<Ctx>,
+    KeyPath(key): KeyPath,
+) -> Result<StatusCode, ApiError> {
+    ctx.app.store.dismiss_conflicts(&key).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn delete(
