@@ -20,9 +20,10 @@ use crate::{
 pub const SCHEMA: u32 = 2;
 /// The last-writer-wins format of earlier releases, still accepted.
 pub const LEGACY_SCHEMA: u32 = 1;
-/// Largest encoded event accepted: a maximal pair with its element metadata and
-/// tombstones, plus room for JSON escaping.
-pub const MAX_EVENT_BYTES: usize = 8 * MAX_PAIR_BYTES;
+/// Largest encoded event accepted: a maximal pair (1 MiB of values, at most 10,000 of
+/// them, each with about 150 bytes of element metadata, plus 1,000 tombstones) with room
+/// for JSON escaping.
+pub const MAX_EVENT_BYTES: usize = 4 * MAX_PAIR_BYTES;
 
 /// A whole-list write, the way schema 1 described every change.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -444,11 +444,11 @@ async fn poison_events_are_counted_logged_and_skipped() {
         let version = Version::new(Timestamp::new(wall_ms, 0), foreign.clone());
         Event::new(key, version, Op::Put(values))
     };
-    // The event format, with `values` filled beyond the limits.
+    // The event format, with a value filled beyond the limits.
     let stuffed = |key: &str, value_len: usize| {
         let mut e: Value =
             serde_json::from_slice(&event(key, now_ms(), vec!["x".into()]).encode()).unwrap();
-        e["values"] = json!(["x".repeat(value_len)]);
+        e["state"]["els"][0]["value"] = json!("x".repeat(value_len));
         serde_json::to_vec(&e).unwrap()
     };
     let day_ms = 24 * 3600 * 1000;
@@ -465,10 +465,10 @@ async fn poison_events_are_counted_logged_and_skipped() {
         ),
         (
             "poison/schema",
-            br#"{"schema":2,"key":"poison/schema"}"#.to_vec(),
+            br#"{"schema":3,"key":"poison/schema"}"#.to_vec(),
             "schema",
         ),
-        ("poison/value", stuffed("poison/value", 70_000), "values"),
+        ("poison/value", stuffed("poison/value", 70_000), "state"),
         (
             "poison/huge",
             stuffed("poison/huge", MAX_EVENT_BYTES + 1024),
@@ -553,7 +553,7 @@ async fn poison_events_are_counted_logged_and_skipped() {
     for needle in [
         "skipping invalid event",
         "not valid JSON",
-        "unsupported event schema 2",
+        "unsupported event schema 3",
         "ahead of this node's clock",
         "bytes; the limit is",
     ] {

@@ -120,6 +120,7 @@ pub struct Applied {
     pub outcome: Outcome,
     /// The state after the merge.
     pub state: PairState,
+    /// Conflicts settled by this merge and not recorded for the key before.
     pub conflicts: Vec<Conflict>,
 }
 
@@ -357,8 +358,11 @@ impl Store {
                 }
                 None => (PairState::default(), None, Vec::new()),
             };
-            let (changed, conflicts) = state.merge(&event.state);
-            if !changed {
+            let (changed, mut conflicts) = state.merge(&event.state);
+            // A conflict can be settled without the state changing (the local write won),
+            // and the same event may come again: keep only conflicts not recorded yet.
+            conflicts.retain(|c| !recorded.iter().any(|r| &r.conflict == c));
+            if !changed && conflicts.is_empty() {
                 return Ok(Applied {
                     outcome: Outcome::Stale,
                     state,
@@ -375,10 +379,15 @@ impl Store {
                 recorded.drain(..excess);
                 set.insert("conflicts", conflicts_bson(&recorded)?);
             }
+            let outcome = if changed {
+                Outcome::Applied
+            } else {
+                Outcome::Stale
+            };
             match self.bounded(self.swap(&event.key, rev, set)).await {
                 Ok(()) => {
                     return Ok(Applied {
-                        outcome: Outcome::Applied,
+                        outcome,
                         state,
                         conflicts,
                     })

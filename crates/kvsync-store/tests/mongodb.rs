@@ -150,6 +150,34 @@ async fn concurrent_edits_record_a_conflict_that_can_be_dismissed() {
 }
 
 #[tokio::test]
+async fn a_conflict_is_recorded_once_even_where_the_local_write_won() {
+    let f = fixture().await;
+    let s = &f.store;
+    let base = put("k", 10, "n1", &["x"]);
+    apply(s, &base).await;
+    let x = base.state.items().next().unwrap().id.clone();
+    let edit = |ms, node: &str, v: &str| {
+        let mut state = base.state.clone();
+        state.edit(&x, v.into(), &version(ms, node), 1).unwrap();
+        Event::of_state(key("k"), version(ms, node), state)
+    };
+    assert_eq!(
+        apply(s, &edit(40, "n1", "mine won")).await,
+        Outcome::Applied
+    );
+    // The state does not change (the stored edit wins), yet the loser is recorded.
+    let lost = s.apply_remote(&edit(35, "n2", "theirs"), 0).await.unwrap();
+    assert_eq!((lost.outcome, lost.conflicts.len()), (Outcome::Stale, 1));
+    // A redelivery records nothing new.
+    let again = s.apply_remote(&edit(35, "n2", "theirs"), 0).await.unwrap();
+    assert_eq!((again.outcome, again.conflicts.len()), (Outcome::Stale, 0));
+    let recorded = s.conflicts(&key("k")).await.unwrap();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].conflict.lost, ["theirs"]);
+    assert_eq!(values(s, "k").await.unwrap(), ["mine won"]);
+}
+
+#[tokio::test]
 async fn local_writes_are_compare_and_swap_and_leave_an_outbox_mark() {
     let f = fixture().await;
     let s = &f.store;

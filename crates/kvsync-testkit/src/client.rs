@@ -10,14 +10,34 @@ pub struct Client {
     token: Option<String>,
 }
 
-/// A pair as the API returns it.
+/// A pair as the API returns it (without the conflicts, which each node records for
+/// itself: see [`Client::conflicts`]).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Pair {
     pub key: String,
     pub values: Vec<String>,
+    #[serde(default)]
+    pub elements: Vec<Element>,
     pub version: String,
     pub updated_at: String,
     pub origin: String,
+}
+
+/// One value of a pair, with the id that element-level writes name it by.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Element {
+    pub id: String,
+    pub value: String,
+}
+
+impl Pair {
+    /// The id of the first value equal to `value`.
+    pub fn id_of(&self, value: &str) -> Option<&str> {
+        self.elements
+            .iter()
+            .find(|e| e.value == value)
+            .map(|e| e.id.as_str())
+    }
 }
 
 fn path_key(key: &str) -> String {
@@ -97,6 +117,44 @@ impl Client {
             .send()
             .await?;
         Self::pair_from(resp).await
+    }
+
+    /// Changes the value with id `id` in place.
+    pub async fn edit(&self, key: &str, id: &str, value: &str) -> Result<Pair> {
+        let resp = self
+            .request(reqwest::Method::PUT, &self.value_url(key, id))
+            .json(&json!({ "value": value }))
+            .send()
+            .await?;
+        Self::pair_from(resp).await
+    }
+
+    /// Removes the value with id `id`; the pair stays.
+    pub async fn remove_value(&self, key: &str, id: &str) -> Result<Pair> {
+        let resp = self
+            .request(reqwest::Method::DELETE, &self.value_url(key, id))
+            .send()
+            .await?;
+        Self::pair_from(resp).await
+    }
+
+    pub fn value_url(&self, key: &str, id: &str) -> String {
+        format!("{}/values/{}", self.pair_url(key), path_key(id))
+    }
+
+    /// The conflicts this node recorded for `key`, oldest first.
+    pub async fn conflicts(&self, key: &str) -> Result<Vec<Value>> {
+        let v: Value = self
+            .request(
+                reqwest::Method::GET,
+                &format!("{}/conflicts", self.pair_url(key)),
+            )
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(v["conflicts"].as_array().cloned().unwrap_or_default())
     }
 
     /// `Ok(None)` when the pair is absent.

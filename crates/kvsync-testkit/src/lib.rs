@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-pub use client::{Client, Pair};
+pub use client::{Client, Element, Pair};
 pub use clock::{build_shim, ClockOffset};
 pub use process::{free_port, listens_on, Proc};
 pub use proxy::{Cut, Proxy};
