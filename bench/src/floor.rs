@@ -222,7 +222,7 @@ pub async fn run(target: &Target, args: &FloorArgs) -> Result<Option<FloorResult
         let prefix = format!("kvsync-bench-floor-{id}/");
         for i in 0..20 {
             store
-                .apply_remote(&event(format!("{prefix}warmup/{i}"), &mut rng)?, 0)
+                .apply_remote(&event(format!("{prefix}warmup/{i}"), &mut rng)?, 0, None)
                 .await?;
         }
         let pb = progress::bar(
@@ -239,7 +239,7 @@ pub async fn run(target: &Target, args: &FloorArgs) -> Result<Option<FloorResult
             ticker.tick().await;
             let e = event(format!("{prefix}remote/{i}"), &mut rng)?;
             let t0 = Instant::now();
-            match store.apply_remote(&e, 0).await {
+            match store.apply_remote(&e, 0, None).await {
                 Ok(_) => remote.push(ms(t0.elapsed())),
                 Err(_) => errors += 1,
             }

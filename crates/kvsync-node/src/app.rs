@@ -14,7 +14,7 @@ use kvsync_store::{CasError, Store, StoreError, StoredPair};
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, Notify, OnceCell};
 
-use crate::{clock_watch::ClockWatch, metrics::Metrics};
+use crate::{clock_watch::ClockWatch, metrics::Metrics, state_cache::StateCache};
 
 /// How often a local write re-reads and retries when a concurrent change slipped in
 /// between its read and its conditional write.
@@ -221,6 +221,8 @@ pub struct App {
     ready: OnceCell<()>,
     feed: broadcast::Sender<Arc<FeedItem>>,
     outbox: mpsc::Sender<Event>,
+    /// Recent states with their revisions: a write starts from them instead of a read.
+    cache: StateCache,
     /// Asks the relay to scan the outbox: a change did not fit in its queue, or a
     /// publication failed.
     pub rescan: Notify,
@@ -243,6 +245,7 @@ impl App {
             ready: OnceCell::new(),
             feed: broadcast::channel(FEED_CAPACITY).0,
             outbox,
+            cache: StateCache::default(),
             rescan: Notify::new(),
         }
     }
@@ -303,10 +306,20 @@ impl App {
     {
         self.check_clock()?;
         self.ensure_ready().await?;
+        let mut cached = self.cache.get(key);
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let stored = self.store.get(key).await?;
+            let from_cache = cached.is_some();
+            let stored = match cached.take() {
+                Some(pair) => Some(pair),
+                None => self.store.get(key).await?,
+            };
             let live = stored.as_ref().filter(|p| p.is_live());
             if !pre.check(live) {
+                if from_cache {
+                    // The cache may be behind the database: judge on a fresh read.
+                    self.cache.forget(key);
+                    continue;
+                }
                 return Err(AppError::PreconditionFailed {
                     current: live.cloned().map(Box::new),
                 });
@@ -333,6 +346,7 @@ impl App {
                             .unwrap_or_default(),
                     };
                     let created = live.is_none();
+                    self.cache.put(pair.clone());
                     self.committed(event);
                     return Ok(Written {
                         pair,
@@ -340,8 +354,11 @@ impl App {
                         element,
                     });
                 }
-                Err(CasError::Conflict) => continue,
-                Err(CasError::Store(e)) => return Err(self.write_failed(e)),
+                Err(CasError::Conflict) => self.cache.forget(key),
+                Err(CasError::Store(e)) => {
+                    self.cache.forget(key);
+                    return Err(self.write_failed(e));
+                }
             }
         }
         Err(AppError::Contended)
@@ -488,14 +505,22 @@ impl App {
         self.ensure_ready().await?;
         self.observe(event.version.ts);
         let now = now_ms();
-        let applied = self.store.apply_remote(event, now as i64).await?;
+        let known = self.cache.get(&event.key);
+        let applied = match self.store.apply_remote(event, now as i64, known).await {
+            Ok(applied) => applied,
+            Err(e) => {
+                self.cache.forget(&event.key);
+                return Err(e);
+            }
+        };
         if applied.outcome == Outcome::Applied {
             self.announce(FeedItem::Change(Change::of(
                 &event.key,
-                &applied.state,
+                &applied.pair.state,
                 &event.origin,
             )));
         }
+        self.cache.put(applied.pair);
         for conflict in applied.conflicts {
             self.metrics.conflict(&conflict.kind);
             tracing::info!(

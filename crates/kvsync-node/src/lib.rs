@@ -15,6 +15,7 @@ pub mod members;
 pub mod metrics;
 pub mod relay;
 pub mod replicator;
+mod state_cache;
 
 use std::{future::IntoFuture, net::SocketAddr, sync::Arc, time::Duration};
 

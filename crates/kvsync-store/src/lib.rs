@@ -118,8 +118,8 @@ pub enum CasError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
     pub outcome: Outcome,
-    /// The state after the merge.
-    pub state: PairState,
+    /// The pair after the merge, as stored.
+    pub pair: StoredPair,
     /// Conflicts settled by this merge and not recorded for the key before.
     pub conflicts: Vec<Conflict>,
 }
@@ -338,24 +338,23 @@ impl Store {
     }
 
     /// Merges a peer's state into the key's: read, merge, conditional write, again if
-    /// another write got in between. A stale or duplicate event writes nothing. A pending
-    /// outbox mark of our own is kept: the relay publishes the merged state.
-    pub async fn apply_remote(&self, event: &Event, now_ms: i64) -> Result<Applied, StoreError> {
+    /// another write got in between. `known` is the pair as the caller last saw it, which
+    /// saves the first read (a stale one only costs a retry). A stale or duplicate event
+    /// writes nothing. A pending outbox mark of our own is kept: the relay publishes the
+    /// merged state.
+    pub async fn apply_remote(
+        &self,
+        event: &Event,
+        now_ms: i64,
+        mut known: Option<StoredPair>,
+    ) -> Result<Applied, StoreError> {
         for _ in 0..MAX_ATTEMPTS {
-            let found = self
-                .bounded(async {
-                    Ok::<_, StoreError>(
-                        self.pairs
-                            .find_one(doc! { "_id": event.key.as_str() })
-                            .await?,
-                    )
-                })
-                .await?;
-            let (mut state, rev, mut recorded) = match &found {
-                Some(d) => {
-                    let pair = decode_pair(d)?;
-                    (pair.state, Some(pair.rev), pair.conflicts)
-                }
+            let pair = match known.take() {
+                Some(pair) => Some(pair),
+                None => self.get(&event.key).await?,
+            };
+            let (mut state, rev, mut recorded) = match pair {
+                Some(p) => (p.state, Some(p.rev), p.conflicts),
                 None => (PairState::default(), None, Vec::new()),
             };
             let (changed, mut conflicts) = state.merge(&event.state);
@@ -365,7 +364,12 @@ impl Store {
             if !changed && conflicts.is_empty() {
                 return Ok(Applied {
                     outcome: Outcome::Stale,
-                    state,
+                    pair: StoredPair {
+                        key: event.key.clone(),
+                        state,
+                        rev: rev.unwrap_or(0),
+                        conflicts: recorded,
+                    },
                     conflicts,
                 });
             }
@@ -388,7 +392,12 @@ impl Store {
                 Ok(()) => {
                     return Ok(Applied {
                         outcome,
-                        state,
+                        pair: StoredPair {
+                            key: event.key.clone(),
+                            state,
+                            rev: rev.map_or(1, |r| r + 1),
+                            conflicts: recorded,
+                        },
                         conflicts,
                     })
                 }

@@ -50,7 +50,7 @@ async fn values(store: &Store, k: &str) -> Option<Vec<String>> {
 }
 
 async fn apply(store: &Store, event: &Event) -> Outcome {
-    store.apply_remote(event, 0).await.unwrap().outcome
+    store.apply_remote(event, 0, None).await.unwrap().outcome
 }
 
 /// A local write as the node makes it: read, change, conditional write.
@@ -129,7 +129,7 @@ async fn concurrent_edits_record_a_conflict_that_can_be_dismissed() {
     };
     assert_eq!(apply(s, &edit(20, "n1", "mine")).await, Outcome::Applied);
     let applied = s
-        .apply_remote(&edit(21, "n2", "theirs"), 1234)
+        .apply_remote(&edit(21, "n2", "theirs"), 1234, None)
         .await
         .unwrap();
     assert_eq!(applied.conflicts.len(), 1);
@@ -166,10 +166,16 @@ async fn a_conflict_is_recorded_once_even_where_the_local_write_won() {
         Outcome::Applied
     );
     // The state does not change (the stored edit wins), yet the loser is recorded.
-    let lost = s.apply_remote(&edit(35, "n2", "theirs"), 0).await.unwrap();
+    let lost = s
+        .apply_remote(&edit(35, "n2", "theirs"), 0, None)
+        .await
+        .unwrap();
     assert_eq!((lost.outcome, lost.conflicts.len()), (Outcome::Stale, 1));
     // A redelivery records nothing new.
-    let again = s.apply_remote(&edit(35, "n2", "theirs"), 0).await.unwrap();
+    let again = s
+        .apply_remote(&edit(35, "n2", "theirs"), 0, None)
+        .await
+        .unwrap();
     assert_eq!((again.outcome, again.conflicts.len()), (Outcome::Stale, 0));
     let recorded = s.conflicts(&key("k")).await.unwrap();
     assert_eq!(recorded.len(), 1);
@@ -360,4 +366,32 @@ async fn live_keys_page_in_key_order_past_tombstones() {
     assert_eq!(page(None).await, ["a", "c"]);
     assert_eq!(page(Some("c")).await, ["d", "e"]);
     assert_eq!(page(Some("e")).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_stale_known_pair_costs_a_retry_not_a_lost_write() {
+    let f = fixture().await;
+    let s = &f.store;
+    let mut first = PairState::default();
+    first.append("a".into(), &version(10, "n2"), 1).unwrap();
+    apply(s, &Event::of_state(key("k"), version(10, "n2"), first)).await;
+    let stale = s.get(&key("k")).await.unwrap();
+    let mut second = PairState::default();
+    second.append("b".into(), &version(11, "n3"), 1).unwrap();
+    apply(s, &Event::of_state(key("k"), version(11, "n3"), second)).await;
+    // The caller still believes the first revision: the swap fails, a fresh read follows.
+    let mut third = PairState::default();
+    third.append("c".into(), &version(12, "n4"), 1).unwrap();
+    let applied = s
+        .apply_remote(
+            &Event::of_state(key("k"), version(12, "n4"), third),
+            0,
+            stale,
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.outcome, Outcome::Applied);
+    assert_eq!(applied.pair.rev, 3);
+    assert_eq!(values(s, "k").await.unwrap(), ["a", "b", "c"]);
+    assert_eq!(applied.pair, s.get(&key("k")).await.unwrap().unwrap());
 }
