@@ -112,24 +112,21 @@ impl fmt::Display for ApiError {
 
 impl ApiError {
     async fn read(response: Response) -> Error {
-        #[derive(Deserialize)]
-        struct Body {
-            error: String,
-            #[serde(default)]
-            detail: String,
-            current: Option<Value>,
-        }
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
-        let e = match serde_json::from_str::<Body>(&text) {
-            Ok(b) => ApiError {
+        let body: Value = serde_json::from_str(&text).unwrap_or_default();
+        let field = |name: &str| body.get(name).and_then(Value::as_str).map(str::to_owned);
+        let e = match field("error") {
+            Some(code) => ApiError {
                 status,
-                code: b.error,
-                detail: b.detail,
-                current: b.current,
+                code,
+                detail: field("detail").unwrap_or_default(),
+                // Present and null: the pair does not exist (an Option<Value> field
+                // would read that as absent).
+                current: body.get("current").cloned(),
             },
             // Not one of ours (a proxy in between, say): show what came, briefly.
-            Err(_) => ApiError {
+            None => ApiError {
                 status,
                 code: "http_error".into(),
                 detail: text.chars().take(200).collect::<String>().trim().to_owned(),
