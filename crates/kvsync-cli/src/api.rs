@@ -47,6 +47,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// Names `key` in an error the node answered about it.
+    fn about(mut self, key: &str) -> Self {
+        if let Error::Api(e) = &mut self {
+            e.key = Some(key.to_owned());
+        }
+        self
+    }
+
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Api(e) if e.status == StatusCode::NOT_FOUND => exit::NOT_FOUND,
@@ -84,6 +92,8 @@ impl Error {
 /// The API's `{"error","detail"}` answer (and `current` with a 412).
 #[derive(Debug, thiserror::Error)]
 pub struct ApiError {
+    /// The key the request was about, if any, to name it in the message.
+    pub key: Option<String>,
     pub status: StatusCode,
     pub code: String,
     pub detail: String,
@@ -92,6 +102,9 @@ pub struct ApiError {
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
         write!(
             f,
             "{} ({}, HTTP {})",
@@ -118,6 +131,7 @@ impl ApiError {
         let field = |name: &str| body.get(name).and_then(Value::as_str).map(str::to_owned);
         let e = match field("error") {
             Some(code) => ApiError {
+                key: None,
                 status,
                 code,
                 detail: field("detail").unwrap_or_default(),
@@ -127,6 +141,7 @@ impl ApiError {
             },
             // Not one of ours (a proxy in between, say): show what came, briefly.
             None => ApiError {
+                key: None,
                 status,
                 code: "http_error".into(),
                 detail: text.chars().take(200).collect::<String>().trim().to_owned(),
@@ -239,9 +254,8 @@ impl Api {
     }
 
     pub async fn get(&self, key: &str) -> Result<Pair, Error> {
-        let r = self
-            .send(self.request(Method::GET, &pair_path(key)?))
-            .await?;
+        let r = self.request(Method::GET, &pair_path(key)?);
+        let r = self.send(r).await.map_err(|e| e.about(key))?;
         self.json(r).await
     }
 
@@ -254,8 +268,8 @@ impl Api {
         let r = self
             .request(Method::PUT, &pair_path(key)?)
             .json(&serde_json::json!({ "values": values }));
-        let r = self.send(with_if_match(r, if_match)).await?;
-        self.written(r).await
+        let r = self.send(with_if_match(r, if_match)).await;
+        self.written(r.map_err(|e| e.about(key))?).await
     }
 
     pub async fn append(
@@ -267,13 +281,15 @@ impl Api {
         let r = self
             .request(Method::POST, &format!("{}/values", pair_path(key)?))
             .json(&serde_json::json!({ "value": value }));
-        let r = self.send(with_if_match(r, if_match)).await?;
-        self.written(r).await
+        let r = self.send(with_if_match(r, if_match)).await;
+        self.written(r.map_err(|e| e.about(key))?).await
     }
 
     pub async fn delete(&self, key: &str, if_match: Option<&str>) -> Result<(), Error> {
         let r = self.request(Method::DELETE, &pair_path(key)?);
-        self.send(with_if_match(r, if_match)).await?;
+        self.send(with_if_match(r, if_match))
+            .await
+            .map_err(|e| e.about(key))?;
         Ok(())
     }
 
@@ -375,6 +391,7 @@ mod tests {
     #[test]
     fn precondition_failed_names_the_current_version() {
         let e = ApiError {
+            key: Some("k".into()),
             status: StatusCode::PRECONDITION_FAILED,
             code: "precondition_failed".into(),
             detail: "changed".into(),
@@ -382,7 +399,7 @@ mod tests {
         };
         assert_eq!(
             e.to_string(),
-            "changed (precondition_failed, HTTP 412); its version now is v2"
+            "k: changed (precondition_failed, HTTP 412); its version now is v2"
         );
         assert_eq!(Error::from(e).exit_code(), exit::PRECONDITION_FAILED);
     }

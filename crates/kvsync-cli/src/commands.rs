@@ -165,6 +165,10 @@ fn confirmed(api: &Api) -> Result<bool, Error> {
             what: "reading the confirmation".into(),
             source,
         })?;
+    if !std::io::stdin().is_terminal() {
+        // What was read was not echoed: end the prompt's line.
+        eprintln!();
+    }
     Ok(answer.trim() == "yes")
 }
 
@@ -213,7 +217,8 @@ async fn clear(api: &Api, out: &Out) -> Result<(), Error> {
     if out.json {
         out.json(&answer)
     } else {
-        out.line(format_args!("deleted {} pairs", answer.deleted))
+        let s = if answer.deleted == 1 { "" } else { "s" };
+        out.line(format_args!("deleted {} pair{s}", answer.deleted))
     }
 }
 

@@ -39,15 +39,22 @@ pub async fn run(api: &Api, out: &Out, prefix: &str) -> Result<(), Error> {
         delay: FIRST_DELAY,
     };
     loop {
-        let lost = match api.events(prefix).await {
-            Ok(response) => follow(api, out, response, prefix, &mut state).await?,
-            Err(e @ Error::Unreachable { .. }) if state.connected => e.to_string(),
+        let note = match api.events(prefix).await {
+            Ok(response) => {
+                let lost = follow(api, out, response, prefix, &mut state).await?;
+                format!("lost the event stream ({lost}); reconnecting")
+            }
+            Err(e @ Error::Unreachable { .. }) if state.connected => {
+                format!("cannot reconnect ({e}); trying again")
+            }
             // Busy (too many streams) or shutting down: worth another try.
-            Err(Error::Api(e)) if state.connected && e.status.is_server_error() => e.to_string(),
+            Err(Error::Api(e)) if state.connected && e.status.is_server_error() => {
+                format!("cannot reconnect ({e}); trying again")
+            }
             Err(e) => return Err(e),
         };
         eprintln!(
-            "kvsync: lost the event stream ({lost}); reconnecting in {}",
+            "kvsync: {note} in {}",
             humantime::format_duration(state.delay)
         );
         tokio::time::sleep(state.delay).await;
@@ -80,7 +87,11 @@ async fn follow(
                         "kvsync: reconnected to {node}; changes made while disconnected are not shown"
                     );
                 } else {
-                    eprintln!("kvsync: watching {node} for changes to keys starting with {prefix:?}");
+                    let which = match prefix {
+                        "" => "every key".to_owned(),
+                        p => format!("keys starting with {p:?}"),
+                    };
+                    eprintln!("kvsync: watching {node} for changes to {which}");
                 }
                 state.connected = true;
                 state.delay = FIRST_DELAY;

@@ -279,8 +279,12 @@ async fn preconditions_and_missing_keys(u1: &str, a: &Client) {
     assert_eq!(values_of(a, "guarded").await, None);
 
     // Missing keys: 1 (and If-Match on a missing key fails its precondition).
-    kvsync(u1, &["rm", "guarded"]).await.fails(1, "not_found");
-    kvsync(u1, &["get", "guarded"]).await.fails(1, "not_found");
+    kvsync(u1, &["rm", "guarded"])
+        .await
+        .fails(1, "guarded: no pair with this key (not_found, HTTP 404)");
+    kvsync(u1, &["get", "guarded"])
+        .await
+        .fails(1, "guarded: no pair with this key");
     kvsync(u1, &["get", "guarded", "--json"])
         .await
         .fails(1, "not_found");
