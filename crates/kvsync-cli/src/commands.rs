@@ -1,0 +1,255 @@
+//! What each subcommand does with the API and prints.
+
+use std::io::{IsTerminal, Write};
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::{
+    api::{exit, Api, Error, Written},
+    input, watch, Command,
+};
+
+/// Standard output: human lines, or JSON with `--json`.
+pub struct Out {
+    pub json: bool,
+}
+
+impl Out {
+    pub fn line(&self, line: impl std::fmt::Display) -> Result<(), Error> {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{line}")?;
+        // Line by line, so `watch` output reaches a pipe as it happens.
+        stdout.flush()?;
+        Ok(())
+    }
+
+    pub fn json(&self, value: &impl Serialize) -> Result<(), Error> {
+        self.line(serde_json::to_string(value).expect("JSON serializes"))
+    }
+}
+
+pub async fn run(api: &Api, out: &Out, command: Command) -> Result<u8, Error> {
+    match command {
+        Command::Get { key } => {
+            let pair = api.get(&key).await?;
+            if out.json {
+                out.json(&pair)?;
+            } else {
+                for v in &pair.values {
+                    out.line(v)?;
+                }
+            }
+        }
+        Command::Put {
+            key,
+            values,
+            file,
+            json_values,
+            if_match,
+        } => {
+            let values = input::values(values, file.as_deref(), json_values)?;
+            written(out, api.put(&key, &values, if_match.as_deref()).await?)?;
+        }
+        Command::Append {
+            key,
+            value,
+            if_match,
+        } => written(out, api.append(&key, &value, if_match.as_deref()).await?)?,
+        Command::Rm { key, if_match } => {
+            api.delete(&key, if_match.as_deref()).await?;
+            if out.json {
+                out.json(&json!({ "key": key, "deleted": true }))?;
+            } else {
+                out.line(format_args!("deleted {key}"))?;
+            }
+        }
+        Command::Ls {
+            prefix,
+            limit,
+            page_size,
+        } => ls(api, out, &prefix, limit, page_size.into()).await?,
+        Command::Watch { prefix } => watch::run(api, out, &prefix).await?,
+        Command::Clear { yes } => {
+            if !yes && !confirmed(api)? {
+                return Err(Error::Usage("not confirmed; nothing was deleted".into()));
+            }
+            clear(api, out).await?;
+        }
+        Command::Node => {
+            let node = api.node().await?;
+            if out.json {
+                out.json(&node)?;
+            } else {
+                out.line(serde_json::to_string_pretty(&node).expect("JSON serializes"))?;
+            }
+        }
+        Command::Ready => {
+            let (ready, report) = api.ready().await?;
+            if out.json {
+                out.json(&report)?;
+            } else {
+                let node = report["node"].as_str().unwrap_or("?");
+                if ready {
+                    out.line(format_args!("{node} is ready"))?;
+                } else {
+                    out.line(format_args!("{node} is not ready:"))?;
+                    for r in report["reasons"].as_array().into_iter().flatten() {
+                        out.line(format_args!("  {}", r.as_str().unwrap_or_default()))?;
+                    }
+                }
+            }
+            if !ready {
+                return Ok(exit::NOT_FOUND);
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn written(out: &Out, w: Written) -> Result<(), Error> {
+    if out.json {
+        return out.json(&w.pair);
+    }
+    let what = if w.created { "created" } else { "updated" };
+    out.line(format_args!(
+        "{what} {} (version {})",
+        w.pair.key, w.pair.version
+    ))
+}
+
+/// Follows the `next` cursor page by page, so any number of pairs is listed in
+/// bounded memory.
+async fn ls(
+    api: &Api,
+    out: &Out,
+    prefix: &str,
+    limit: Option<usize>,
+    page_size: usize,
+) -> Result<(), Error> {
+    let mut left = limit.unwrap_or(usize::MAX);
+    let mut after: Option<String> = None;
+    while left > 0 {
+        let page = api
+            .list(prefix, after.as_deref(), page_size.min(left))
+            .await?;
+        for pair in page.pairs.iter().take(left) {
+            if out.json {
+                out.json(pair)?;
+            } else {
+                out.line(&pair.key)?;
+            }
+        }
+        left = left.saturating_sub(page.pairs.len());
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    Ok(())
+}
+
+/// Asks on standard error for "yes" typed on standard input (which need not be a
+/// terminal: `echo yes | kvsync clear` works too).
+fn confirmed(api: &Api) -> Result<bool, Error> {
+    eprint!(
+        "This deletes every pair on {} and, through replication, on every node.\n\
+         Type yes to go on: ",
+        api.base()
+    );
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|source| Error::Input {
+            what: "reading the confirmation".into(),
+            source,
+        })?;
+    if !std::io::stdin().is_terminal() {
+        // What was read was not echoed: end the prompt's line.
+        eprintln!();
+    }
+    Ok(answer.trim() == "yes")
+}
+
+#[derive(Serialize, Deserialize)]
+struct ClearAnswer {
+    progress: Vec<u64>,
+    deleted: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+}
+
+async fn clear(api: &Api, out: &Out) -> Result<(), Error> {
+    let response = api.clear().await?;
+    let show = std::io::stderr().is_terminal();
+    let mut body = Vec::new();
+    let mut chunks = response.bytes_stream();
+    while let Some(chunk) = chunks.next().await {
+        body.extend_from_slice(&chunk.map_err(|e| api.stream_error(e))?);
+        if show {
+            if let Some(n) = progress_so_far(&String::from_utf8_lossy(&body)) {
+                eprint!("\rdeleted {n} pairs so far");
+            }
+        }
+    }
+    if show {
+        eprint!("\r\x1b[K");
+    }
+    let answer: ClearAnswer = serde_json::from_slice(&body).map_err(|e| {
+        Error::BadAnswer(format!(
+            "clear: {e}: {}",
+            String::from_utf8_lossy(&body)
+                .chars()
+                .take(200)
+                .collect::<String>()
+        ))
+    })?;
+    if let Some(code) = answer.error {
+        return Err(Error::ClearFailed {
+            deleted: answer.deleted,
+            code,
+            detail: answer.detail.unwrap_or_default(),
+        });
+    }
+    if out.json {
+        out.json(&answer)
+    } else {
+        let s = if answer.deleted == 1 { "" } else { "s" };
+        out.line(format_args!("deleted {} pair{s}", answer.deleted))
+    }
+}
+
+/// The latest running total in a partly received `{"progress":[500,1000,...` (a
+/// number at the end may still be cut short, so only one followed by `,` or `]`).
+fn progress_so_far(body: &str) -> Option<u64> {
+    let list = body.split_once('[')?.1;
+    let (list, closed) = match list.split_once(']') {
+        Some((l, _)) => (l, true),
+        None => (list, false),
+    };
+    let mut items: Vec<&str> = list.split(',').collect();
+    if !closed {
+        items.pop();
+    }
+    items.last()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_so_far;
+
+    #[test]
+    fn progress_reads_only_whole_numbers() {
+        assert_eq!(progress_so_far(r#"{"progress":["#), None);
+        assert_eq!(progress_so_far(r#"{"progress":[50"#), None);
+        assert_eq!(progress_so_far(r#"{"progress":[500,10"#), Some(500));
+        assert_eq!(
+            progress_so_far(r#"{"progress":[500,1000],"del"#),
+            Some(1000)
+        );
+        assert_eq!(progress_so_far(r#"{"progress":[],"deleted":0}"#), None);
+    }
+}
