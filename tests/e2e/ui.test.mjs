@@ -5,9 +5,11 @@ import assert from 'node:assert/strict';
 
 import {
   LIVE_TIMEOUT,
+  addThroughForm,
   apiClient,
   eventually,
   launchBrowser,
+  openPage as openPageIn,
   rowSel,
   rowValues,
   screenshot,
@@ -32,28 +34,12 @@ let pageB;
 const pageErrors = [];
 const dialogs = [];
 
-async function openPage(url, viewport = DESKTOP) {
-  const context = await browser.newContext({ viewport });
-  const page = await context.newPage();
-  page.on('pageerror', (err) => pageErrors.push(`${url}: ${err.message}`));
-  page.on('dialog', (d) => {
-    dialogs.push(`${d.type()}: ${d.message()}`);
-    d.dismiss().catch(() => {});
-  });
-  await page.goto(url);
-  await page.locator('#live-status[data-state="live"]').waitFor({ timeout: 30_000 });
-  return page;
+function openPage(url, viewport = DESKTOP) {
+  return openPageIn(browser, url, { viewport, errors: pageErrors, dialogs });
 }
 
 function row(page, key) {
   return page.locator(rowSel(key));
-}
-
-/** Adds a value through the page's "Add a value" form. */
-async function addThroughForm(page, key, value) {
-  await page.getByLabel('Key', { exact: true }).fill(key);
-  await page.getByLabel('Value', { exact: true }).fill(value);
-  await page.getByRole('button', { name: 'Add value', exact: true }).click();
 }
 
 before(async () => {
