@@ -9,7 +9,9 @@ import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-export const ARTIFACTS = path.join(ROOT, 'target', 'e2e-artifacts');
+/** Cargo's target directory: where the binaries are, and the artifacts go. */
+export const TARGET = path.resolve(ROOT, process.env.CARGO_TARGET_DIR || 'target');
+export const ARTIFACTS = path.join(TARGET, 'e2e-artifacts');
 /** How long to wait for a change to show up on the other node's page. */
 export const LIVE_TIMEOUT = Number(process.env.KVSYNC_E2E_LIVE_TIMEOUT_MS || 10_000);
 
@@ -31,10 +33,11 @@ export function loadPlaywright() {
 
 /**
  * Starts `kvsync-cluster --nodes N` and waits for its JSON ready line.
- * KVSYNC_CLUSTER_BIN overrides the binary (default: target/debug/kvsync-cluster).
+ * KVSYNC_CLUSTER_BIN overrides the binary (default: $CARGO_TARGET_DIR/debug/kvsync-cluster,
+ * target/ when unset).
  */
 export async function startCluster({ nodes = 2, nodeEnv = {}, timeoutMs = 120_000 } = {}) {
-  const bin = process.env.KVSYNC_CLUSTER_BIN || path.join(ROOT, 'target', 'debug', 'kvsync-cluster');
+  const bin = process.env.KVSYNC_CLUSTER_BIN || path.join(TARGET, 'debug', 'kvsync-cluster');
   if (!fs.existsSync(bin)) {
     throw new Error(`${bin} does not exist; build it with: cargo build -p kvsync-node -p kvsync-testkit`);
   }
@@ -60,7 +63,7 @@ export async function startCluster({ nodes = 2, nodeEnv = {}, timeoutMs = 120_00
   const lines = readline.createInterface({ input: child.stdout });
   const info = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
-      reject(new Error(`kvsync-cluster was not ready within ${timeoutMs / 1000} s (see target/e2e-artifacts/cluster.log)`));
+      reject(new Error(`kvsync-cluster was not ready within ${timeoutMs / 1000} s (see ${path.relative(ROOT, ARTIFACTS)}/cluster.log)`));
     }, timeoutMs);
     lines.on('line', (line) => {
       log.write(`[stdout] ${line}\n`);
@@ -78,7 +81,7 @@ export async function startCluster({ nodes = 2, nodeEnv = {}, timeoutMs = 120_00
     });
     exit.then(({ code, signal }) => {
       clearTimeout(timer);
-      reject(new Error(`kvsync-cluster exited before it was ready (code ${code}, signal ${signal}); see target/e2e-artifacts/cluster.log`));
+      reject(new Error(`kvsync-cluster exited before it was ready (code ${code}, signal ${signal}); see ${path.relative(ROOT, ARTIFACTS)}/cluster.log`));
     });
   }).catch(async (err) => {
     child.kill('SIGTERM');

@@ -494,8 +494,9 @@ describe('kvsync web UI on two nodes', { concurrency: false }, () => {
     for (const [k, v] of seed) await waitForRow(pageA, k, v);
     await row(pageA, 'user:1002').locator('[data-action="edit"]').click();
     await row(pageA, 'user:1002').getByLabel('Value 3', { exact: true }).fill('owner');
-    // A change on node 2 while node 1 edits shows the conflict notice in the screenshot.
-    await api2.append('user:1002', 'on-call');
+    // Node 2 changing the value node 1 is editing shows the conflict notice in the screenshot.
+    const admin = (await api2.get('user:1002')).json.elements[2];
+    assert.equal((await api2.editValue('user:1002', admin.id, 'superuser')).status, 200);
     await row(pageA, 'user:1002').locator('.conflict').waitFor({ timeout: LIVE_TIMEOUT });
     await pageA.locator('#add-key').fill('');
     await pageA.evaluate(() => document.activeElement.blur());
