@@ -56,6 +56,10 @@ export function keyPath(key) {
   return 'api/pairs/' + encodeURIComponent(key);
 }
 
+function valuePath(key, id) {
+  return `${keyPath(key)}/values/${encodeURIComponent(id)}`;
+}
+
 /** Turns an error response into a sentence a person can act on. */
 function describe(status, body, fallbackText) {
   const detail = body && typeof body.detail === 'string' ? body.detail : '';
@@ -154,6 +158,17 @@ function plural(n) {
   return `${n} ${n === 1 ? 'pair' : 'pairs'}`;
 }
 
+/** A conditional write; see `api.put`. */
+async function conditional(method, path, body, version) {
+  const headers = {};
+  if (version === null) headers['If-None-Match'] = '*';
+  else if (version !== undefined) headers['If-Match'] = `"${version}"`;
+  const r = await request(method, path, { body, headers, accept: [404, 412] });
+  if (r.status === 412) return { ok: false, current: r.data ? r.data.current ?? null : null };
+  if (r.status === 404) return { ok: false, gone: true };
+  return { ok: true, pair: r.data };
+}
+
 export const api = {
   node: () => request('GET', 'api/node').then((r) => r.data),
 
@@ -170,18 +185,23 @@ export const api = {
   append: (key, value) => request('POST', keyPath(key) + '/values', { body: { value } }).then((r) => r.data),
 
   /**
-   * Replaces the values. `version` is the version the edit was based on (If-Match);
+   * Replaces the whole list. `version` is the version the edit was based on (If-Match);
    * `null` means "only if it does not exist" (If-None-Match: *); `undefined` means unconditional.
    * Resolves to { ok: true, pair } or { ok: false, current } on a 412 conflict.
    */
-  async put(key, values, version) {
-    const headers = {};
-    if (version === null) headers['If-None-Match'] = '*';
-    else if (version !== undefined) headers['If-Match'] = `"${version}"`;
-    const r = await request('PUT', keyPath(key), { body: { values }, headers, accept: [412] });
-    if (r.status === 412) return { ok: false, current: r.data ? r.data.current ?? null : null };
-    return { ok: true, pair: r.data };
-  },
+  put: (key, values, version) => conditional('PUT', keyPath(key), { values }, version),
+
+  /**
+   * Changes one value in place, if the pair is still at `version`. Resolves like `put`, or to
+   * { ok: false, gone: true } when the value is no longer there.
+   */
+  editValue: (key, id, value, version) => conditional('PUT', valuePath(key, id), { value }, version),
+
+  /** Removes one value (the pair stays), if the pair is still at `version`; resolves like `editValue`. */
+  removeValue: (key, id, version) => conditional('DELETE', valuePath(key, id), undefined, version),
+
+  /** Forgets the conflicts this node recorded for the key. */
+  dismissConflicts: (key) => request('DELETE', keyPath(key) + '/conflicts').then(() => undefined),
 
   /** Deletes the pair; with `version`, only if it is still that version. */
   async remove(key, version) {

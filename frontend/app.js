@@ -48,7 +48,9 @@ const state = {
   loadSeq: 0,
   busy: 0, // loads in flight; live changes are queued meanwhile and replayed afterwards
   queue: [],
-  edits: new Map(), // key -> { baseVersion, conflict: null | { current, why }, saving }
+  edits: new Map(), // key -> { base: Map(id -> value), baseVersion, conflict: null | { current, why }, saving }
+  conflicts: new Map(), // key -> conflicts the node settled for it (shown until dismissed)
+  restoring: new Set(), // keys with a Restore under way
   rows: new Map(), // key -> <tr>
   fading: new Set(), // <tr> elements on their way out
   flash: new Set(), // keys to highlight on the next render
@@ -119,6 +121,17 @@ function formatTime(value) {
     ? d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' })
     : d.toLocaleString([], { year: 'numeric', month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
   return { text, iso: d.toISOString() };
+}
+
+/** Whether two pairs show the same: a merge of an older write keeps the version, so the values count too. */
+function samePair(a, b) {
+  if (a.version !== b.version || a.elements.length !== b.elements.length) return false;
+  return a.elements.every((e, i) => e.id === b.elements[i].id && e.value === b.elements[i].value);
+}
+
+/** Versions order as their text does (fixed-width hex clock, then the node), as on the node. */
+function olderThan(a, b) {
+  return a < b;
 }
 
 function messageOf(err) {
@@ -204,20 +217,19 @@ async function reload({ flashChanges = false } = {}) {
     const res = await api.list({ prefix: state.filter, limit });
     if (seq !== state.loadSeq) return;
     const before = state.pairs;
-    state.pairs = new Map((res.pairs || []).map((p) => [p.key, p]));
+    state.pairs = new Map();
+    state.conflicts = new Map();
+    addLoaded(res.pairs, before);
     state.next = res.next ?? null;
     state.loaded = true;
     if (flashChanges) {
-      for (const [key, p] of state.pairs) {
-        const old = before.get(key);
-        if (!old || old.version !== p.version) state.flash.add(key);
-      }
+      for (const [key, p] of state.pairs) if (before.get(key) !== p) state.flash.add(key);
       for (const key of before.keys()) if (!state.pairs.has(key)) state.fade.add(key);
     }
     for (const [key, edit] of state.edits) {
-      if (!inView(key)) continue;
+      if (!inView(key) || edit.saving) continue;
       const cur = state.pairs.get(key) || null;
-      if ((cur ? cur.version : null) !== edit.baseVersion) noteRemoteChange(key, cur);
+      if (edit.conflict || clashes(edit, cur)) noteRemoteChange(key, cur);
     }
   } catch (err) {
     if (seq === state.loadSeq) notify(`Could not load the pairs. ${messageOf(err)}`, 'error');
@@ -226,6 +238,15 @@ async function reload({ flashChanges = false } = {}) {
     if (seq === state.loadSeq) el.refresh.disabled = false;
     drainQueue();
     render();
+  }
+}
+
+/** Takes a page of pairs from the node, keeping the objects of those unchanged since `before`. */
+function addLoaded(pairs = [], before = state.pairs) {
+  for (const p of pairs) {
+    const old = before.get(p.key);
+    state.pairs.set(p.key, old && samePair(old, p) ? old : p);
+    if (p.conflicts?.length) state.conflicts.set(p.key, p.conflicts);
   }
 }
 
@@ -238,7 +259,7 @@ async function loadMore() {
   try {
     const res = await api.list({ prefix: state.filter, limit: PAGE_SIZE, after: state.next });
     if (seq !== state.loadSeq) return;
-    for (const p of res.pairs || []) state.pairs.set(p.key, p);
+    addLoaded(res.pairs);
     state.next = res.next ?? null;
   } catch (err) {
     notify(`Could not load more pairs. ${messageOf(err)}`, 'error');
@@ -255,35 +276,72 @@ function drainQueue() {
   if (state.busy > 0) return;
   const queued = state.queue;
   state.queue = [];
-  for (const change of queued) applyChange(change);
+  for (const apply of queued) apply();
 }
 
 /** Applies one change event (local or replicated) to the page. */
 function applyChange(change) {
   if (state.busy > 0) {
-    state.queue.push(change);
+    state.queue.push(() => applyChange(change));
     return;
   }
   const key = change.key;
+  const known = state.pairs.get(key);
+  // The feed brings a node's changes in order, but two writes of one key may announce
+  // theirs the other way round: an older one is already shown in the newer.
+  if (known && olderThan(change.version, known.version)) return;
   const pair = change.deleted || change.values == null
     ? null
-    : { key, values: change.values, version: change.version, updated_at: change.updated_at, origin: change.origin };
-  const known = state.pairs.get(key);
+    : { key, values: change.values, elements: change.elements || [], version: change.version, updated_at: change.updated_at, origin: change.origin };
 
   if (pair) {
-    if (known && known.version === pair.version) return; // already shown (e.g. our own save)
+    if (known && samePair(known, pair)) return; // already shown (e.g. our own save)
     if (known || inView(key)) {
       state.pairs.set(key, pair);
       state.flash.add(key);
     }
   } else if (known) {
     state.pairs.delete(key);
+    state.conflicts.delete(key);
     state.fade.add(key);
   }
 
   const edit = state.edits.get(key);
-  if (edit && !edit.saving && (pair ? pair.version : null) !== edit.baseVersion) noteRemoteChange(key, pair);
+  if (edit && !edit.saving && (edit.conflict || clashes(edit, pair))) noteRemoteChange(key, pair);
   scheduleRender();
+}
+
+/** Shows a conflict the node settled (a concurrent write lost) on the key's row. */
+function applyConflict(note) {
+  if (state.busy > 0) {
+    state.queue.push(() => applyConflict(note));
+    return;
+  }
+  const key = note.key;
+  if (!state.pairs.has(key) && !inView(key)) return;
+  const notes = state.conflicts.get(key) || [];
+  const id = (c) => JSON.stringify([c.kind, c.element, c.lost_version, c.won_version]);
+  if (notes.some((c) => id(c) === id(note))) return; // already listed (by a reload meanwhile)
+  state.conflicts.set(key, [...notes, note]);
+  scheduleRender();
+}
+
+/**
+ * Takes a pair from the node's answer to a request (a write, or a 412). The feed may have
+ * brought a newer state meanwhile, so it counts only when its version is newer than the one shown.
+ */
+function adopt(key, pair, { show = state.pairs.has(key) || inView(key) } = {}) {
+  const known = state.pairs.get(key);
+  if (!pair) {
+    if (known) {
+      state.pairs.delete(key);
+      state.fade.add(key);
+    }
+    return;
+  }
+  if (!show || (known && !olderThan(known.version, pair.version))) return;
+  state.pairs.set(key, pair);
+  state.flash.add(key);
 }
 
 let renderQueued = false;
@@ -332,12 +390,14 @@ function render() {
       renderConflict(row, key, edit);
     } else {
       const pair = state.pairs.get(key);
-      if (!row || row.classList.contains('editing') || row.dataset.version !== String(pair.version)) {
-        const fresh = viewRow(pair);
+      const notes = state.conflicts.get(key);
+      const busy = state.restoring.has(key);
+      if (!row || row.classList.contains('editing') || row._pair !== pair || row._notes !== notes || row._busy !== busy) {
+        const fresh = viewRow(pair, notes, busy);
         if (row) {
           const hadFocus = row.contains(document.activeElement) ? document.activeElement.dataset.action : null;
           row.replaceWith(fresh);
-          if (hadFocus) fresh.querySelector(`[data-action="${hadFocus}"]`)?.focus();
+          if (hadFocus) (fresh.querySelector(`[data-action="${hadFocus}"]`) || fresh.querySelector('[data-action="edit"]')).focus();
         }
         row = fresh;
         state.rows.set(key, row);
@@ -390,12 +450,12 @@ function valuesList(values, { limit = VALUES_SHOWN } = {}) {
   return list;
 }
 
-function viewRow(pair) {
+function viewRow(pair, notes, busy) {
   const when = formatTime(pair.updated_at);
   const origin = pair.origin ? String(pair.origin) : '';
-  return h('tr', { class: 'pair-row', dataset: { key: pair.key, version: String(pair.version) } },
+  const row = h('tr', { class: 'pair-row', dataset: { key: pair.key, version: String(pair.version) } },
     h('th', { scope: 'row', class: 'key-cell' }, h('span', { class: 'key-text', text: pair.key })),
-    h('td', { class: 'values-cell' }, valuesList(pair.values)),
+    h('td', { class: 'values-cell' }, valuesList(pair.values), notes?.length ? mergeNotes(pair, notes, busy) : null),
     h('td', { class: 'meta-cell' },
       origin ? h('span', { class: 'origin', title: 'Node where this change was made', text: origin }) : null,
       when.text ? h('time', { datetime: when.iso || null, title: when.iso || null, text: when.text }) : null),
@@ -403,16 +463,85 @@ function viewRow(pair) {
       h('div', { class: 'row-actions' },
         h('button', { type: 'button', class: 'btn btn-small', dataset: { action: 'edit' }, 'aria-label': `Edit values of ${pair.key}`, text: 'Edit' }),
         h('button', { type: 'button', class: 'btn btn-small btn-danger-ghost', dataset: { action: 'delete' }, 'aria-label': `Delete ${pair.key}`, text: 'Delete' }))));
+  Object.assign(row, { _pair: pair, _notes: notes, _busy: busy });
+  return row;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Conflicts: where two writes on different nodes were concurrent and one had to lose
+
+function quote(value) {
+  const chars = [...value];
+  return `“${chars.length > 60 ? chars.slice(0, 59).join('') + '…' : value}”`;
+}
+
+function conflictText(c) {
+  const won = c.won_origin || 'another node';
+  const lostBy = c.lost_origin || 'another node';
+  const lost = c.lost || [];
+  const wonValue = typeof c.won === 'string' ? c.won : null;
+  switch (c.kind) {
+    case 'edit':
+      return `A concurrent edit from ${won} replaced ${quote(lost[0] ?? '')}${wonValue === null ? '' : ` with ${quote(wonValue)}`}.`;
+    case 'replace': {
+      const shown = lost.slice(0, 5).map(quote).join(', ') + (lost.length > 5 ? `, +${lost.length - 5} more` : '');
+      return `A concurrent edit from ${won} replaced the list [${shown}].`;
+    }
+    case 'remove':
+      return `A concurrent edit from ${won} kept a value that ${lostBy} removed${wonValue === null ? '' : `: ${quote(wonValue)}`}.`;
+    case 'delete':
+      return `A concurrent edit from ${won} kept the key that ${lostBy} deleted.`;
+    default:
+      return `A concurrent write from ${won} won over one from ${lostBy}.`;
+  }
+}
+
+/** Whether a conflict lost values that are not back in the pair (only edits and replacements lose any). */
+function restorable(c, pair) {
+  const lost = c.lost || [];
+  if (c.kind === 'edit') {
+    const e = pair.elements.find((x) => x.id === c.element);
+    return e ? e.value !== lost[0] : !pair.values.includes(lost[0]);
+  }
+  return c.kind === 'replace' && lost.some((v) => !pair.values.includes(v));
+}
+
+function mergeNotes(pair, notes, busy) {
+  const lines = notes.map((c, i) => {
+    const canRestore = restorable(c, pair);
+    return h('li', { class: 'merge-note' },
+      h('span', { text: conflictText(c) }),
+      !canRestore && (c.kind === 'edit' || c.kind === 'replace') ? h('span', { class: 'merge-done', text: ' It is back in the list.' }) : null,
+      canRestore
+        ? h('button', { type: 'button', class: 'btn btn-small btn-warning', dataset: { action: 'restore', note: String(i) }, disabled: busy, 'aria-label': `Restore what ${pair.key} lost`, title: c.kind === 'edit' ? 'Puts the lost value back in its place' : 'Adds the lost values to the end of the list', text: 'Restore' })
+        : null);
+  });
+  return h('div', { class: 'merge-notes' },
+    h('ul', { class: 'merge-list' }, lines),
+    h('button', { type: 'button', class: 'btn btn-small btn-ghost', dataset: { action: 'dismiss' }, disabled: busy, 'aria-label': `Dismiss the notice about ${pair.key}`, text: 'Dismiss' }));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The editor: one field per value, each tied to the value's id, so a save writes only what changed
 
 let editorSeq = 0;
 
-function valueInputItem(value, index) {
-  const id = `ev-${++editorSeq}`;
-  return h('li', { class: 'edit-value' },
-    h('label', { class: 'visually-hidden', for: id, text: `Value ${index + 1}` }),
-    h('input', { id, type: 'text', class: 'value-input', value, autocomplete: 'off', spellcheck: 'false' }),
+/** A field for one value; `id` is the value's (none for a value the person adds). */
+function valueInputItem(value, index, id) {
+  const cid = `ev-${++editorSeq}`;
+  // A text field would drop line breaks: values with some get a text area.
+  const lines = value.split(/\r\n|\r|\n/).length;
+  const control = lines > 1
+    ? h('textarea', { id: cid, class: 'value-input', rows: String(Math.min(8, lines)), spellcheck: 'false' })
+    : h('input', { id: cid, type: 'text', class: 'value-input', autocomplete: 'off', spellcheck: 'false' });
+  control.value = value;
+  const li = h('li', { class: 'edit-value', dataset: id ? { id } : {} },
+    h('label', { class: 'visually-hidden', for: cid, text: `Value ${index + 1}` }),
+    control,
     h('button', { type: 'button', class: 'btn btn-icon', dataset: { action: 'remove-value' }, 'aria-label': `Remove value ${index + 1}`, title: 'Remove this value', text: '✕' }));
+  // What the field shows (a text area turns \r\n into \n): unchanged while it still shows this.
+  li._shown = control.value;
+  return li;
 }
 
 function renumber(list) {
@@ -423,10 +552,7 @@ function renumber(list) {
 }
 
 function editorRow(key, edit) {
-  const pair = state.pairs.get(key);
-  const values = edit.draft ?? (pair ? pair.values : []);
-  delete edit.draft;
-  const list = h('ol', { class: 'edit-values' }, values.map((v, i) => valueInputItem(v, i)));
+  const list = h('ol', { class: 'edit-values' }, [...edit.base].map(([id, v], i) => valueInputItem(v, i, id)));
   const form = h('form', { class: 'editor', 'aria-label': `Edit values of ${key}`, novalidate: true },
     h('div', { class: 'editor-head' },
       h('span', { class: 'editor-title', text: 'Editing' }),
@@ -437,7 +563,7 @@ function editorRow(key, edit) {
     h('div', { class: 'editor-actions' },
       h('button', { type: 'submit', class: 'btn btn-primary', dataset: { action: 'save' }, text: 'Save' }),
       h('button', { type: 'button', class: 'btn btn-secondary', dataset: { action: 'cancel' }, text: 'Cancel' }),
-      h('span', { class: 'editor-hint', text: 'Enter saves · Esc cancels' })));
+      h('span', { class: 'editor-hint', text: 'Enter saves (Ctrl+Enter in a multi-line value) · Esc cancels' })));
   return h('tr', { class: 'pair-row editing', dataset: { key } },
     h('td', { colspan: '4', class: 'editor-cell' }, form));
 }
@@ -449,8 +575,41 @@ function focusEditor(row) {
   });
 }
 
-function draftValues(row) {
-  return [...row.querySelectorAll('.value-input')].map((i) => i.value);
+/**
+ * The writes a save makes: edits of changed values, removals, then appends of new ones, each
+ * with the value as the editor got it (`seen`).
+ */
+function draftOps(row, edit) {
+  const edits = [];
+  const appends = [];
+  const kept = new Set();
+  for (const li of row.querySelectorAll('.edit-value')) {
+    const value = li.querySelector('.value-input').value;
+    const id = li.dataset.id;
+    if (!id) appends.push({ value, li });
+    else {
+      kept.add(id);
+      if (value !== li._shown) edits.push({ id, seen: edit.base.get(id), value, li });
+    }
+  }
+  const removals = [...edit.base].filter(([id]) => !kept.has(id)).map(([id, seen]) => ({ id, seen, remove: true }));
+  return [...edits, ...removals, ...appends];
+}
+
+/** The whole draft list, for "Overwrite with mine"; values left alone keep their exact text. */
+function draftValues(row, edit) {
+  return [...row.querySelectorAll('.edit-value')].map((li) => {
+    const value = li.querySelector('.value-input').value;
+    return li.dataset.id && value === li._shown ? edit.base.get(li.dataset.id) : value;
+  });
+}
+
+/** Whether `current` (null: deleted) changed or removed a value the editor shows. Appends don't. */
+function clashes(edit, current) {
+  if (!current) return true;
+  const now = new Map(current.elements.map((e) => [e.id, e.value]));
+  for (const [id, value] of edit.base) if (now.get(id) !== value) return true;
+  return false;
 }
 
 function noteRemoteChange(key, current) {
@@ -463,9 +622,8 @@ function noteRemoteChange(key, current) {
 function renderConflict(row, key, edit) {
   const box = row.querySelector('.conflict');
   const c = edit.conflict;
-  const sig = c ? `${c.why}|${c.current ? c.current.version : 'deleted'}` : '';
-  if (box.dataset.sig === sig) return;
-  box.dataset.sig = sig;
+  if (box._current === c?.current && box._why === c?.why) return;
+  Object.assign(box, { _current: c?.current, _why: c?.why });
   box.replaceChildren();
   box.hidden = !c;
   if (!c) return;
@@ -491,7 +649,8 @@ function renderConflict(row, key, edit) {
 function startEdit(key) {
   const pair = state.pairs.get(key);
   if (!pair) return;
-  state.edits.set(key, { baseVersion: pair.version, conflict: null, saving: false });
+  const base = new Map(pair.elements.map((e) => [e.id, e.value]));
+  state.edits.set(key, { base, baseVersion: pair.version, conflict: null, saving: false });
   render();
 }
 
@@ -501,35 +660,83 @@ function stopEdit(key, { focus = true } = {}) {
   if (focus) state.rows.get(key)?.querySelector('[data-action="edit"]')?.focus();
 }
 
+/**
+ * Writes `ops` to `key` one at a time: { id, seen, value } changes a value, { id, seen, remove }
+ * removes one, { value } appends. Each is conditional on the version last seen; when the pair
+ * changed meanwhile (412), the write is made again on the new version as long as every value
+ * still to be written is as it was seen, so changes elsewhere to other values (and appends)
+ * stay. Resolves to { pair } once all are written, or to { current } (null: deleted) when
+ * one of those values was changed or removed elsewhere; `onWritten(op, pair)` sees each write.
+ */
+async function writeOps(key, ops, version, onWritten = () => {}) {
+  let pair = null;
+  for (let i = 0; i < ops.length; i++) {
+    const op = ops[i];
+    let res;
+    for (let attempt = 0; ; attempt++) {
+      if (op.id === undefined) res = { ok: true, pair: await api.append(key, op.value) };
+      else if (op.remove) res = await api.removeValue(key, op.id, version);
+      else res = await api.editValue(key, op.id, op.value, version);
+      if (res.ok) break;
+      const current = res.gone ? await api.get(key) : res.current;
+      const asSeen = (o) => o.id === undefined || current?.elements.some((e) => e.id === o.id && e.value === o.seen);
+      if (res.gone || !current || attempt >= 5 || !ops.slice(i).every(asSeen)) return { current: current ?? null };
+      version = current.version;
+    }
+    pair = res.pair;
+    version = pair.version;
+    onWritten(op, pair);
+  }
+  return { pair };
+}
+
+/** After one write of a save: the editor's base follows, so saving again does not repeat it. */
+function settleOp(edit, op, pair) {
+  edit.baseVersion = pair.version;
+  if (op.remove) {
+    edit.base.delete(op.id);
+    return;
+  }
+  // An appended value's id is the version of the write that made it, index 0.
+  const id = op.id ?? pair.elements.find((e) => e.id === `${pair.version}.0`)?.id;
+  if (!id) return;
+  edit.base.set(id, op.value);
+  op.li.dataset.id = id;
+  op.li._shown = op.value;
+}
+
 async function save(key, row, { overwrite = false } = {}) {
   const edit = state.edits.get(key);
   if (!edit || edit.saving) return;
-  const values = draftValues(row);
-  // Overwriting is still conditional: on the version we were just shown, so a third change is not lost.
-  const version = overwrite && edit.conflict ? (edit.conflict.current ? edit.conflict.current.version : null) : edit.baseVersion;
+  const ops = overwrite ? null : draftOps(row, edit);
+  if (ops && ops.length === 0) {
+    stopEdit(key);
+    notify(`Nothing was changed in “${key}”, so nothing was saved.`, 'info');
+    return;
+  }
   edit.saving = true;
   row.querySelectorAll('button').forEach((b) => { b.disabled = true; });
   try {
-    const res = await api.put(key, values, version);
-    if (res.ok) {
+    let res;
+    if (overwrite) {
+      // The one whole-list write: still conditional, on the version just shown, so a third change is not lost.
+      const version = edit.conflict ? (edit.conflict.current ? edit.conflict.current.version : null) : edit.baseVersion;
+      const put = await api.put(key, draftValues(row, edit), version);
+      res = put.ok ? { pair: put.pair } : { current: put.current ?? null };
+    } else {
+      res = await writeOps(key, ops, edit.baseVersion, (op, pair) => settleOp(edit, op, pair));
+    }
+    if (res.pair) {
       state.edits.delete(key);
-      if (res.pair && (state.pairs.has(key) || inView(key))) {
-        const known = state.pairs.get(key);
-        if (!known || known.version !== res.pair.version) {
-          state.pairs.set(key, res.pair);
-          state.flash.add(key);
-        }
-      }
+      adopt(key, res.pair);
       render();
       state.rows.get(key)?.querySelector('[data-action="edit"]')?.focus();
       notify(`Saved “${key}”.`, 'success');
       return;
     }
-    // 412: someone else changed it. Keep the person's draft and show what is there now.
-    const current = res.current;
-    if (current) state.pairs.set(key, current);
-    else state.pairs.delete(key);
-    edit.conflict = { current, why: 'save' };
+    // A value this save touches was changed or removed elsewhere: keep the draft and show what is there now.
+    adopt(key, res.current);
+    edit.conflict = { current: res.current, why: 'save' };
   } catch (err) {
     notify(`Could not save “${key}”. ${messageOf(err)}`, 'error');
   } finally {
@@ -541,6 +748,48 @@ async function save(key, row, { overwrite = false } = {}) {
       render();
       r?.querySelector('.conflict:not([hidden]) [data-action="show-theirs"]')?.focus();
     }
+  }
+}
+
+/**
+ * Brings back what a conflict lost: an edited value goes back in its place (if that value is
+ * still there), a replaced list's values (or an edited value whose place is gone) are appended.
+ */
+async function restore(key, index) {
+  const pair = state.pairs.get(key);
+  const notes = state.conflicts.get(key) || [];
+  const c = notes[index];
+  if (!pair || !c || state.restoring.has(key)) return;
+  const place = c.kind === 'edit' ? pair.elements.find((e) => e.id === c.element) : null;
+  const ops = place ? [{ id: place.id, seen: place.value, value: c.lost[0] }] : c.lost.map((value) => ({ value }));
+  state.restoring.add(key);
+  render();
+  try {
+    const res = await writeOps(key, ops, pair.version);
+    if (!res.pair) {
+      adopt(key, res.current);
+      notify(`“${key}” was changed elsewhere meanwhile, so nothing was restored. Its newest values are shown now.`, 'error');
+      return;
+    }
+    adopt(key, res.pair);
+    notify(`Restored ${plural(c.lost.length, 'value', 'values')} of “${key}”.`, 'success');
+    if (notes.length === 1) await dismiss(key);
+  } catch (err) {
+    notify(`Could not restore the lost ${c.lost.length === 1 ? 'value' : 'values'} of “${key}”. ${messageOf(err)}`, 'error');
+  } finally {
+    state.restoring.delete(key);
+    render();
+  }
+}
+
+/** Forgets the key's conflicts on this node: the notice goes. */
+async function dismiss(key) {
+  try {
+    await api.dismissConflicts(key);
+    state.conflicts.delete(key);
+    render();
+  } catch (err) {
+    notify(`Could not dismiss the notice about “${key}”. ${messageOf(err)}`, 'error');
   }
 }
 
@@ -568,15 +817,13 @@ async function deletePair(key) {
   try {
     const res = await api.remove(key, pair.version);
     if (!res.ok) {
-      if (res.current) {
-        state.pairs.set(key, res.current);
-        state.flash.add(key);
-      } else state.pairs.delete(key);
+      adopt(key, res.current);
       render();
       notify(`“${key}” was changed elsewhere after you loaded it, so it was not deleted. Its newest values are shown now.`, 'error');
       return;
     }
     if (state.pairs.delete(key)) state.fade.add(key);
+    state.conflicts.delete(key);
     render();
     notify(res.existed ? `Deleted “${key}”.` : `“${key}” was already deleted elsewhere.`, 'success');
     const next = neighbour?.isConnected && !neighbour.classList.contains('removing') ? neighbour.querySelector('[data-action="edit"]') : null;
@@ -636,13 +883,7 @@ async function addValue(ev) {
     // Show the pair even if it sorts beyond the loaded pages: the person just touched it.
     const shown = state.pairs.has(key) || (state.loaded && key.startsWith(state.filter));
     if (pair && shown) {
-      const known = state.pairs.get(key);
-      if (!known || known.version !== pair.version) {
-        state.pairs.set(key, pair);
-        state.flash.add(key);
-      }
-      const edit = state.edits.get(key);
-      if (edit && edit.baseVersion !== pair.version) noteRemoteChange(key, pair);
+      adopt(key, pair, { show: true });
       render();
     }
     notify(shown || !pair
@@ -718,6 +959,12 @@ el.body.addEventListener('click', (ev) => {
     case 'show-theirs':
       showTheirs(key);
       break;
+    case 'restore':
+      restore(key, Number(btn.dataset.note));
+      break;
+    case 'dismiss':
+      dismiss(key);
+      break;
     case 'overwrite':
       save(key, row, { overwrite: true });
       break;
@@ -732,11 +979,15 @@ el.body.addEventListener('submit', (ev) => {
 });
 
 el.body.addEventListener('keydown', (ev) => {
-  if (ev.key !== 'Escape') return;
   const row = ev.target.closest('tr.pair-row.editing');
   if (!row) return;
-  ev.preventDefault();
-  stopEdit(row.dataset.key);
+  if (ev.key === 'Escape') {
+    ev.preventDefault();
+    stopEdit(row.dataset.key);
+  } else if (ev.key === 'Enter' && (ev.ctrlKey || ev.metaKey) && ev.target.tagName === 'TEXTAREA') {
+    ev.preventDefault(); // in a text area, Enter makes a new line
+    save(row.dataset.key, row);
+  }
 });
 
 function setNode(id) {
@@ -760,6 +1011,7 @@ const live = new LiveConnection({
     reload({ flashChanges: reconnect });
   },
   onChange: applyChange,
+  onConflict: applyConflict,
   onResync() {
     reload({ flashChanges: true });
   },

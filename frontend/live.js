@@ -9,6 +9,7 @@ export class LiveConnection {
    * @param {() => string} o.url            builds the stream URL (called on every connect)
    * @param {(hello: object, reconnect: boolean) => void} o.onHello  stream is up
    * @param {(change: object) => void} o.onChange
+   * @param {(conflict: object) => void} o.onConflict  the node settled concurrent writes: one lost
    * @param {() => void} o.onResync         the node says events were missed
    * @param {(state: string, info: object) => void} o.onStatus
    * @param {() => Promise<void>|void} [o.onDrop]  called after the stream drops (e.g. to check auth)
@@ -56,6 +57,11 @@ export class LiveConnection {
       if (this.es !== es) return;
       const change = parse(ev.data);
       if (change && typeof change.key === 'string') this.o.onChange(change);
+    });
+    es.addEventListener('conflict', (ev) => {
+      if (this.es !== es) return;
+      const conflict = parse(ev.data);
+      if (conflict && typeof conflict.key === 'string') this.o.onConflict(conflict);
     });
     es.addEventListener('resync', () => {
       if (this.es !== es) return;

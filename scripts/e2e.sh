@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Browser tests of the web UI: starts a real two-node cluster (kvsync-cluster) and drives
-# headless Chromium with playwright-core. Screenshots land in target/e2e-artifacts/.
+# headless Chromium with playwright-core. Screenshots land in target/e2e-artifacts/ (under
+# CARGO_TARGET_DIR if set: the binaries are taken from there too).
 #
 #   scripts/e2e.sh                 # build, then run all browser tests
 #   KVSYNC_E2E_SKIP_BUILD=1 scripts/e2e.sh   # reuse the existing debug build
@@ -26,5 +27,5 @@ if [ "${KVSYNC_E2E_SKIP_BUILD:-0}" != "1" ] && [ -z "${KVSYNC_CLUSTER_BIN:-}" ];
   cargo build -p kvsync-node -p kvsync-testkit
 fi
 
-mkdir -p target/e2e-artifacts
+mkdir -p "${CARGO_TARGET_DIR:-target}/e2e-artifacts"
 exec node --test --test-concurrency=1 --test-timeout=600000 "$@" tests/e2e/*.test.mjs

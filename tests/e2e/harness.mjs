@@ -9,7 +9,9 @@ import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-export const ARTIFACTS = path.join(ROOT, 'target', 'e2e-artifacts');
+/** Cargo's target directory: where the binaries are, and the artifacts go. */
+export const TARGET = path.resolve(ROOT, process.env.CARGO_TARGET_DIR || 'target');
+export const ARTIFACTS = path.join(TARGET, 'e2e-artifacts');
 /** How long to wait for a change to show up on the other node's page. */
 export const LIVE_TIMEOUT = Number(process.env.KVSYNC_E2E_LIVE_TIMEOUT_MS || 10_000);
 
@@ -31,10 +33,11 @@ export function loadPlaywright() {
 
 /**
  * Starts `kvsync-cluster --nodes N` and waits for its JSON ready line.
- * KVSYNC_CLUSTER_BIN overrides the binary (default: target/debug/kvsync-cluster).
+ * KVSYNC_CLUSTER_BIN overrides the binary (default: $CARGO_TARGET_DIR/debug/kvsync-cluster,
+ * target/ when unset).
  */
 export async function startCluster({ nodes = 2, nodeEnv = {}, timeoutMs = 120_000 } = {}) {
-  const bin = process.env.KVSYNC_CLUSTER_BIN || path.join(ROOT, 'target', 'debug', 'kvsync-cluster');
+  const bin = process.env.KVSYNC_CLUSTER_BIN || path.join(TARGET, 'debug', 'kvsync-cluster');
   if (!fs.existsSync(bin)) {
     throw new Error(`${bin} does not exist; build it with: cargo build -p kvsync-node -p kvsync-testkit`);
   }
@@ -60,7 +63,7 @@ export async function startCluster({ nodes = 2, nodeEnv = {}, timeoutMs = 120_00
   const lines = readline.createInterface({ input: child.stdout });
   const info = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
-      reject(new Error(`kvsync-cluster was not ready within ${timeoutMs / 1000} s (see target/e2e-artifacts/cluster.log)`));
+      reject(new Error(`kvsync-cluster was not ready within ${timeoutMs / 1000} s (see ${path.relative(ROOT, ARTIFACTS)}/cluster.log)`));
     }, timeoutMs);
     lines.on('line', (line) => {
       log.write(`[stdout] ${line}\n`);
@@ -78,15 +81,39 @@ export async function startCluster({ nodes = 2, nodeEnv = {}, timeoutMs = 120_00
     });
     exit.then(({ code, signal }) => {
       clearTimeout(timer);
-      reject(new Error(`kvsync-cluster exited before it was ready (code ${code}, signal ${signal}); see target/e2e-artifacts/cluster.log`));
+      reject(new Error(`kvsync-cluster exited before it was ready (code ${code}, signal ${signal}); see ${path.relative(ROOT, ARTIFACTS)}/cluster.log`));
     });
   }).catch(async (err) => {
     child.kill('SIGTERM');
     throw err;
   });
 
+  // The broker (tansu) is a child of kvsync-cluster; a test can pause it (SIGSTOP) so that
+  // writes on the nodes meanwhile are truly concurrent: none has seen the other's.
+  let brokerPaused = null;
+  function brokerPid() {
+    const pid = findDescendant(child.pid, 'tansu');
+    if (!pid) throw new Error('the broker process (tansu) was not found under kvsync-cluster');
+    return pid;
+  }
+  function pauseBroker() {
+    const pid = brokerPid();
+    process.kill(pid, 'SIGSTOP');
+    brokerPaused = pid;
+  }
+  function resumeBroker() {
+    if (brokerPaused === null) return;
+    process.kill(brokerPaused, 'SIGCONT');
+    brokerPaused = null;
+  }
+
   async function stop() {
     if (exited) return;
+    try {
+      resumeBroker();
+    } catch {
+      /* gone already */
+    }
     child.stdin.end();
     child.kill('SIGTERM');
     const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
@@ -94,7 +121,32 @@ export async function startCluster({ nodes = 2, nodeEnv = {}, timeoutMs = 120_00
     clearTimeout(timer);
     log.end();
   }
-  return { info, stop };
+  return { info, stop, pauseBroker, resumeBroker };
+}
+
+/** The first process under `rootPid` (children first) whose name is `name` (Linux /proc). */
+function findDescendant(rootPid, name) {
+  const children = (pid) => {
+    try {
+      return fs.readdirSync(`/proc/${pid}/task`).flatMap((tid) =>
+        fs.readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').split(' ').filter(Boolean).map(Number));
+    } catch {
+      return [];
+    }
+  };
+  const queue = children(rootPid);
+  while (queue.length) {
+    const pid = queue.shift();
+    let comm = '';
+    try {
+      comm = fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+    } catch {
+      continue;
+    }
+    if (comm === name) return pid;
+    queue.push(...children(pid));
+  }
+  return null;
 }
 
 export async function launchBrowser() {
@@ -112,6 +164,30 @@ export async function launchBrowser() {
       '--disable-sync',
     ],
   });
+}
+
+/**
+ * Opens `url` in a fresh browser context and waits until the page is live. Script errors go
+ * to `errors`, and dialogs (there should be none) are dismissed and noted in `dialogs`.
+ */
+export async function openPage(browser, url, { viewport = { width: 1280, height: 860 }, errors = [], dialogs = [] } = {}) {
+  const context = await browser.newContext({ viewport });
+  const page = await context.newPage();
+  page.on('pageerror', (err) => errors.push(`${url}: ${err.message}`));
+  page.on('dialog', (d) => {
+    dialogs.push(`${d.type()}: ${d.message()}`);
+    d.dismiss().catch(() => {});
+  });
+  await page.goto(url);
+  await page.locator('#live-status[data-state="live"]').waitFor({ timeout: 30_000 });
+  return page;
+}
+
+/** Adds a value through the page's "Add a value" form. */
+export async function addThroughForm(page, key, value) {
+  await page.getByLabel('Key', { exact: true }).fill(key);
+  await page.getByLabel('Value', { exact: true }).fill(value);
+  await page.getByRole('button', { name: 'Add value', exact: true }).click();
 }
 
 /** Small JSON client for the node API, used to change data behind a page's back. */
@@ -133,10 +209,13 @@ export function apiClient(baseUrl, { token } = {}) {
     return { status: res.status, json, etag: res.headers.get('etag') };
   }
   const kp = (key) => `api/pairs/${encodeURIComponent(key)}`;
+  const vp = (key, id) => `${kp(key)}/values/${encodeURIComponent(id)}`;
   return {
     get: (key) => call('GET', kp(key)),
     put: (key, values, headers) => call('PUT', kp(key), { body: { values }, headers }),
     append: (key, value) => call('POST', `${kp(key)}/values`, { body: { value } }),
+    editValue: (key, id, value, headers) => call('PUT', vp(key, id), { body: { value }, headers }),
+    conflicts: (key) => call('GET', `${kp(key)}/conflicts`),
     remove: (key) => call('DELETE', kp(key)),
     clear: () => call('DELETE', 'api/pairs'),
     list: (q = '') => call('GET', `api/pairs${q}`),

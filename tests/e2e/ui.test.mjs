@@ -5,9 +5,11 @@ import assert from 'node:assert/strict';
 
 import {
   LIVE_TIMEOUT,
+  addThroughForm,
   apiClient,
   eventually,
   launchBrowser,
+  openPage as openPageIn,
   rowSel,
   rowValues,
   screenshot,
@@ -32,28 +34,12 @@ let pageB;
 const pageErrors = [];
 const dialogs = [];
 
-async function openPage(url, viewport = DESKTOP) {
-  const context = await browser.newContext({ viewport });
-  const page = await context.newPage();
-  page.on('pageerror', (err) => pageErrors.push(`${url}: ${err.message}`));
-  page.on('dialog', (d) => {
-    dialogs.push(`${d.type()}: ${d.message()}`);
-    d.dismiss().catch(() => {});
-  });
-  await page.goto(url);
-  await page.locator('#live-status[data-state="live"]').waitFor({ timeout: 30_000 });
-  return page;
+function openPage(url, viewport = DESKTOP) {
+  return openPageIn(browser, url, { viewport, errors: pageErrors, dialogs });
 }
 
 function row(page, key) {
   return page.locator(rowSel(key));
-}
-
-/** Adds a value through the page's "Add a value" form. */
-async function addThroughForm(page, key, value) {
-  await page.getByLabel('Key', { exact: true }).fill(key);
-  await page.getByLabel('Value', { exact: true }).fill(value);
-  await page.getByRole('button', { name: 'Add value', exact: true }).click();
 }
 
 before(async () => {
@@ -508,8 +494,9 @@ describe('kvsync web UI on two nodes', { concurrency: false }, () => {
     for (const [k, v] of seed) await waitForRow(pageA, k, v);
     await row(pageA, 'user:1002').locator('[data-action="edit"]').click();
     await row(pageA, 'user:1002').getByLabel('Value 3', { exact: true }).fill('owner');
-    // A change on node 2 while node 1 edits shows the conflict notice in the screenshot.
-    await api2.append('user:1002', 'on-call');
+    // Node 2 changing the value node 1 is editing shows the conflict notice in the screenshot.
+    const admin = (await api2.get('user:1002')).json.elements[2];
+    assert.equal((await api2.editValue('user:1002', admin.id, 'superuser')).status, 200);
     await row(pageA, 'user:1002').locator('.conflict').waitFor({ timeout: LIVE_TIMEOUT });
     await pageA.locator('#add-key').fill('');
     await pageA.evaluate(() => document.activeElement.blur());
