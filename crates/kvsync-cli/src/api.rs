@@ -22,8 +22,9 @@ pub mod exit {
 pub enum Error {
     #[error("cannot reach the node at {url}: {reason}")]
     Unreachable { url: String, reason: String },
+    /// Boxed: the node's answer is large next to the other variants.
     #[error(transparent)]
-    Api(#[from] ApiError),
+    Api(Box<ApiError>),
     #[error("unexpected answer from the node: {0}")]
     BadAnswer(String),
     #[error(
@@ -44,6 +45,12 @@ pub enum Error {
     },
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
+}
+
+impl From<ApiError> for Error {
+    fn from(e: ApiError) -> Self {
+        Error::Api(Box::new(e))
+    }
 }
 
 impl Error {

@@ -30,7 +30,7 @@ use std::{cmp::Ordering, collections::BTreeMap, fmt, str::FromStr};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    pair::{MAX_PAIR_BYTES, MAX_VALUES, MAX_VALUE_BYTES},
+    pair::{ValuesError, MAX_PAIR_BYTES, MAX_VALUES, MAX_VALUE_BYTES},
     version::Version,
 };
 
@@ -240,12 +240,9 @@ pub struct PairState {
 pub enum StateError {
     #[error("no value with id {0} in this pair")]
     NoSuchElement(String),
-    #[error("value {index} is {len} bytes long; the limit is {MAX_VALUE_BYTES}")]
-    ValueTooLarge { index: usize, len: usize },
-    #[error("the pair would be {0} bytes; the limit is {MAX_PAIR_BYTES}")]
-    PairTooLarge(usize),
-    #[error("the pair would hold {0} values; the limit is {MAX_VALUES}")]
-    TooMany(usize),
+    /// The pair would break the limits of [`crate::pair`].
+    #[error(transparent)]
+    Limits(#[from] ValuesError),
 }
 
 /// The state as it travels (events) and is stored.
@@ -393,19 +390,20 @@ impl PairState {
         let mut total = key_len;
         for (index, item) in self.items().enumerate() {
             if item.value.len() > MAX_VALUE_BYTES {
-                return Err(StateError::ValueTooLarge {
+                return Err(ValuesError::ValueTooLarge {
                     index,
                     len: item.value.len(),
-                });
+                }
+                .into());
             }
             count += 1;
             total += item.value.len();
         }
         if count > MAX_VALUES {
-            return Err(StateError::TooMany(count));
+            return Err(ValuesError::TooMany(count).into());
         }
         if total > MAX_PAIR_BYTES {
-            return Err(StateError::PairTooLarge(total));
+            return Err(ValuesError::PairTooLarge(total).into());
         }
         Ok(())
     }

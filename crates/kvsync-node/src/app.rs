@@ -50,11 +50,7 @@ impl From<StateError> for AppError {
     fn from(e: StateError) -> Self {
         match e {
             StateError::NoSuchElement(id) => AppError::NoSuchValue(id),
-            StateError::ValueTooLarge { index, len } => {
-                AppError::Values(ValuesError::ValueTooLarge { index, len })
-            }
-            StateError::PairTooLarge(n) => AppError::Values(ValuesError::PairTooLarge(n)),
-            StateError::TooMany(n) => AppError::Values(ValuesError::TooMany(n)),
+            StateError::Limits(e) => AppError::Values(e),
         }
     }
 }

@@ -1,6 +1,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::pair::ValuesError;
 use crate::{clock::Clock, clock::Timestamp, node_id::NodeId};
 
 /// A node in a simulated cluster: its clock and its replica of one key.
@@ -333,7 +334,7 @@ fn local_limits() {
     let at = a.stamp();
     assert!(matches!(
         a.state.append("x".repeat(MAX_VALUE_BYTES + 1), &at, 1),
-        Err(StateError::ValueTooLarge { .. })
+        Err(StateError::Limits(ValuesError::ValueTooLarge { .. }))
     ));
     assert!(a.state.is_empty(), "a refused write changes nothing");
     let missing = ElemId {
