@@ -36,7 +36,7 @@ pub struct FloorResult {
     pub publish_ack: Stats,
     /// One Store::apply_remote (the write a replicated change costs on B), new key.
     pub db_write: Stats,
-    /// One Store::write_local_if_newer for a new key (what a PUT of a new key costs on A).
+    /// One Store::write_local of a new key (an insert: the least a PUT costs on A).
     pub db_local_write: Stats,
     /// The relay's periodic outbox scan (`Store::pending(512)` + `Store::count_pending()`)
     /// with nothing pending, over `scan_documents` documents.

@@ -526,7 +526,7 @@ fn floor_section(s: &mut String, f: &FloorResult) {
     );
     line(
         s,
-        "local write of a new key (`Store::write_local_if_newer`)",
+        "local write of a new key (`Store::write_local`, one insert)",
         &f.db_local_write,
     );
     let _ = writeln!(
@@ -640,7 +640,7 @@ fn throughput_section(s: &mut String, t: &ThroughputResult, rss_start: Option<Rs
     if let Some(db) = t.db_alone_writes_per_s {
         let _ = writeln!(
             s,
-            "The same {} writers calling `Store::write_local_if_newer` directly on a dedicated nx-27017 (no HTTP, no \
+            "The same {} writers writing new keys with `Store::write_local` (one insert each) directly on a dedicated nx-27017 (no HTTP, no \
              node, no replication): **{:.0} writes/s**; kvsync reaches {:.2}× that.\n",
             t.writers,
             db,

@@ -65,7 +65,7 @@ pub struct ThroughputResult {
     /// CPU seconds each process of the local cluster (and the benchmark) used during
     /// the writes, and that as a share of the machine's cores over the run.
     pub cpu: Vec<CpuUse>,
-    /// The same writers and key pattern calling `Store::write_local_if_newer` directly on
+    /// The same writers inserting new keys with `Store::write_local` directly on
     /// a dedicated MongoDB-protocol server (no HTTP, no node): what the database alone
     /// sustains.
     pub db_alone_writes_per_s: Option<f64>,

@@ -302,17 +302,22 @@ impl App {
     {
         self.check_clock()?;
         self.ensure_ready().await?;
+        // The first attempt starts from the cache, or takes a key not in it for new (an
+        // insert, which fails if it is not); a failed guess costs a retry from a read.
         let mut cached = self.cache.get(key);
+        let mut guess = true;
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let from_cache = cached.is_some();
-            let stored = match cached.take() {
-                Some(pair) => Some(pair),
-                None => self.store.get(key).await?,
+            let guessed = guess;
+            guess = false;
+            let stored = match (cached.take(), guessed) {
+                (Some(pair), _) => Some(pair),
+                (None, true) => None,
+                (None, false) => self.store.get(key).await?,
             };
             let live = stored.as_ref().filter(|p| p.is_live());
             if !pre.check(live) {
-                if from_cache {
-                    // The cache may be behind the database: judge on a fresh read.
+                if guessed {
+                    // The guess may be behind the database: judge on a fresh read.
                     self.cache.forget(key);
                     continue;
                 }

@@ -339,7 +339,8 @@ impl Store {
 
     /// Merges a peer's state into the key's: read, merge, conditional write, again if
     /// another write got in between. `known` is the pair as the caller last saw it, which
-    /// saves the first read (a stale one only costs a retry). A stale or duplicate event
+    /// saves the first read (a stale one only costs a retry); without it, the first
+    /// attempt takes the key for new. A stale or duplicate event
     /// writes nothing. A pending outbox mark of our own is kept: the relay publishes the
     /// merged state.
     pub async fn apply_remote(
@@ -348,11 +349,16 @@ impl Store {
         now_ms: i64,
         mut known: Option<StoredPair>,
     ) -> Result<Applied, StoreError> {
+        // Without a known pair, the first attempt guesses the key is new: one insert, which
+        // fails on a duplicate key if it is not, and the next attempt reads.
+        let mut guess = true;
         for _ in 0..MAX_ATTEMPTS {
-            let pair = match known.take() {
-                Some(pair) => Some(pair),
-                None => self.get(&event.key).await?,
+            let pair = match (known.take(), guess) {
+                (Some(pair), _) => Some(pair),
+                (None, true) => None,
+                (None, false) => self.get(&event.key).await?,
             };
+            guess = false;
             let (mut state, rev, mut recorded) = match pair {
                 Some(p) => (p.state, Some(p.rev), p.conflicts),
                 None => (PairState::default(), None, Vec::new()),
