@@ -16,6 +16,9 @@ cargo fmt --all -- --check
 step "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "declared rust-version"
+scripts/check-msrv.sh
+
 step "building binaries"
 cargo build --workspace --bins --locked
 

@@ -15,7 +15,7 @@ use crate::{
     latency::ms,
     progress,
     stats::{Samples, Stats},
-    target::{run_id, Rng, Target},
+    target::{run_id, text, Target},
 };
 
 #[derive(Debug, Clone, Args)]
@@ -76,11 +76,11 @@ pub async fn run(target: &Target, args: &FloorArgs) -> Result<Option<FloorResult
         client_id: "kvsync-bench-floor".into(),
         extra: Vec::new(),
     };
-    let mut rng = Rng::new();
+    let mut rng = fastrand::Rng::new();
     let node = NodeId::parse("bench-floor")?;
-    let event = |key: String, rng: &mut Rng| -> Result<Event> {
-        let size = rng.range(10, 512);
-        let values = Values::new(vec![rng.text(size)], key.len())?;
+    let event = |key: String, rng: &mut fastrand::Rng| -> Result<Event> {
+        let size = rng.usize(10..=512);
+        let values = Values::new(vec![text(rng, size)], key.len())?;
         Ok(Event::new(
             Key::parse(key)?,
             Version::new(Timestamp::new(now_ms(), 0), node.clone()),
@@ -127,7 +127,7 @@ pub async fn run(target: &Target, args: &FloorArgs) -> Result<Option<FloorResult
                 reader.abort();
                 bail!("the floor's consumer received nothing within 60 s");
             }
-            let key = format!("kvsync-bench-floor-{id}/warmup/{}", rng.next_u64());
+            let key = format!("kvsync-bench-floor-{id}/warmup/{}", rng.u64(..));
             publisher.publish(&event(key.clone(), &mut rng)?).await?;
             let deadline = Instant::now() + Duration::from_secs(2);
             while let Ok(Some((k, _, _))) = tokio::time::timeout_at(deadline, rx.recv()).await {

@@ -14,7 +14,7 @@ use crate::{
     progress,
     sse::{self, Feed},
     stats::{Samples, Stats},
-    target::{parse_payloads, run_id, Payload, Rng, Target},
+    target::{parse_payloads, run_id, text, Payload, Target},
 };
 
 #[derive(Debug, Clone, Args)]
@@ -82,7 +82,7 @@ pub async fn run(target: &Target, args: &LatencyArgs) -> Result<LatencyResult> {
     let prefix = format!("bench-{}/lat/", run_id());
     let mut feed = sse::subscribe(&target.b, &prefix).await?;
     let lag_before = lag_histogram(&target.b).await.ok();
-    let mut rng = Rng::new();
+    let mut rng = fastrand::Rng::new();
     if args.warmup > 0 {
         let warm = run_sets(
             target,
@@ -135,7 +135,7 @@ async fn run_sets(
     payloads: &[Payload],
     count: usize,
     args: &LatencyArgs,
-    rng: &mut Rng,
+    rng: &mut fastrand::Rng,
     pb: &ProgressBar,
 ) -> Result<Vec<PayloadResult>> {
     let n = payloads.len();
@@ -147,7 +147,7 @@ async fn run_sets(
         let payload = payloads[i % n];
         let key = format!("{prefix}{}/{i}", payload.name());
         let size = payload.size(rng);
-        let value = rng.text(size);
+        let value = text(rng, size);
         let client = target.a.clone();
         handles.push(tokio::spawn(async move {
             let t0 = Instant::now();

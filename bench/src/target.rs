@@ -37,14 +37,8 @@ pub struct TargetArgs {
     pub partitions: i32,
     /// Extra setting for the local cluster's nodes, KEY=VALUE (repeatable), e.g.
     /// KVSYNC_RELAY_INTERVAL_MS=5000.
-    #[arg(long = "node-env", value_parser = parse_kv)]
+    #[arg(long = "node-env", value_parser = kvsync_testkit::parse_key_value)]
     pub node_env: Vec<(String, String)>,
-}
-
-fn parse_kv(raw: &str) -> Result<(String, String), String> {
-    raw.split_once('=')
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("expected KEY=VALUE, got {raw:?}"))
 }
 
 pub struct Target {
@@ -257,37 +251,9 @@ pub fn run_id() -> String {
     format!("{ms:x}")
 }
 
-/// A small fast generator for payloads (xorshift64*); quality is beside the point.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new() -> Self {
-        let seed = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1);
-        Self(seed | 1)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in `lo..=hi`.
-    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next_u64() % (hi - lo + 1) as u64) as usize
-    }
-
-    /// `len` random ASCII letters and digits.
-    pub fn text(&mut self, len: usize) -> String {
-        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-        (0..len)
-            .map(|_| ALPHABET[(self.next_u64() % ALPHABET.len() as u64) as usize] as char)
-            .collect()
-    }
+/// `len` random ASCII letters and digits.
+pub fn text(rng: &mut fastrand::Rng, len: usize) -> String {
+    (0..len).map(|_| rng.alphanumeric()).collect()
 }
 
 /// One payload set of the latency benchmark: the size of the pair's single value.
@@ -313,10 +279,10 @@ impl Payload {
         }
     }
 
-    pub fn size(&self, rng: &mut Rng) -> usize {
+    pub fn size(&self, rng: &mut fastrand::Rng) -> usize {
         match *self {
             Payload::Fixed(n) => n,
-            Payload::Random { min, max } => rng.range(min, max),
+            Payload::Random { min, max } => rng.usize(min..=max),
         }
     }
 }
@@ -370,12 +336,13 @@ mod tests {
             ]
         );
         assert_eq!(p[3].label(), "random 10-512 B");
-        let mut rng = Rng::new();
+        let mut rng = fastrand::Rng::new();
         for _ in 0..1000 {
             let n = p[3].size(&mut rng);
             assert!((10..=512).contains(&n));
         }
-        assert_eq!(rng.text(17).len(), 17);
+        let t = text(&mut rng, 17);
+        assert!(t.len() == 17 && t.bytes().all(|b| b.is_ascii_alphanumeric()));
         assert!(parse_payloads("x").is_err());
         assert!(parse_payloads("").is_err());
     }

@@ -18,7 +18,7 @@ use crate::{
     latency::ms,
     progress,
     stats::{Samples, Stats},
-    target::{cpu_seconds, run_id, FloorMongo, Rng, Rss, Target},
+    target::{cpu_seconds, run_id, text, FloorMongo, Rss, Target},
 };
 
 #[derive(Debug, Clone, Args)]
@@ -122,7 +122,7 @@ pub async fn run(target: &Target, args: &ThroughputArgs) -> Result<ThroughputRes
         );
         let pb = pb.clone();
         handles.push(tokio::spawn(async move {
-            let mut rng = Rng::new();
+            let mut rng = fastrand::Rng::new();
             let mut lat = Samples::default();
             let mut errors = Vec::new();
             let mut error_count = 0u64;
@@ -135,7 +135,7 @@ pub async fn run(target: &Target, args: &ThroughputArgs) -> Result<ThroughputRes
                     _ => {}
                 }
                 let key = format!("{prefix}{}", i % keys);
-                let value = rng.text(bytes);
+                let value = text(&mut rng, bytes);
                 let t0 = Instant::now();
                 match client.put(&key, &[value.as_str()]).await {
                     Ok(_) => {
@@ -313,11 +313,11 @@ async fn db_alone(server: &FloorMongo, args: &ThroughputArgs, duration: Duration
             (store.clone(), node.clone(), counter.clone(), acked.clone());
         let bytes = args.value_bytes;
         handles.push(tokio::spawn(async move {
-            let mut rng = Rng::new();
+            let mut rng = fastrand::Rng::new();
             while start.elapsed() < duration {
                 let i = counter.fetch_add(1, Ordering::Relaxed);
                 let key = Key::parse(format!("db/{i}"))?;
-                let values = Values::new(vec![rng.text(bytes)], key.as_str().len())?;
+                let values = Values::new(vec![text(&mut rng, bytes)], key.as_str().len())?;
                 let wall = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)?
                     .as_millis() as u64;

@@ -115,6 +115,14 @@ where
     }
 }
 
+/// A `KEY=VALUE` command-line argument (split at the first `=`), e.g. for `--node-env`:
+/// a clap `value_parser`.
+pub fn parse_key_value(raw: &str) -> Result<(String, String), String> {
+    raw.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {raw:?}"))
+}
+
 /// Polls `check` until it holds, or fails after `timeout` naming `what`.
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<()>
 where

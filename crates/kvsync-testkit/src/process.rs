@@ -99,6 +99,8 @@ impl Proc {
         {
             use std::os::unix::process::CommandExt;
             // Die with the test process even if it is killed before its destructors run.
+            // SAFETY: the closure only calls `prctl`, which is async-signal-safe.
+            #[allow(unsafe_code)]
             unsafe {
                 cmd.pre_exec(|| {
                     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -134,7 +136,8 @@ impl Proc {
     }
 
     pub fn signal(&self, signal: libc::c_int) {
-        // The pid is our own child's, and it is not reaped before we drop it.
+        // SAFETY: the pid is our own child's, and it is not reaped before we drop it.
+        #[allow(unsafe_code)]
         unsafe {
             libc::kill(self.child.id() as libc::pid_t, signal);
         }

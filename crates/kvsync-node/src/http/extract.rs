@@ -70,25 +70,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Q<T> {
 }
 
 fn percent_decodes_to_utf8(query: &str) -> bool {
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let (bytes, mut decoded, mut i) = (query.as_bytes(), Vec::new(), 0);
-    while i < bytes.len() {
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                decoded.push(hi << 4 | lo);
-                i += 3;
-            }
-            (b, _, _) => {
-                decoded.push(b);
-                i += 1;
-            }
-        }
-    }
-    std::str::from_utf8(&decoded).is_ok()
+    percent_encoding::percent_decode_str(query)
+        .decode_utf8()
+        .is_ok()
 }
 
 /// `If-Match` / `If-None-Match` as a [`Precondition`]. Entity tags are versions; weak

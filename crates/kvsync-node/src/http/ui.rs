@@ -32,10 +32,9 @@ pub async fn fallback(method: Method, uri: Uri) -> Response {
     let Some(file) = Assets::get(path) else {
         return not_found().into_response();
     };
-    let mime = mime_guess::from_path(path).first_or_octet_stream();
     (
         [
-            (header::CONTENT_TYPE, mime.as_ref().to_owned()),
+            (header::CONTENT_TYPE, file.metadata.mimetype().to_owned()),
             // Small files, and a new binary may bring new ones: always revalidate.
             (header::CACHE_CONTROL, "no-cache".to_owned()),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),

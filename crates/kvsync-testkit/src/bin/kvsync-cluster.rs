@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Parser;
-use kvsync_testkit::{Cluster, ClusterOptions};
+use kvsync_testkit::{parse_key_value, Cluster, ClusterOptions};
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 
@@ -32,17 +32,11 @@ struct Args {
     #[arg(long, default_value = "kvsync.pairs")]
     topic: String,
     /// Extra node setting, KEY=VALUE (repeatable), e.g. KVSYNC_API_TOKEN=secret.
-    #[arg(long = "node-env", value_parser = parse_kv)]
+    #[arg(long = "node-env", value_parser = parse_key_value)]
     node_env: Vec<(String, String)>,
     /// Keep running when standard input closes (for running in the background).
     #[arg(long)]
     ignore_stdin: bool,
-}
-
-fn parse_kv(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| "expected KEY=VALUE".to_owned())
 }
 
 #[tokio::main]
