@@ -13,7 +13,7 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 export const TARGET = path.resolve(ROOT, process.env.CARGO_TARGET_DIR || 'target');
 export const ARTIFACTS = path.join(TARGET, 'e2e-artifacts');
 /** How long to wait for a change to show up on the other node's page. */
-export const LIVE_TIMEOUT = Number(process.env.KVSYNC_E2E_LIVE_TIMEOUT_MS || 10_000);
+export const LIVE_TIMEOUT = Number(process.env.KVSYNC_E2E_LIVE_TIMEOUT_MS || 20_000);
 
 /** Loads playwright-core from the tools directory (scripts/install-deps.sh --browser) or NODE_PATH. */
 export function loadPlaywright() {
