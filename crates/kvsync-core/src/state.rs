@@ -342,7 +342,9 @@ impl PairState {
 
     /// Whether the key exists for readers.
     pub fn is_live(&self) -> bool {
-        self.items().next().is_some()
+        let base = self.base.as_ref();
+        // Any visible element will do: no need to put them in order.
+        self.elements.values().any(|e| e.visible_under(base))
             || match (&self.written, &self.deleted) {
                 (Some(w), Some(d)) => w > d,
                 (w, _) => w.is_some(),

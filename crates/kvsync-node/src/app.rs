@@ -10,7 +10,7 @@ use kvsync_core::{
     state::TOMBSTONE_HORIZON_MS, Clock, Conflict, ElemId, Event, Key, NodeId, Outcome, PairState,
     StateError, Values, ValuesError, Version,
 };
-use kvsync_store::{CasError, Store, StoreError, StoredPair};
+use kvsync_store::{CasError, RecordedConflict, Store, StoreError, StoredPair};
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, Notify, OnceCell};
 
@@ -88,6 +88,11 @@ pub struct ValueBody {
     pub value: String,
 }
 
+/// The values of `elements`, in order.
+pub fn values_of(elements: &[ValueBody]) -> Vec<String> {
+    elements.iter().map(|e| e.value.clone()).collect()
+}
+
 pub fn elements(state: &PairState) -> Vec<ValueBody> {
     state
         .items()
@@ -114,10 +119,11 @@ impl Change {
     fn of(key: &Key, state: &PairState, origin: &NodeId) -> Self {
         let live = state.is_live();
         let version = state.version();
+        let elements = live.then(|| elements(state));
         Self {
             key: key.as_str().to_owned(),
-            values: live.then(|| state.values()),
-            elements: live.then(|| elements(state)),
+            values: elements.as_ref().map(|e| values_of(e)),
+            elements,
             deleted: !live,
             version: version.map(ToString::to_string).unwrap_or_default(),
             origin: origin.to_string(),
@@ -139,6 +145,11 @@ pub struct ConflictNote {
 }
 
 impl ConflictNote {
+    /// A conflict as the store recorded it.
+    pub fn recorded(key: &Key, recorded: &RecordedConflict) -> Self {
+        Self::new(key, recorded.conflict.clone(), recorded.at_ms.max(0) as u64)
+    }
+
     pub fn new(key: &Key, conflict: Conflict, at_ms: u64) -> Self {
         Self {
             key: key.as_str().to_owned(),

@@ -22,7 +22,7 @@ use super::{
     extract::{precondition, JsonBody, KeyPath, ValuePath, Q},
     Ctx,
 };
-use crate::app::{elements, rfc3339, ConflictNote, ValueBody, Written};
+use crate::app::{elements, rfc3339, values_of, ConflictNote, ValueBody, Written};
 
 pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 1000;
@@ -45,17 +45,18 @@ pub struct PairBody {
 impl From<&StoredPair> for PairBody {
     fn from(p: &StoredPair) -> Self {
         let version = p.version();
+        let elements = elements(&p.state);
         Self {
             key: p.key.as_str().to_owned(),
-            values: p.state.values(),
-            elements: elements(&p.state),
+            values: values_of(&elements),
+            elements,
             version: version.map(ToString::to_string).unwrap_or_default(),
             updated_at: rfc3339(version.map_or(0, |v| v.ts.wall_ms)),
             origin: version.map(|v| v.node.to_string()).unwrap_or_default(),
             conflicts: p
                 .conflicts
                 .iter()
-                .map(|c| ConflictNote::new(&p.key, c.conflict.clone(), c.at_ms.max(0) as u64))
+                .map(|c| ConflictNote::recorded(&p.key, c))
                 .collect(),
         }
     }
@@ -191,8 +192,8 @@ pub async fn conflicts(
 ) -> Result<Response, ApiError> {
     let recorded = ctx.app.store.conflicts(&key).await?;
     let notes: Vec<ConflictNote> = recorded
-        .into_iter()
-        .map(|c| ConflictNote::new(&key, c.conflict, c.at_ms.max(0) as u64))
+        .iter()
+        .map(|c| ConflictNote::recorded(&key, c))
         .collect();
     Ok(Json(json!({ "conflicts": notes })).into_response())
 }
