@@ -73,6 +73,7 @@ pub async fn run(target: &Target, args: &FloorArgs) -> Result<Option<FloorResult
         partitions: target.partitions,
         replication_factor: 1,
         fetch_wait_ms: target.fetch_wait_ms,
+        retention_ms: -1,
         client_id: "kvsync-bench-floor".into(),
         extra: Vec::new(),
     };

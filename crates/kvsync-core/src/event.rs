@@ -41,6 +41,10 @@ pub struct Event {
     pub version: Version,
     /// The key's state at the origin when published: that write and all it had merged.
     pub state: PairState,
+    /// A re-publication of a state the origin already held (anti-entropy repair, or a
+    /// snapshot for a joining member) rather than of a write: `version` is then fresh,
+    /// newer than the state.
+    pub republished: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -127,6 +131,8 @@ struct Wire {
     key: String,
     version: Version,
     state: StateWire,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    republished: bool,
 }
 
 impl Event {
@@ -148,6 +154,15 @@ impl Event {
             key,
             version,
             state,
+            republished: false,
+        }
+    }
+
+    /// An event re-publishing `state`, held by the origin, under the fresh `version`.
+    pub fn republish(key: Key, version: Version, state: PairState) -> Self {
+        Self {
+            republished: true,
+            ..Self::of_state(key, version, state)
         }
     }
 
@@ -163,6 +178,7 @@ impl Event {
             key: self.key.as_str().to_owned(),
             version: self.version.clone(),
             state: self.state.to_wire(),
+            republished: self.republished,
         };
         serde_json::to_vec(&wire).expect("an event always serializes")
     }
@@ -180,12 +196,19 @@ impl Event {
         }
         let malformed = |e: serde_json::Error| EventError::Malformed(e.to_string());
         let probe: Probe = serde_json::from_slice(bytes).map_err(malformed)?;
-        let (id, origin, key, version, state) = match probe.schema {
+        let (id, origin, key, version, state, republished) = match probe.schema {
             Some(SCHEMA) => {
                 let wire: Wire = serde_json::from_slice(bytes).map_err(malformed)?;
                 let key = Key::parse(wire.key)?;
                 let state = PairState::from_wire(wire.state)?;
-                (wire.id, wire.origin, key, wire.version, state)
+                (
+                    wire.id,
+                    wire.origin,
+                    key,
+                    wire.version,
+                    state,
+                    wire.republished,
+                )
             }
             Some(LEGACY_SCHEMA) => {
                 let wire: LegacyWire = serde_json::from_slice(bytes).map_err(malformed)?;
@@ -198,7 +221,7 @@ impl Event {
                     _ => return Err(EventError::OpShape),
                 };
                 let state = PairState::whole(values, &wire.version);
-                (wire.id, wire.origin, key, wire.version, state)
+                (wire.id, wire.origin, key, wire.version, state, false)
             }
             Some(other) => return Err(EventError::Schema(other)),
             None => return Err(EventError::Malformed("missing field `schema`".into())),
@@ -209,10 +232,16 @@ impl Event {
                 origin: origin.to_string(),
             });
         }
-        // The published write is part of the state it publishes.
-        if state.version() < Some(&version) {
+        // The published write is part of the state it publishes; a re-publication is
+        // newer than the state it carries.
+        if !republished && state.version() < Some(&version) {
             return Err(EventError::State(format!(
                 "the state is older than the event's version {version}"
+            )));
+        }
+        if republished && state.version() >= Some(&version) {
+            return Err(EventError::State(format!(
+                "a re-publication's version {version} is not newer than its state"
             )));
         }
         Ok(Self {
@@ -221,6 +250,7 @@ impl Event {
             key,
             version,
             state,
+            republished,
         })
     }
 }

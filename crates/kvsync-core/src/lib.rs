@@ -5,6 +5,7 @@
 //! which is what lets the property tests check convergence exhaustively.
 
 pub mod clock;
+pub mod cluster;
 pub mod digest;
 pub mod event;
 pub mod key;

@@ -150,6 +150,10 @@ pub struct Heartbeat {
     pub wall_ms: u64,
     /// When the sender started (its wall clock).
     pub started_ms: u64,
+    /// What the sender reports of its replication (absent from earlier releases'
+    /// heartbeats, which read as an empty report).
+    #[serde(default)]
+    pub report: crate::cluster::Report,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,8 +162,9 @@ pub enum HeartbeatKind {
     Heartbeat,
 }
 
-/// Heartbeats are small; anything bigger is not one.
-pub const MAX_HEARTBEAT_BYTES: usize = 4096;
+/// Heartbeats are small (a report names each partition and each origin once); anything
+/// bigger is not one.
+pub const MAX_HEARTBEAT_BYTES: usize = 64 * 1024;
 
 impl Heartbeat {
     pub fn new(node: NodeId, wall_ms: u64, started_ms: u64) -> Self {
@@ -169,6 +174,7 @@ impl Heartbeat {
             node,
             wall_ms,
             started_ms,
+            report: Default::default(),
         }
     }
 

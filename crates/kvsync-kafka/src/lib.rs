@@ -52,6 +52,9 @@ pub struct KafkaSettings {
     /// Upper bound on how long the broker may hold a fetch open. Some brokers always
     /// wait this long, so it bounds replication latency from below.
     pub fetch_wait_ms: u32,
+    /// How long the broker keeps events (`retention.ms` of the data topic when the node
+    /// creates it): a node that needs older ones joins from its peers' state instead.
+    pub retention_ms: i64,
     pub client_id: String,
     /// librdkafka properties passed through verbatim (security settings and the like).
     /// They may hold secrets: never log them.
@@ -66,6 +69,7 @@ impl std::fmt::Debug for KafkaSettings {
             .field("partitions", &self.partitions)
             .field("replication_factor", &self.replication_factor)
             .field("fetch_wait_ms", &self.fetch_wait_ms)
+            .field("retention_ms", &self.retention_ms)
             .field("client_id", &self.client_id)
             .field(
                 "extra",
@@ -99,15 +103,17 @@ impl KafkaSettings {
     /// Creates the data and control topics if they do not exist yet.
     pub async fn ensure_topic(&self) -> Result<(), BusError> {
         let admin: AdminClient<DefaultClientContext> = self.config().create()?;
-        // The topic is the log a late-joining node rebuilds from, so it must keep every
-        // event: no time-based deletion. Compaction is no substitute: it keeps the last
-        // offset per key, which under concurrent writes need not be the newest version.
+        // History is kept for a bounded time: a node that needs events older than that
+        // (one that joins late, or was away long) gets its peers' state instead.
+        // Compaction is no substitute: it keeps the last offset per key, which under
+        // concurrent writes need not be the newest version.
+        let retention = self.retention_ms.to_string();
         let topic = NewTopic::new(
             &self.topic,
             self.partitions,
             TopicReplication::Fixed(self.replication_factor),
         )
-        .set("retention.ms", "-1")
+        .set("retention.ms", &retention)
         .set("cleanup.policy", "delete");
         // Heartbeats matter only while fresh: an hour of them is plenty.
         let control_name = self.control_topic();
@@ -199,18 +205,23 @@ impl Publisher {
     }
 
     /// Sends one event, keyed by its pair key so one key's changes stay in one partition.
-    pub async fn publish(&self, event: &Event) -> Result<(), BusError> {
+    /// Returns where the broker stored it: `(partition, offset)`.
+    pub async fn publish(&self, event: &Event) -> Result<(i32, i64), BusError> {
         self.send(&self.topic, event.key.as_str(), &event.encode())
             .await
     }
 
-    /// Sends one record to `topic`.
-    pub async fn send(&self, topic: &str, key: &str, payload: &[u8]) -> Result<(), BusError> {
+    /// Sends one record to `topic`; returns its `(partition, offset)`.
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+    ) -> Result<(i32, i64), BusError> {
         let record = FutureRecord::to(topic).key(key).payload(payload);
         self.producer
             .send(record, Timeout::After(Duration::from_secs(5)))
             .await
-            .map(|_| ())
             .map_err(|(e, _)| e.into())
     }
 

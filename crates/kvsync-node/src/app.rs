@@ -7,14 +7,16 @@ use std::{
 };
 
 use kvsync_core::{
-    state::TOMBSTONE_HORIZON_MS, Clock, Conflict, ElemId, Event, Key, NodeId, Outcome, PairState,
-    StateError, Values, ValuesError, Version,
+    Clock, Conflict, ElemId, Event, Key, NodeId, Outcome, PairState, StateError, Values,
+    ValuesError, Version,
 };
 use kvsync_store::{CasError, RecordedConflict, Store, StoreError, StoredPair};
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, Notify, OnceCell};
 
-use crate::{clock_watch::ClockWatch, metrics::Metrics, state_cache::StateCache};
+use crate::{
+    clock_watch::ClockWatch, cluster::ClusterView, metrics::Metrics, state_cache::StateCache,
+};
 
 /// How often a local write re-reads and retries when a concurrent change slipped in
 /// between its read and its conditional write.
@@ -221,6 +223,10 @@ pub struct App {
     pub metrics: Metrics,
     /// The cluster's clocks as this node sees them.
     pub clock: ClockWatch,
+    /// The cluster's members and how far each has got, as this node sees them.
+    pub cluster: ClusterView,
+    /// Deleted keys older than this may be forgotten (see the tombstone collector).
+    pub tombstone_horizon_ms: u64,
     hlc: Mutex<Clock>,
     /// Before the first read or write: pairs of an earlier release converted, and the
     /// clock started after every version already stored (the physical clock may have
@@ -241,6 +247,7 @@ impl App {
         store: Store,
         metrics: Metrics,
         clock: ClockWatch,
+        cluster: ClusterView,
         outbox: mpsc::Sender<Event>,
     ) -> Self {
         Self {
@@ -248,6 +255,8 @@ impl App {
             store,
             metrics,
             clock,
+            cluster,
+            tombstone_horizon_ms: kvsync_core::state::TOMBSTONE_HORIZON_MS,
             hlc: Mutex::new(Clock::new()),
             ready: OnceCell::new(),
             feed: broadcast::channel(FEED_CAPACITY).0,
@@ -339,7 +348,7 @@ impl App {
             let mut state = stored.as_ref().map(|p| p.state.clone()).unwrap_or_default();
             let version = self.next_version(state.version());
             let element = op(&mut state, &version)?;
-            state.collect(now_ms(), TOMBSTONE_HORIZON_MS);
+            state.collect(now_ms(), self.tombstone_horizon_ms);
             let event = Event::of_state(key.clone(), version, state);
             let rev = stored.as_ref().map(|p| p.rev);
             match self
@@ -457,13 +466,14 @@ impl App {
     }
 
     /// Deletes a live pair: 404 if there is none (see [`Self::write_existing`]).
-    pub async fn delete(&self, key: &Key, pre: &Precondition) -> Result<(), AppError> {
+    /// Deletes a live pair; returns its tombstone.
+    pub async fn delete(&self, key: &Key, pre: &Precondition) -> Result<StoredPair, AppError> {
         self.write_existing(key, pre, |state, at| {
             state.delete(at);
             Ok(None)
         })
         .await
-        .map(|_| ())
+        .map(|w| w.pair)
     }
 
     /// The next batch of "clear all": up to [`CLEAR_BATCH`] live keys after `after`, in
@@ -503,7 +513,7 @@ impl App {
         let (mut deleted, mut failure) = (0, None);
         for result in results.into_iter().flatten() {
             match result {
-                Ok(()) => deleted += 1,
+                Ok(_) => deleted += 1,
                 // Deleted concurrently by someone else: just as good.
                 Err(AppError::NotFound) => {}
                 Err(e) => failure = failure.or(Some(e)),
@@ -517,7 +527,26 @@ impl App {
         self.ensure_ready().await?;
         self.observe(event.version.ts);
         let now = now_ms();
-        let known = self.cache.get(&event.key);
+        let mut known = self.cache.get(&event.key);
+        // An event older than the tombstone horizon for a key not held here may be a late
+        // duplicate of a write whose delete was since collected: applying it would bring
+        // the key back. Repairs and snapshots carry fresh versions, so they still apply.
+        let too_old = event
+            .version
+            .ts
+            .wall_ms
+            .saturating_add(self.tombstone_horizon_ms)
+            < now;
+        if too_old && known.is_none() {
+            match self.store.get(&event.key).await? {
+                Some(pair) => known = Some(pair),
+                None => {
+                    self.metrics.events_too_old.inc();
+                    tracing::info!(key = event.key.as_str(), origin = %event.origin, version = %event.version, "skipping an event older than the tombstone horizon for a key not held");
+                    return Ok(Outcome::Stale);
+                }
+            }
+        }
         let applied = match self.store.apply_remote(event, now as i64, known).await {
             Ok(applied) => applied,
             Err(e) => {
@@ -547,6 +576,59 @@ impl App {
             )));
         }
         Ok(applied.outcome)
+    }
+
+    /// The key's pair (tombstone included) once it is at `min` or later, waiting up to
+    /// `timeout` for replication to bring it; `None` if it did not come in time.
+    pub async fn get_at_least(
+        &self,
+        key: &Key,
+        min: &Version,
+        timeout: std::time::Duration,
+    ) -> Result<Option<StoredPair>, AppError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Subscribed before the first read, so a change in between is not missed.
+        let mut feed = self.subscribe();
+        loop {
+            self.ensure_ready().await?;
+            if let Some(pair) = self.store.get(key).await? {
+                if pair.version().is_some_and(|v| v >= min) {
+                    return Ok(Some(pair));
+                }
+            }
+            // Wait for a change of this key (or a lagged feed, which may hide one).
+            loop {
+                match tokio::time::timeout_at(deadline, feed.recv()).await {
+                    Err(_) => return Ok(None),
+                    Ok(Ok(item)) if item.key() != key.as_str() => continue,
+                    Ok(Err(broadcast::error::RecvError::Closed)) => return Ok(None),
+                    Ok(_) => break,
+                }
+            }
+        }
+    }
+
+    /// Removes tombstones whose version text sorts below `older_than` (see
+    /// `Store::collect_tombstones`), forgetting the cached states that may hold them.
+    pub async fn collect_tombstones(
+        &self,
+        older_than: &str,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let n = self.store.collect_tombstones(older_than, limit).await?;
+        if n > 0 {
+            self.cache.clear();
+        }
+        Ok(n)
+    }
+
+    /// An event re-publishing `pair`'s state as it is here, for a peer that lacks it
+    /// (repair, snapshot). It carries a fresh version of this node, so that peers apply
+    /// it even when the state itself is older than the tombstone horizon; merging it
+    /// changes nothing where the state is already held.
+    pub fn republish(&self, pair: StoredPair) -> Event {
+        let version = self.next_version(pair.version());
+        Event::republish(pair.key, version, pair.state)
     }
 
     /// A write that failed on its way to or from the database may still be applied, outbox

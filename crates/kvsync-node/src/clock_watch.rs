@@ -111,6 +111,15 @@ impl ClockWatch {
             .collect()
     }
 
+    /// Every known peer's clock offset (peer minus us, ms), live or not.
+    pub fn offsets(&self) -> HashMap<NodeId, i64> {
+        let peers = self.peers.lock().expect("peers lock");
+        peers
+            .iter()
+            .filter_map(|(n, p)| Some((n.clone(), p.offset()?)))
+            .collect()
+    }
+
     fn offset_of(&self, peer: &NodeId) -> Option<i64> {
         let peers = self.peers.lock().expect("peers lock");
         peers

@@ -64,6 +64,13 @@ pub struct Config {
     #[arg(long, env = "KVSYNC_KAFKA_FETCH_WAIT_MS", default_value_t = 5)]
     pub kafka_fetch_wait_ms: u32,
 
+    /// How long the broker keeps events (retention.ms of the data topic, set when this
+    /// node creates it; -1 keeps them forever). A node that needs events older than this
+    /// (one that joins, or comes back after being away) gets its peers' state instead of
+    /// replaying history. Default: 7 days.
+    #[arg(long, env = "KVSYNC_KAFKA_RETENTION_MS", default_value_t = 7 * DAY_MS as i64, allow_negative_numbers = true)]
+    pub kafka_retention_ms: i64,
+
     /// Kafka security.protocol: plaintext, ssl, sasl_plaintext or sasl_ssl.
     #[arg(long, env = "KVSYNC_KAFKA_SECURITY_PROTOCOL")]
     pub kafka_security_protocol: Option<String>,
@@ -135,6 +142,32 @@ pub struct Config {
     #[arg(long, env = "KVSYNC_PEER_AWAY_AFTER_MS", default_value_t = 10_000)]
     pub peer_away_after_ms: u64,
 
+    /// A human-readable address of this node's UI, shown to peers in /api/cluster.
+    #[arg(long, env = "KVSYNC_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// How often this node sends its peers a summary of its state (anti-entropy). Where
+    /// a peer's summary differs, both exchange their keys in the differing buckets and
+    /// re-publish the keys that differ, which every node merges as usual.
+    #[arg(long, env = "KVSYNC_REPAIR_INTERVAL_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub repair_interval_ms: u64,
+
+    /// Most keys re-published for repair per repair interval (the repair's bandwidth).
+    #[arg(long, env = "KVSYNC_REPAIR_MAX_KEYS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub repair_max_keys: u64,
+
+    /// A deleted key's tombstone is removed once it is older than this and every member
+    /// heard from within this time has applied past it. A member away for longer joins
+    /// again from its peers' state, so nothing deleted comes back. Default: 7 days.
+    #[arg(long, env = "KVSYNC_TOMBSTONE_HORIZON_MS", default_value_t = 7 * DAY_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tombstone_horizon_ms: u64,
+
+    /// A node that starts empty (or whose events are gone from the topic) asks its peers
+    /// for their state; if none answers within this time, it replays what the topic
+    /// still holds instead.
+    #[arg(long, env = "KVSYNC_JOIN_TIMEOUT_MS", default_value_t = 15_000)]
+    pub join_timeout_ms: u64,
+
     /// A partition whose position stands still this long while the broker holds newer
     /// records for it makes the node rebuild its consumer (counted in
     /// kvsync_consumer_recoveries_total); the same bound applies to a producer whose
@@ -177,6 +210,8 @@ pub struct Config {
     pub health_check: bool,
 }
 
+const DAY_MS: u64 = 24 * 3600 * 1000;
+
 /// Upper limit for the connection and stream caps: far beyond what one process can
 /// serve, and within what a semaphore can count.
 const MAX_BOUND: u64 = 1_000_000;
@@ -208,6 +243,7 @@ impl Config {
     pub fn normalized(mut self) -> Self {
         for field in [
             &mut self.node_id,
+            &mut self.public_url,
             &mut self.kafka_security_protocol,
             &mut self.kafka_sasl_mechanism,
             &mut self.kafka_sasl_username,
@@ -266,6 +302,7 @@ impl Config {
             partitions: self.kafka_partitions,
             replication_factor: self.kafka_replication_factor,
             fetch_wait_ms: self.kafka_fetch_wait_ms,
+            retention_ms: self.kafka_retention_ms,
             client_id: format!("kvsync-{node}"),
             extra,
         }

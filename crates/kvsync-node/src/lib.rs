@@ -8,12 +8,14 @@
 
 pub mod app;
 pub mod clock_watch;
+pub mod cluster;
 pub mod config;
 mod fault;
 pub mod http;
 pub mod members;
 pub mod metrics;
 pub mod relay;
+pub mod repair;
 pub mod replicator;
 mod state_cache;
 
@@ -33,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     app::App,
     clock_watch::{ClockSettings, ClockWatch},
+    cluster::ClusterView,
     config::Config,
     metrics::Metrics,
     relay::{Relay, RelaySettings},
@@ -92,7 +95,14 @@ impl Node {
             },
             metrics.clone(),
         );
-        let app = Arc::new(App::new(node, store, metrics, clock, outbox_tx));
+        let cluster = ClusterView::new(
+            node.clone(),
+            config.public_url.clone(),
+            Duration::from_millis(config.peer_away_after_ms),
+        );
+        let mut app = App::new(node, store, metrics, clock, cluster, outbox_tx);
+        app.tombstone_horizon_ms = config.tombstone_horizon_ms;
+        let app = Arc::new(app);
         let replication = Arc::new(ReplicationStatus::default());
 
         let listener = TcpListener::bind(config.http_addr)
@@ -185,15 +195,35 @@ impl Node {
                 ("replicator", r.map_err(Into::into))
             }
         });
+        let (control_tx, control_rx) = mpsc::channel(1024);
         tasks.spawn({
-            let (app, stop, publisher) = (app.clone(), consumer_stop.clone(), publisher.clone());
-            let (kafka, interval) = (
-                kafka.clone(),
-                Duration::from_millis(config.heartbeat_interval_ms),
-            );
+            let (app, stop) = (app.clone(), consumer_stop.clone());
+            let settings = members::ControlSettings {
+                kafka: kafka.clone(),
+                publisher: publisher.clone(),
+                interval: Duration::from_millis(config.heartbeat_interval_ms),
+                status: replication.clone(),
+            };
             async move {
-                let r = members::run(app, kafka, publisher, interval, topic_ready, stop).await;
+                let r = members::run(app, settings, control_tx, topic_ready, stop).await;
                 ("heartbeats", r.map_err(Into::into))
+            }
+        });
+        tasks.spawn({
+            let (app, stop) = (app.clone(), consumer_stop.clone());
+            let settings = repair::RepairSettings {
+                publisher: publisher.clone(),
+                control_topic: kafka.control_topic(),
+                interval: Duration::from_millis(config.repair_interval_ms),
+                max_keys: config.repair_max_keys,
+                join_timeout: Duration::from_millis(config.join_timeout_ms),
+                // Two heartbeats: every live peer has announced itself by then.
+                listen_first: Duration::from_millis(2 * config.heartbeat_interval_ms + 500),
+                status: replication.clone(),
+            };
+            async move {
+                repair::run(app, settings, control_rx, stop).await;
+                ("repair", Ok(()))
             }
         });
         tasks.spawn({

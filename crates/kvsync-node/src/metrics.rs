@@ -60,6 +60,15 @@ pub struct Metrics {
     pub events_held: Family<PeerLabels, Gauge>,
     pub clock_off: Gauge,
     pub conflicts: Family<KindLabels, Counter>,
+    pub peer_up: Family<PeerLabels, Gauge>,
+    pub peer_lag_events: Family<PeerLabels, Gauge>,
+    pub peer_lag: Family<PeerLabels, Gauge<f64, AtomicU64>>,
+    pub repair_rounds: Counter,
+    pub repair_buckets: Counter,
+    pub repair_keys: Counter,
+    pub snapshots_served: Counter,
+    pub tombstones_collected: Counter,
+    pub events_too_old: Counter,
 }
 
 impl Default for Metrics {
@@ -91,6 +100,15 @@ impl Metrics {
         let events_held = Family::<PeerLabels, Gauge>::default();
         let clock_off = Gauge::default();
         let conflicts = Family::<KindLabels, Counter>::default();
+        let peer_up = Family::<PeerLabels, Gauge>::default();
+        let peer_lag_events = Family::<PeerLabels, Gauge>::default();
+        let peer_lag = Family::<PeerLabels, Gauge<f64, AtomicU64>>::default();
+        let repair_rounds = Counter::default();
+        let repair_buckets = Counter::default();
+        let repair_keys = Counter::default();
+        let snapshots_served = Counter::default();
+        let tombstones_collected = Counter::default();
+        let events_too_old = Counter::default();
         // Every kind shows from the start, at 0: a dashboard need not wait for the first.
         for kind in ConflictKind::ALL {
             let _ = conflicts.get_or_create(&KindLabels {
@@ -195,6 +213,51 @@ impl Metrics {
             "Writes that lost to a concurrent write of the same value or list, by kind, as settled here",
             conflicts.clone(),
         );
+        r.register(
+            "peer_up",
+            "1 while a peer is heard from on the control topic, 0 once it is away",
+            peer_up.clone(),
+        );
+        r.register(
+            "peer_lag_events",
+            "Records of the data topic this node has yet to apply before it holds each peer's last published event",
+            peer_lag_events.clone(),
+        );
+        r.register(
+            "peer_lag_seconds",
+            "How much older this node's newest applied event of each peer is than that peer's last write (0 when caught up)",
+            peer_lag.clone(),
+        );
+        r.register(
+            "repair_rounds",
+            "Anti-entropy rounds: summaries of this node's state sent to its peers",
+            repair_rounds.clone(),
+        );
+        r.register(
+            "repair_buckets",
+            "Buckets found to differ between this node's summary and a peer's",
+            repair_buckets.clone(),
+        );
+        r.register(
+            "repair_keys",
+            "Keys this node re-published because a peer's state of them differed (repairs)",
+            repair_keys.clone(),
+        );
+        r.register(
+            "snapshots_served",
+            "Whole-state snapshots this node published for a joining peer",
+            snapshots_served.clone(),
+        );
+        r.register(
+            "tombstones_collected",
+            "Tombstones of deleted keys removed past the horizon once every member had applied them",
+            tombstones_collected.clone(),
+        );
+        r.register(
+            "events_too_old",
+            "Peer events for keys this node does not hold, older than the tombstone horizon: skipped so that a collected delete cannot be undone",
+            events_too_old.clone(),
+        );
 
         Self {
             registry: Arc::new(r),
@@ -218,7 +281,30 @@ impl Metrics {
             events_held,
             clock_off,
             conflicts,
+            peer_up,
+            peer_lag_events,
+            peer_lag,
+            repair_rounds,
+            repair_buckets,
+            repair_keys,
+            snapshots_served,
+            tombstones_collected,
+            events_too_old,
         }
+    }
+
+    /// A peer's status and how far this node is behind it.
+    pub fn peer(&self, peer: &str, up: bool, lag: kvsync_core::cluster::Lag) {
+        let labels = PeerLabels {
+            peer: peer.to_owned(),
+        };
+        self.peer_up.get_or_create(&labels).set(i64::from(up));
+        self.peer_lag_events
+            .get_or_create(&labels)
+            .set(lag.events as i64);
+        self.peer_lag
+            .get_or_create(&labels)
+            .set(lag.ms as f64 / 1000.0);
     }
 
     pub fn conflict(&self, kind: &ConflictKind) {

@@ -276,8 +276,10 @@ impl Relay {
         let publish = async move {
             crate::fault::point("publish", event.key.as_str());
             match publisher.publish(&event).await {
-                Ok(()) => {
+                Ok((partition, offset)) => {
                     app.metrics.published.inc();
+                    app.cluster
+                        .published_event(&event.key, &event.version, partition, offset);
                     failures.store(0, Ordering::Relaxed);
                     *failing_since.lock().expect("failing lock") = None;
                     // Still in flight until its mark is cleared, so a scan meanwhile

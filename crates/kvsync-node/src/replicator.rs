@@ -55,7 +55,12 @@ pub enum ReplicatorError {
 
 /// The replicator's view of the topic, shared with `/readyz`, `/api/node` and metrics.
 #[derive(Default)]
-pub struct ReplicationStatus(Mutex<Status>);
+pub struct ReplicationStatus {
+    status: Mutex<Status>,
+    /// Notified whenever a partition's settled offset moves (peers waiting for a write's
+    /// replication learn it from the next heartbeat, sent early for that).
+    pub progress: tokio::sync::Notify,
+}
 
 #[derive(Default)]
 struct Status {
@@ -68,11 +73,33 @@ struct Status {
     probe_error: Option<String>,
     stalled: Option<String>,
     recoveries: u64,
+    /// The last time (wall clock, ms) the consumer had settled everything the broker
+    /// held when a probe asked it.
+    caught_up_ms: Option<u64>,
+    /// Asked to replay the topic from its beginning (a join found no peer to ask).
+    rewind: bool,
+    /// The next partitions taken start at the beginning of the topic.
+    from_low: bool,
 }
 
 impl ReplicationStatus {
     fn with<T>(&self, f: impl FnOnce(&mut Status) -> T) -> T {
-        f(&mut self.0.lock().expect("status lock"))
+        f(&mut self.status.lock().expect("status lock"))
+    }
+
+    /// Per partition, the next offset to deal with: everything before is applied.
+    pub fn applied(&self) -> BTreeMap<i32, i64> {
+        self.with(|s| s.settled.clone())
+    }
+
+    pub fn caught_up_ms(&self) -> Option<u64> {
+        self.with(|s| s.caught_up_ms)
+    }
+
+    /// Has the consumer start again from the beginning of the topic: a joining node with
+    /// no peer to get the state from replays what the topic holds instead.
+    pub fn rewind(&self) {
+        self.with(|s| s.rewind = true);
     }
 
     pub fn owned_partitions(&self) -> usize {
@@ -275,6 +302,8 @@ struct Generation<'a> {
     /// Per partition: the fetch position and since when it has not moved while behind.
     watch: HashMap<i32, (Option<i64>, Instant)>,
     last_error: String,
+    /// The database held no pair when this generation started (first one only).
+    empty: bool,
 }
 
 impl<'a> Generation<'a> {
@@ -302,6 +331,7 @@ impl<'a> Generation<'a> {
             received: HashMap::new(),
             watch: HashMap::new(),
             last_error: String::new(),
+            empty: false,
         }
     }
 
@@ -324,6 +354,10 @@ impl<'a> Generation<'a> {
     }
 
     async fn run(&mut self, shutdown: &CancellationToken) -> Result<End, ReplicatorError> {
+        if self.first {
+            // Unknown (database down) counts as not empty: replaying is always safe.
+            self.empty = self.app.store.is_empty().await.unwrap_or(false);
+        }
         let stop = shutdown.child_token();
         let (settled_tx, mut settled_rx) = mpsc::unbounded_channel::<Settled>();
         let mut lanes = JoinSet::new();
@@ -360,6 +394,13 @@ impl<'a> Generation<'a> {
                     self.settle(partition, offset);
                 }
                 _ = probe_tick.tick() => {
+                    if self.status.with(|s| std::mem::take(&mut s.rewind)) {
+                        self.status.with(|s| {
+                            s.settled.clear();
+                            s.from_low = true;
+                        });
+                        break End::Recover("replaying the topic from its beginning".into());
+                    }
                     if let Some(why) = self.start_probe(&probed_tx, &mut probe_id) {
                         break End::Recover(why);
                     }
@@ -443,6 +484,7 @@ impl<'a> Generation<'a> {
             (next > *known).then(|| *known = next).is_some()
         });
         if moved {
+            self.status.progress.notify_one();
             if let Err(e) = self.subscriber.done_before(partition, next) {
                 tracing::warn!(error = %e, partition, "could not store offset");
             }
@@ -486,39 +528,65 @@ impl<'a> Generation<'a> {
         let owned: BTreeSet<i32> = self.subscriber.owned().into_iter().collect();
         // Where partitions not owned yet start: after a recovery, where this process
         // settled them; otherwise where the group's committed offsets say.
-        let settled: BTreeMap<i32, i64> = self.status.with(|s| s.settled.clone());
-        let first = self.first;
+        let (settled, from_low) = self.status.with(|s| (s.settled.clone(), s.from_low));
+        let (first, empty) = (self.first, self.empty);
         let tx = probed_tx.clone();
         tokio::task::spawn_blocking(move || {
             let answer = (|| -> Result<Probed, BusError> {
+                let asked_ms = now_ms();
                 let count = probe.partitions(PROBE_TIMEOUT)?;
                 let marks = probe.watermarks(count, PROBE_TIMEOUT)?;
                 let missing: Vec<i32> = (0..count).filter(|p| !owned.contains(p)).collect();
                 let mut starts = Vec::new();
+                let mut joins = Vec::new();
                 let ask: Vec<i32> = missing
                     .iter()
                     .copied()
                     .filter(|p| first || !settled.contains_key(p))
                     .collect();
-                let committed: HashMap<i32, Option<i64>> = if ask.is_empty() {
+                let committed: HashMap<i32, Option<i64>> = if ask.is_empty() || from_low {
                     HashMap::new()
                 } else {
                     probe.committed(&ask, PROBE_TIMEOUT)?.into_iter().collect()
                 };
                 for p in missing {
-                    let (low, _) = marks[p as usize];
+                    let (low, high) = marks[p as usize];
                     let at = match (settled.get(&p), committed.get(&p)) {
+                        _ if from_low => low,
                         (Some(at), _) if !first => *at,
                         (_, Some(Some(at))) => *at,
+                        // Nothing committed and nothing stored: a new member. Its peers'
+                        // state, not the history, brings it up to date.
+                        _ if first && empty && high > low => {
+                            joins.push(format!("partition {p}: a new member"));
+                            high
+                        }
                         // Nothing committed: from the beginning.
                         _ => low,
                     };
+                    if at < low {
+                        // The events it needs are gone from the topic (retention).
+                        joins.push(format!(
+                            "partition {p}: events {at}..{low} are gone from the topic"
+                        ));
+                    }
                     starts.push((p, at.max(low)));
                 }
+                if first
+                    && empty
+                    && joins.is_empty()
+                    && !starts.is_empty()
+                    && marks.iter().any(|(l, h)| h > l)
+                {
+                    // An emptied database under kept offsets: the offsets say nothing of it.
+                    joins.push("the database is empty".into());
+                }
                 Ok(Probed {
+                    asked_ms,
                     count,
                     marks,
                     starts,
+                    joins,
                 })
             })();
             let _ = tx.blocking_send((id, answer.map_err(|e| e.to_string())));
@@ -532,9 +600,11 @@ impl<'a> Generation<'a> {
         let known = self.status.topic_partitions();
         self.silent_since = Instant::now();
         let Probed {
+            asked_ms,
             count,
             marks,
             starts,
+            joins,
         } = probed;
         if known.is_some_and(|k| k != count) {
             tracing::info!(partitions = count, "the topic's partition count changed");
@@ -559,10 +629,17 @@ impl<'a> Generation<'a> {
                 Ok(()) => {
                     tracing::info!(partitions = ?starts, "consumer owns partitions (partition, offset)");
                     self.status.with(|s| {
+                        s.from_low = false;
                         for (p, at) in &starts {
                             s.settled.insert(*p, *at);
                         }
                     });
+                    if !joins.is_empty() {
+                        // A new member may replay instead if no peer can help; one
+                        // missing events cannot.
+                        let gone = joins.iter().any(|j| j.contains("gone"));
+                        self.app.cluster.want_join(joins.join("; "), !gone);
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "could not assign partitions"),
             }
@@ -601,7 +678,17 @@ impl<'a> Generation<'a> {
                 break;
             }
         }
-        self.status.with(|s| s.stalled = stalled.clone());
+        self.status.with(|s| {
+            s.stalled = stalled.clone();
+            let all_owned = s.owned.len() as i32 == count;
+            let caught_up = marks
+                .iter()
+                .enumerate()
+                .all(|(p, (_, high))| s.settled.get(&(p as i32)).is_some_and(|at| at >= high));
+            if all_owned && caught_up {
+                s.caught_up_ms = Some(asked_ms);
+            }
+        });
         stalled
     }
 
@@ -637,10 +724,15 @@ impl<'a> Generation<'a> {
 }
 
 struct Probed {
+    /// When the probe asked (wall clock, ms): every record published before is below
+    /// the watermarks it got.
+    asked_ms: u64,
     count: i32,
     marks: Vec<(i64, i64)>,
     /// Partitions to take, each with the offset to start from.
     starts: Vec<(i32, i64)>,
+    /// Why this node must get its peers' state: it is new, or events it needs are gone.
+    joins: Vec<String>,
 }
 
 fn lane_of(key: &Key) -> usize {
@@ -755,14 +847,16 @@ async fn apply(app: &App, event: &Event, stop: &CancellationToken) -> bool {
     let mut delay = Duration::from_millis(50);
     loop {
         match app.apply_remote(event).await {
-            Ok(Outcome::Applied) => {
+            Ok(outcome) => {
+                app.cluster
+                    .applied_from(&event.origin, event.version.ts.wall_ms);
+                if outcome == Outcome::Stale {
+                    app.metrics.skipped_stale.inc();
+                    return true;
+                }
                 app.metrics.applied.inc();
                 let lag_ms = now_ms().saturating_sub(event.version.ts.wall_ms);
                 app.metrics.replication_lag.observe(lag_ms as f64 / 1000.0);
-                return true;
-            }
-            Ok(Outcome::Stale) => {
-                app.metrics.skipped_stale.inc();
                 return true;
             }
             Err(e) => {

@@ -58,6 +58,13 @@ impl StateCache {
         inner.bytes += size;
     }
 
+    /// Forgets everything (after tombstones were removed from the database behind it).
+    pub fn clear(&self) {
+        let mut inner = self.inner.lock().expect("cache lock");
+        inner.pairs.clear();
+        inner.bytes = 0;
+    }
+
     pub fn forget(&self, key: &Key) {
         let mut inner = self.inner.lock().expect("cache lock");
         if let Some((_, n)) = inner.pairs.remove(key) {

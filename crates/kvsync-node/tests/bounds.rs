@@ -406,8 +406,17 @@ async fn a_clear_cut_short_by_the_database_says_so_and_can_be_finished() {
     assert!((500..PAIRS).contains(&deleted), "{body}");
 
     // What was deleted stays deleted; clearing again finishes the job. (A delete that
-    // timed out may still have been applied when the database woke up.)
-    let left = a.keys().await.unwrap().len() as u64;
+    // timed out may still have been applied when the database woke up.) The database
+    // first works off the requests that queued while it hung, so a read may still time
+    // out for a moment: wait until one goes through.
+    let woke = Instant::now();
+    let left = loop {
+        match a.keys().await {
+            Ok(keys) => break keys.len() as u64,
+            Err(e) if woke.elapsed() > T => panic!("the node still cannot list its keys: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
     assert!(
         left <= PAIRS - deleted,
         "{left} left after {deleted} deleted"

@@ -574,6 +574,88 @@ impl Store {
         Ok(out)
     }
 
+    /// Up to `limit` stored pairs in key order after `after` (tombstones included,
+    /// conflicts not read): one page of a scan of everything, for summaries and
+    /// snapshots. A document that cannot be read comes as its error in its place, so
+    /// one bad document does not stop a scan.
+    pub async fn page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Result<StoredPair, StoreError>)>, StoreError> {
+        self.bounded(async {
+            let filter = match after {
+                Some(after) => doc! { "_id": { "$gt": after } },
+                None => doc! {},
+            };
+            let mut cursor = self
+                .pairs
+                .find(filter)
+                .sort(doc! { "_id": 1 })
+                .projection(doc! { "conflicts": 0, "values": 0 })
+                .limit(limit as i64)
+                .await?;
+            let mut out = Vec::with_capacity(limit.min(1024));
+            while let Some(d) = cursor.try_next().await? {
+                let id = match d.get("_id") {
+                    Some(Bson::String(s)) => s.clone(),
+                    other => format!("{other:?}"),
+                };
+                out.push((id, decode_pair(&d)));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Removes up to `limit` tombstones whose version text sorts below `older_than` and
+    /// that wait for no publication. Returns how many went.
+    pub async fn collect_tombstones(
+        &self,
+        older_than: &str,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        self.bounded(async {
+            let filter = doc! {
+                "deleted": true,
+                "ver": { "$lt": older_than },
+                "outbox": { "$exists": false },
+            };
+            let mut cursor = self
+                .pairs
+                .find(filter.clone())
+                .projection(doc! { "_id": 1 })
+                .limit(limit as i64)
+                .await?;
+            let mut ids = Vec::new();
+            while let Some(d) = cursor.try_next().await? {
+                if let Some(id) = d.get("_id") {
+                    ids.push(id.clone());
+                }
+            }
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            let mut filter = filter;
+            filter.insert("_id", doc! { "$in": ids });
+            Ok(self.pairs.delete_many(filter).await?.deleted_count)
+        })
+        .await
+    }
+
+    /// Whether no pair at all is stored (tombstones count).
+    pub async fn is_empty(&self) -> Result<bool, StoreError> {
+        self.bounded(async {
+            Ok(self
+                .pairs
+                .find_one(doc! {})
+                .projection(doc! { "_id": 1 })
+                .await?
+                .is_none())
+        })
+        .await
+    }
+
     /// The greatest timestamp stored, so a restarted node's clock starts after it.
     pub async fn max_timestamp(&self) -> Result<Option<Timestamp>, StoreError> {
         let found = self
@@ -715,5 +797,6 @@ fn decode_outbox(d: &Document) -> Result<Event, StoreError> {
         key: pair.key,
         version,
         state: pair.state,
+        republished: false,
     })
 }

@@ -65,6 +65,7 @@ pub fn router(ctx: Ctx, cors_origins: &[String]) -> Router {
         )
         .route("/api/events", get(events::events))
         .route("/api/node", get(ops::node))
+        .route("/api/cluster", get(ops::cluster))
         .route("/api/digest", get(ops::digest))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

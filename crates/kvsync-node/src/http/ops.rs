@@ -30,6 +30,7 @@ pub async fn readyz(State(ctx): State<Ctx>) -> Response {
     }
     reasons.extend(ctx.replication.problems());
     reasons.extend(ctx.app.clock.problems());
+    reasons.extend(ctx.app.cluster.join_problem());
     let ready = reasons.is_empty();
     let body = json!({
         "ready": ready,
@@ -58,6 +59,10 @@ pub async fn metrics(State(ctx): State<Ctx>) -> Response {
     m.assigned_partitions
         .set(ctx.replication.owned_partitions() as i64);
     m.consumer_lag.set(ctx.replication.lag());
+    let own = own_report(&ctx);
+    for (peer, up, lag) in ctx.app.cluster.peer_lags(&own) {
+        m.peer(&peer, up, lag);
+    }
     m.clock_off.set(match ctx.app.clock.own() {
         kvsync_core::OwnClock::Agrees => 0,
         kvsync_core::OwnClock::Ahead { .. } => 1,
@@ -97,6 +102,27 @@ pub async fn node(State(ctx): State<Ctx>) -> Json<serde_json::Value> {
             "publisher_recoveries": m.publisher_recoveries.get(),
         },
     }))
+}
+
+fn own_report(ctx: &Ctx) -> kvsync_core::cluster::Report {
+    ctx.app
+        .cluster
+        .report(ctx.replication.applied(), ctx.replication.caught_up_ms())
+}
+
+/// Every member this node knows of, its status, and the lag between every two members.
+pub async fn cluster(State(ctx): State<Ctx>) -> Json<serde_json::Value> {
+    let own = own_report(&ctx);
+    let mut body = ctx.app.cluster.describe(own, &ctx.app.clock.offsets());
+    let m = &ctx.app.metrics;
+    body["repair"] = json!({
+        "rounds": m.repair_rounds.get(),
+        "buckets_differing": m.repair_buckets.get(),
+        "keys_republished": m.repair_keys.get(),
+        "snapshots_served": m.snapshots_served.get(),
+        "tombstones_collected": m.tombstones_collected.get(),
+    });
+    Json(body)
 }
 
 pub async fn digest(State(ctx): State<Ctx>) -> Result<Json<serde_json::Value>, ApiError> {

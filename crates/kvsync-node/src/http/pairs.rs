@@ -1,11 +1,11 @@
 //! `/api/pairs`: the key-value API.
 
-use std::convert::Infallible;
+use std::{convert::Infallible, time::Duration};
 
 use axum::{
     body::Body,
     extract::State,
-    http::{header, HeaderMap, HeaderValue, StatusCode},
+    http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
@@ -22,7 +22,10 @@ use super::{
     extract::{precondition, JsonBody, KeyPath, ValuePath, Q},
     Ctx,
 };
-use crate::app::{elements, rfc3339, values_of, ConflictNote, ValueBody, Written};
+use crate::{
+    app::{elements, rfc3339, values_of, ConflictNote, ValueBody, Written},
+    cluster::{Replication, WaitFor},
+};
 
 pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 1000;
@@ -83,6 +86,129 @@ fn written(w: Written) -> Response {
     pair_response(status, &w.pair)
 }
 
+/// `?wait=all|N&timeout_ms=T` on a write: answer once the live peers (or N of them) have
+/// applied it, or at the timeout with those that have not. The write stands either way.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WaitParams {
+    wait: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+/// How long a write waits for its replication unless told otherwise.
+const DEFAULT_WAIT_MS: u64 = 5000;
+
+impl WaitParams {
+    fn parse(&self, ctx: &Ctx) -> Result<Option<(WaitFor, Duration)>, ApiError> {
+        let Some(wait) = &self.wait else {
+            if self.timeout_ms.is_some() {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    "timeout_ms needs wait=all or wait=N",
+                ));
+            }
+            return Ok(None);
+        };
+        let wait = match wait.as_str() {
+            "all" => WaitFor::All,
+            n => match n.parse::<usize>() {
+                Ok(n) if n >= 1 => WaitFor::AtLeast(n),
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "invalid_query",
+                        "wait must be all or a number of peers (1 or more)",
+                    ))
+                }
+            },
+        };
+        Ok(Some((wait, wait_timeout(ctx, self.timeout_ms))))
+    }
+}
+
+/// The wait asked for, kept within the request timeout (with room to answer).
+fn wait_timeout(ctx: &Ctx, asked_ms: Option<u64>) -> Duration {
+    let cap = ctx
+        .limits
+        .request_timeout
+        .saturating_sub(Duration::from_millis(250));
+    Duration::from_millis(asked_ms.unwrap_or(DEFAULT_WAIT_MS)).min(cap)
+}
+
+/// Waits, if asked, until the write's event has reached the peers.
+async fn replicate(
+    ctx: &Ctx,
+    pair: &StoredPair,
+    wait: Option<(WaitFor, Duration)>,
+) -> Option<Replication> {
+    let (wait, timeout) = wait?;
+    let version = pair.version()?;
+    let started = tokio::time::Instant::now();
+    let Some((partition, offset)) = ctx
+        .app
+        .cluster
+        .publication_of(&pair.key, version, timeout)
+        .await
+    else {
+        // Not even published in time (the broker is down): no peer has it.
+        let peers = ctx.app.cluster.live_peers();
+        return Some(Replication {
+            required: match wait {
+                WaitFor::All => peers.len(),
+                WaitFor::AtLeast(n) => n,
+            },
+            confirmed: Vec::new(),
+            pending: peers.iter().map(ToString::to_string).collect(),
+            timed_out: true,
+            waited_ms: started.elapsed().as_millis() as u64,
+        });
+    };
+    let left = timeout.saturating_sub(started.elapsed());
+    let mut r = ctx
+        .app
+        .cluster
+        .wait_applied(partition, offset, wait, left)
+        .await;
+    r.waited_ms = started.elapsed().as_millis() as u64;
+    Some(r)
+}
+
+/// The `Kvsync-Replicated` header of a write that waited: `all` (enough peers
+/// confirmed), `partial` (some did) or `none`.
+fn replicated_header(response: &mut Response, r: &Replication) {
+    let label = if !r.timed_out {
+        "all"
+    } else if r.confirmed.is_empty() {
+        "none"
+    } else {
+        "partial"
+    };
+    response.headers_mut().insert(
+        HeaderName::from_static("kvsync-replicated"),
+        HeaderValue::from_static(label),
+    );
+}
+
+/// A write's answer, after waiting for its replication if asked: the pair, with a
+/// `replication` field saying how far it got when it waited.
+async fn answer(ctx: &Ctx, w: Written, wait: Option<(WaitFor, Duration)>) -> Response {
+    let Some(r) = replicate(ctx, &w.pair, wait).await else {
+        return written(w);
+    };
+    let status = if w.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut body = serde_json::to_value(PairBody::from(&w.pair)).unwrap_or_default();
+    body["replication"] = serde_json::to_value(&r).unwrap_or_default();
+    let mut response = (status, Json(body)).into_response();
+    if let Some(version) = w.pair.version() {
+        response.headers_mut().insert(header::ETAG, etag(version));
+    }
+    replicated_header(&mut response, &r);
+    response
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
@@ -120,9 +246,47 @@ pub async fn list(State(ctx): State<Ctx>, Q(p): Q<ListParams>) -> Result<Respons
     Ok(Json(json!({ "pairs": pairs, "next": next.flatten() })).into_response())
 }
 
-pub async fn get(State(ctx): State<Ctx>, KeyPath(key): KeyPath) -> Result<Response, ApiError> {
-    let pair = ctx.app.get(&key).await?;
-    Ok(pair_response(StatusCode::OK, &pair))
+/// `?min_version=V&timeout_ms=T` on a read: wait until this node holds the key at
+/// version V or later (a version a write on any node returned), up to the timeout.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReadParams {
+    min_version: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+pub async fn get(
+    State(ctx): State<Ctx>,
+    KeyPath(key): KeyPath,
+    Q(p): Q<ReadParams>,
+) -> Result<Response, ApiError> {
+    let Some(min) = &p.min_version else {
+        if p.timeout_ms.is_some() {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "timeout_ms needs min_version",
+            ));
+        }
+        let pair = ctx.app.get(&key).await?;
+        return Ok(pair_response(StatusCode::OK, &pair));
+    };
+    let min: Version = min
+        .trim_matches('"')
+        .parse()
+        .map_err(|e| ApiError::bad_request("invalid_query", format!("min_version: {e}")))?;
+    let timeout = wait_timeout(&ctx, p.timeout_ms);
+    match ctx.app.get_at_least(&key, &min, timeout).await? {
+        Some(pair) if pair.is_live() => Ok(pair_response(StatusCode::OK, &pair)),
+        Some(_) => Err(crate::app::AppError::NotFound.into()),
+        None => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "version_not_here_yet",
+            format!(
+                "this node does not hold version {min} of the key yet (waited {} ms); retry, or read from the node that took the write",
+                timeout.as_millis()
+            ),
+        )),
+    }
 }
 
 #[derive(Deserialize)]
@@ -134,12 +298,15 @@ pub struct PutBody {
 pub async fn put(
     State(ctx): State<Ctx>,
     KeyPath(key): KeyPath,
+    Q(w): Q<WaitParams>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<PutBody>,
 ) -> Result<Response, ApiError> {
     let pre = precondition(&headers)?;
+    let wait = w.parse(&ctx)?;
     let values = Values::new(body.values, key.as_str().len())?;
-    Ok(written(ctx.app.put(&key, values, &pre).await?))
+    let w = ctx.app.put(&key, values, &pre).await?;
+    Ok(answer(&ctx, w, wait).await)
 }
 
 #[derive(Deserialize)]
@@ -151,11 +318,14 @@ pub struct AppendBody {
 pub async fn append(
     State(ctx): State<Ctx>,
     KeyPath(key): KeyPath,
+    Q(w): Q<WaitParams>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<AppendBody>,
 ) -> Result<Response, ApiError> {
     let pre = precondition(&headers)?;
-    Ok(written(ctx.app.append(&key, body.value, &pre).await?))
+    let wait = w.parse(&ctx)?;
+    let w = ctx.app.append(&key, body.value, &pre).await?;
+    Ok(answer(&ctx, w, wait).await)
 }
 
 #[derive(Deserialize)]
@@ -168,21 +338,27 @@ pub struct ValueBodyIn {
 pub async fn edit_value(
     State(ctx): State<Ctx>,
     ValuePath(key, id): ValuePath,
+    Q(w): Q<WaitParams>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<ValueBodyIn>,
 ) -> Result<Response, ApiError> {
     let pre = precondition(&headers)?;
-    Ok(written(ctx.app.edit(&key, &id, body.value, &pre).await?))
+    let wait = w.parse(&ctx)?;
+    let w = ctx.app.edit(&key, &id, body.value, &pre).await?;
+    Ok(answer(&ctx, w, wait).await)
 }
 
 /// Removes one value; the pair stays.
 pub async fn remove_value(
     State(ctx): State<Ctx>,
     ValuePath(key, id): ValuePath,
+    Q(w): Q<WaitParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let pre = precondition(&headers)?;
-    Ok(written(ctx.app.remove_value(&key, &id, &pre).await?))
+    let wait = w.parse(&ctx)?;
+    let w = ctx.app.remove_value(&key, &id, &pre).await?;
+    Ok(answer(&ctx, w, wait).await)
 }
 
 /// The conflicts this node settled for a key, oldest first.
@@ -207,14 +383,29 @@ pub async fn dismiss_conflicts(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// 204; with `?wait=`, 200 and a body that says how far the delete got.
 pub async fn delete(
     State(ctx): State<Ctx>,
     KeyPath(key): KeyPath,
+    Q(w): Q<WaitParams>,
     headers: HeaderMap,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     let pre = precondition(&headers)?;
-    ctx.app.delete(&key, &pre).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let wait = w.parse(&ctx)?;
+    let tombstone = ctx.app.delete(&key, &pre).await?;
+    let Some(r) = replicate(&ctx, &tombstone, wait).await else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let version = tombstone.version().map(ToString::to_string);
+    let mut response = Json(json!({
+        "key": key.as_str(),
+        "deleted": true,
+        "version": version,
+        "replication": r,
+    }))
+    .into_response();
+    replicated_header(&mut response, &r);
+    Ok(response)
 }
 
 /// "Clear database": deletes every live pair, batch by batch, each an ordinary

@@ -1,0 +1,568 @@
+//! Anti-entropy, joins from state, and tombstone collection: the background work that
+//! keeps a node equal to its peers whatever happened to its database or its offsets.
+//!
+//! - **Summaries.** Every repair interval the node sends a summary of its state (a hash
+//!   per bucket of keys) on the control topic. A peer whose summary differs in a bucket
+//!   gets this node's keys of that bucket with their fingerprints, and the reverse; each
+//!   side re-publishes, on the data topic, its keys that the other lacks or holds
+//!   differently. Every node merges those as usual, so a repair can never do harm, and
+//!   after one exchange both hold the merge of both.
+//! - **Joins.** A node that starts empty, or whose events are gone from the topic, asks
+//!   one live peer for its whole state, which that peer re-publishes; the node is ready
+//!   once it has applied it. With no peer to ask, a new node replays the topic instead.
+//! - **Tombstones.** A deleted key's tombstone is removed once it is older than the
+//!   horizon and every member heard from within the horizon has caught up past it.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use kvsync_core::{
+    cluster::{bucket_of, BucketList, Control, Summary, BUCKETS},
+    Key, NodeId,
+};
+use kvsync_kafka::Publisher;
+use kvsync_store::StoredPair;
+use tokio::{sync::mpsc, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    app::{now_ms, App},
+    cluster::Join,
+    replicator::ReplicationStatus,
+};
+
+/// Keys read per page when scanning the whole database.
+const PAGE: usize = 1000;
+/// Re-publications in flight at once during a snapshot.
+const SNAPSHOT_IN_FLIGHT: usize = 256;
+/// Bucket listings are split into records of at most this size.
+const LIST_BYTES: usize = 256 * 1024;
+/// Keys changed more recently than this are left to replication, which is likely still
+/// carrying them.
+const SETTLING: Duration = Duration::from_secs(2);
+/// Tombstones removed per database operation.
+const COLLECT_BATCH: usize = 1000;
+
+pub struct RepairSettings {
+    pub publisher: Publisher,
+    pub control_topic: String,
+    pub interval: Duration,
+    pub max_keys: u64,
+    pub join_timeout: Duration,
+    /// How long a new node listens for heartbeats before it picks a peer to join from.
+    pub listen_first: Duration,
+    pub status: Arc<ReplicationStatus>,
+}
+
+/// A peer's listing of a bucket being received: since when, parts so far, their keys.
+type Parts = (Instant, u32, BTreeMap<String, String>);
+
+/// This node's own keys, as of its last scan: their fingerprints per bucket.
+struct Scan {
+    at: Instant,
+    summary: Summary,
+    buckets: Vec<BTreeMap<String, String>>,
+}
+
+pub async fn run(
+    app: Arc<App>,
+    settings: RepairSettings,
+    mut control: mpsc::Receiver<Control>,
+    shutdown: CancellationToken,
+) {
+    let mut task = Repair {
+        app,
+        settings,
+        scan: None,
+        lists_sent: HashMap::new(),
+        parts: HashMap::new(),
+        budget: 0,
+        snapshots: JoinSet::new(),
+        started: Instant::now(),
+    };
+    let mut tick = tokio::time::interval(task.settings.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick comes at once; the peers may not even be known yet, which is fine:
+    // a summary is only compared by those that receive it.
+    let collect_every = (task.app.tombstone_horizon_ms / 10).clamp(1000, 3_600_000);
+    let mut collect = tokio::time::interval(Duration::from_millis(collect_every));
+    collect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut join_check = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => task.round().await,
+            _ = collect.tick() => task.collect_tombstones().await,
+            _ = task.app.cluster.join_wanted.notified() => task.advance_join().await,
+            _ = join_check.tick(), if task.app.cluster.join().is_some() => task.advance_join().await,
+            Some(record) = control.recv() => task.handle(record).await,
+            Some(done) = task.snapshots.join_next(), if !task.snapshots.is_empty() => {
+                if let Err(e) = done {
+                    tracing::warn!(error = %e, "a snapshot task failed");
+                }
+            }
+        }
+    }
+    task.snapshots.abort_all();
+}
+
+struct Repair {
+    app: Arc<App>,
+    settings: RepairSettings,
+    scan: Option<Scan>,
+    /// When this node last sent its listing of each bucket.
+    lists_sent: HashMap<u32, Instant>,
+    /// Parts of peers' bucket listings received so far.
+    parts: HashMap<(NodeId, u32), Parts>,
+    /// Keys that may still be re-published in this interval.
+    budget: u64,
+    snapshots: JoinSet<()>,
+    started: Instant,
+}
+
+impl Repair {
+    async fn send_control(&self, record: &Control) {
+        if let Err(e) = self
+            .settings
+            .publisher
+            .send(
+                &self.settings.control_topic,
+                self.app.node.as_str(),
+                &record.encode(),
+            )
+            .await
+        {
+            tracing::debug!(error = %e, "control record not sent");
+        }
+    }
+
+    /// Reads every key's fingerprint. Tombstones past the horizon are left out: they are
+    /// being collected, and nodes collect them at slightly different times.
+    async fn rescan(&mut self) -> bool {
+        let horizon_start = now_ms().saturating_sub(self.app.tombstone_horizon_ms);
+        let mut summary = Summary::default();
+        let mut buckets = vec![BTreeMap::new(); BUCKETS as usize];
+        let mut after: Option<String> = None;
+        loop {
+            let page = match self.app.store.page(after.as_deref(), PAGE).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot scan the database for a summary");
+                    return false;
+                }
+            };
+            let done = page.len() < PAGE;
+            for (id, pair) in page {
+                after = Some(id);
+                let Ok(pair) = pair else { continue };
+                if !pair.is_live() && pair.version().is_none_or(|v| v.ts.wall_ms < horizon_start) {
+                    continue;
+                }
+                let fp = pair.state.fingerprint();
+                summary.add(pair.key.as_str(), &fp);
+                buckets[bucket_of(pair.key.as_str()) as usize].insert(pair.key.to_string(), fp);
+            }
+            if done {
+                break;
+            }
+        }
+        self.scan = Some(Scan {
+            at: Instant::now(),
+            summary,
+            buckets,
+        });
+        true
+    }
+
+    /// A scan no older than a quarter of the interval.
+    async fn fresh_scan(&mut self) -> bool {
+        let fresh = self
+            .scan
+            .as_ref()
+            .is_some_and(|s| s.at.elapsed() < self.settings.interval / 4);
+        fresh || self.rescan().await
+    }
+
+    async fn round(&mut self) {
+        self.budget = self.settings.max_keys;
+        self.parts
+            .retain(|_, (at, _, _)| at.elapsed() < self.settings.interval);
+        if !self.rescan().await {
+            return;
+        }
+        let summary = self.scan.as_ref().expect("scanned").summary.clone();
+        self.app.metrics.repair_rounds.inc();
+        self.send_control(&Control::Summary {
+            node: self.app.node.clone(),
+            summary,
+        })
+        .await;
+    }
+
+    async fn handle(&mut self, record: Control) {
+        match record {
+            Control::Summary { node, summary } => {
+                if !self.fresh_scan().await {
+                    return;
+                }
+                let differing = self
+                    .scan
+                    .as_ref()
+                    .expect("scanned")
+                    .summary
+                    .differing(&summary);
+                if differing.is_empty() {
+                    return;
+                }
+                self.app
+                    .metrics
+                    .repair_buckets
+                    .inc_by(differing.len() as u64);
+                tracing::info!(peer = %node, buckets = differing.len(), "state differs from a peer's; comparing keys");
+                for b in differing {
+                    self.send_list(b).await;
+                }
+            }
+            Control::Bucket {
+                node,
+                list,
+                part: _,
+                parts,
+            } => {
+                let entry = self
+                    .parts
+                    .entry((node.clone(), list.bucket))
+                    .or_insert_with(|| (Instant::now(), 0, BTreeMap::new()));
+                entry.1 += 1;
+                entry.2.extend(list.entries);
+                if entry.1 < parts {
+                    return;
+                }
+                let (_, _, theirs) = self
+                    .parts
+                    .remove(&(node.clone(), list.bucket))
+                    .expect("entry");
+                self.compare(&node, list.bucket, theirs).await;
+            }
+            Control::Sync {
+                node,
+                request,
+                target,
+            } => {
+                if target == self.app.node {
+                    self.serve_snapshot(node, request);
+                }
+            }
+            Control::Synced {
+                node,
+                request,
+                until,
+            } => {
+                if let Some(Join::Asked {
+                    why, request: ours, ..
+                }) = self.app.cluster.join()
+                {
+                    if ours == request {
+                        tracing::info!(peer = %node, "the peer published its state; applying it");
+                        self.app.cluster.set_join(Some(Join::Receiving {
+                            why,
+                            from: node,
+                            until,
+                        }));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends this node's keys of bucket `b`, unless it did within half an interval.
+    async fn send_list(&mut self, b: u32) {
+        if self
+            .lists_sent
+            .get(&b)
+            .is_some_and(|t| t.elapsed() < self.settings.interval / 2)
+        {
+            return;
+        }
+        self.lists_sent.insert(b, Instant::now());
+        let entries = self.scan.as_ref().expect("scanned").buckets[b as usize].clone();
+        let chunks = BucketList { bucket: b, entries }.chunks(LIST_BYTES);
+        let parts = chunks.len() as u32;
+        for (i, list) in chunks.into_iter().enumerate() {
+            self.send_control(&Control::Bucket {
+                node: self.app.node.clone(),
+                list,
+                part: i as u32,
+                parts,
+            })
+            .await;
+        }
+    }
+
+    /// Re-publishes this node's keys of bucket `b` that `peer` lacks or holds otherwise,
+    /// and sends its own listing when the peer holds keys this node lacks or holds
+    /// otherwise, so the peer repairs those.
+    async fn compare(&mut self, peer: &NodeId, b: u32, theirs: BTreeMap<String, String>) {
+        if !self.fresh_scan().await {
+            return;
+        }
+        let ours = &self.scan.as_ref().expect("scanned").buckets[b as usize];
+        let differ: Vec<String> = ours
+            .iter()
+            .filter(|(k, fp)| theirs.get(*k) != Some(*fp))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let they_have_more = theirs.iter().any(|(k, fp)| ours.get(k) != Some(fp));
+        let mut sent = 0u64;
+        for key in differ {
+            if self.budget == 0 {
+                tracing::warn!(peer = %peer, "repair budget for this interval spent; the rest waits for the next");
+                break;
+            }
+            let Ok(key) = Key::parse(key) else { continue };
+            let pair = match self.app.store.get(&key).await {
+                Ok(Some(pair)) => pair,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read a key to repair");
+                    return;
+                }
+            };
+            if settling(&pair) {
+                continue;
+            }
+            self.budget -= 1;
+            let event = self.app.republish(pair);
+            match self.settings.publisher.publish(&event).await {
+                Ok(_) => sent += 1,
+                Err(e) => {
+                    tracing::debug!(error = %e, "repair not published; the next round tries again");
+                    return;
+                }
+            }
+        }
+        if sent > 0 {
+            tracing::info!(peer = %peer, bucket = b, keys = sent, "re-published keys a peer holds differently");
+            self.app.metrics.repair_keys.inc_by(sent);
+            self.app.cluster.repaired(sent);
+        }
+        if they_have_more {
+            self.send_list(b).await;
+        }
+    }
+
+    /// Publishes this node's whole state for a joining peer, then says so.
+    fn serve_snapshot(&mut self, requester: NodeId, request: Uuid) {
+        let app = self.app.clone();
+        let publisher = self.settings.publisher.clone();
+        let topic = self.settings.control_topic.clone();
+        self.snapshots.spawn(async move {
+            tracing::info!(peer = %requester, "publishing this node's state for a joining peer");
+            let started = Instant::now();
+            let horizon_start = now_ms().saturating_sub(app.tombstone_horizon_ms);
+            let mut until: BTreeMap<i32, i64> = BTreeMap::new();
+            let mut in_flight = JoinSet::new();
+            let mut after: Option<String> = None;
+            let mut sent = 0u64;
+            loop {
+                let page = match app.store.page(after.as_deref(), PAGE).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "snapshot for a joining peer stopped: the database failed; the peer asks again");
+                        return;
+                    }
+                };
+                let done = page.len() < PAGE;
+                for (id, pair) in page {
+                    after = Some(id);
+                    let Ok(pair) = pair else { continue };
+                    if !pair.is_live()
+                        && pair.version().is_none_or(|v| v.ts.wall_ms < horizon_start)
+                    {
+                        continue;
+                    }
+                    let event = app.republish(pair);
+                    let publisher = publisher.clone();
+                    in_flight.spawn(async move { publisher.publish(&event).await });
+                    while in_flight.len() >= SNAPSHOT_IN_FLIGHT {
+                        if !absorb(in_flight.join_next().await, &mut until, &mut sent) {
+                            return;
+                        }
+                    }
+                }
+                if done {
+                    break;
+                }
+            }
+            while let Some(r) = in_flight.join_next().await {
+                if !absorb(Some(r), &mut until, &mut sent) {
+                    return;
+                }
+            }
+            app.metrics.snapshots_served.inc();
+            tracing::info!(peer = %requester, keys = sent, ms = started.elapsed().as_millis() as u64, "state published for a joining peer");
+            let done = Control::Synced {
+                node: app.node.clone(),
+                request,
+                until,
+            };
+            if let Err(e) = publisher.send(&topic, app.node.as_str(), &done.encode()).await {
+                tracing::warn!(error = %e, "could not say the snapshot is complete; the peer asks again");
+            }
+        });
+    }
+
+    /// Moves a join along: asks a live peer, falls back to replaying the topic when
+    /// alone, asks another peer when one does not answer, and ends it once the state
+    /// received is applied.
+    async fn advance_join(&mut self) {
+        let Some(join) = self.app.cluster.join() else {
+            return;
+        };
+        match join {
+            Join::Wanted {
+                why,
+                replay_if_alone,
+            } => {
+                if self.started.elapsed() < self.settings.listen_first {
+                    return; // Not heard every live peer yet.
+                }
+                self.ask_peer(why, replay_if_alone, None).await;
+            }
+            Join::Asked {
+                why,
+                replay_if_alone,
+                target,
+                since,
+                ..
+            } => {
+                if since.elapsed() >= self.settings.join_timeout {
+                    tracing::warn!(peer = %target, "no answer to the join request; asking again");
+                    self.ask_peer(why, replay_if_alone, Some(target)).await;
+                }
+            }
+            Join::Receiving { until, from, .. } => {
+                let applied = self.settings.status.applied();
+                let done = until
+                    .iter()
+                    .all(|(p, next)| applied.get(p).is_some_and(|a| a >= next));
+                if done {
+                    tracing::info!(peer = %from, "joined from the peer's state");
+                    self.app.cluster.set_join(None);
+                }
+            }
+        }
+    }
+
+    async fn ask_peer(&mut self, why: String, replay_if_alone: bool, not: Option<NodeId>) {
+        let peers = self.app.cluster.live_peers();
+        // Another peer than the one that did not answer, if there is one.
+        let target = peers
+            .iter()
+            .find(|p| Some(*p) != not.as_ref())
+            .or(peers.first())
+            .cloned();
+        let Some(target) = target else {
+            if replay_if_alone {
+                tracing::info!("no live peer to join from; replaying the topic instead");
+                self.settings.status.rewind();
+                self.app.cluster.set_join(None);
+            } else {
+                // Nothing to do but wait: the problem shows in /readyz meanwhile.
+                self.app.cluster.set_join(Some(Join::Wanted {
+                    why,
+                    replay_if_alone,
+                }));
+            }
+            return;
+        };
+        let request = Uuid::now_v7();
+        tracing::info!(peer = %target, "asking a peer for its state");
+        self.send_control(&Control::Sync {
+            node: self.app.node.clone(),
+            request,
+            target: target.clone(),
+        })
+        .await;
+        self.app.cluster.set_join(Some(Join::Asked {
+            why,
+            replay_if_alone,
+            request,
+            target,
+            since: Instant::now(),
+        }));
+    }
+
+    /// Removes tombstones older than the horizon that every member heard from within
+    /// the horizon (and this node) has caught up past.
+    async fn collect_tombstones(&mut self) {
+        let horizon = self.app.tombstone_horizon_ms;
+        let now = now_ms();
+        let Some(own) = self.settings.status.caught_up_ms() else {
+            return;
+        };
+        let Some(peers) = self
+            .app
+            .cluster
+            .peers_caught_up_ms(Duration::from_millis(horizon))
+        else {
+            return; // A member has not said how far it got.
+        };
+        let cutoff = now.saturating_sub(horizon).min(own).min(peers);
+        // Version texts start with the wall time in fixed-width hex, so they sort by it:
+        // every version older than `cutoff` sorts below this prefix.
+        let older_than = format!("{cutoff:016x}");
+        let mut total = 0;
+        loop {
+            match self
+                .app
+                .collect_tombstones(&older_than, COLLECT_BATCH)
+                .await
+            {
+                Ok(0) => break,
+                Ok(n) => total += n,
+                Err(e) => {
+                    tracing::debug!(error = %e, "tombstone collection stopped; it runs again later");
+                    break;
+                }
+            }
+        }
+        if total > 0 {
+            tracing::info!(collected = total, "tombstones past the horizon removed");
+            self.app.metrics.tombstones_collected.inc_by(total);
+        }
+    }
+}
+
+/// A key written or merged very recently: replication is likely still carrying it.
+fn settling(pair: &StoredPair) -> bool {
+    pair.version()
+        .is_some_and(|v| now_ms().saturating_sub(v.ts.wall_ms) < SETTLING.as_millis() as u64)
+}
+
+type Published = Result<Result<(i32, i64), kvsync_kafka::BusError>, tokio::task::JoinError>;
+
+/// Takes one re-publication's result; false if the snapshot must stop.
+fn absorb(result: Option<Published>, until: &mut BTreeMap<i32, i64>, sent: &mut u64) -> bool {
+    match result {
+        Some(Ok(Ok((partition, offset)))) => {
+            let next = until.entry(partition).or_insert(0);
+            *next = (*next).max(offset + 1);
+            *sent += 1;
+            true
+        }
+        Some(Ok(Err(e))) => {
+            tracing::warn!(error = %e, "snapshot for a joining peer stopped: publishing failed; the peer asks again");
+            false
+        }
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "snapshot publication task failed");
+            false
+        }
+        None => true,
+    }
+}
