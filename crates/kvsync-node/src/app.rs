@@ -527,7 +527,13 @@ impl App {
         self.ensure_ready().await?;
         self.observe(event.version.ts);
         let now = now_ms();
-        let mut known = self.cache.get(&event.key);
+        // A re-publication repairs what may have changed behind this node's back (in
+        // its database): the cache may not know of it, so it is not used.
+        let mut known = if event.republished {
+            None
+        } else {
+            self.cache.get(&event.key)
+        };
         // An event older than the tombstone horizon for a key not held here may be a late
         // duplicate of a write whose delete was since collected: applying it would bring
         // the key back. Repairs and snapshots carry fresh versions, so they still apply.

@@ -299,6 +299,41 @@ impl Broker {
             .with_context(|| format!("producing {} bytes to {topic}", payload.len()))?;
         Ok(())
     }
+
+    /// Commits, for consumer group `group`, the end of every partition of `topic`: the
+    /// group's next consumer skips every record there now, applied or not. Returns the
+    /// offsets committed.
+    pub async fn commit_end(&self, group: &str, topic: &str) -> Result<Vec<(i32, i64)>> {
+        let (addr, group, topic) = (self.addr(), group.to_owned(), topic.to_owned());
+        tokio::task::spawn_blocking(move || -> Result<Vec<(i32, i64)>> {
+            use rdkafka::{
+                consumer::{BaseConsumer, CommitMode, Consumer},
+                Offset, TopicPartitionList,
+            };
+            let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &addr)
+                .set("group.id", &group)
+                .set("enable.auto.commit", "false")
+                .create()?;
+            let timeout = Duration::from_secs(10);
+            let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
+            let partitions = metadata
+                .topics()
+                .first()
+                .map(|t| t.partitions().len() as i32)
+                .unwrap_or(0);
+            let mut list = TopicPartitionList::new();
+            let mut ends = Vec::new();
+            for p in 0..partitions {
+                let (_, high) = consumer.fetch_watermarks(&topic, p, timeout)?;
+                list.add_partition_offset(&topic, p, Offset::Offset(high))?;
+                ends.push((p, high));
+            }
+            consumer.commit(&list, CommitMode::Sync)?;
+            Ok(ends)
+        })
+        .await?
+    }
 }
 
 /// An nx-27017 MongoDB-protocol server on SQLite.
