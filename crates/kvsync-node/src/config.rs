@@ -162,6 +162,12 @@ pub struct Config {
     #[arg(long, env = "KVSYNC_TOMBSTONE_HORIZON_MS", default_value_t = 7 * DAY_MS, value_parser = clap::value_parser!(u64).range(1..))]
     pub tombstone_horizon_ms: u64,
 
+    /// A node that starts with an empty database gets its peers' state instead of
+    /// replaying the topic's history. Off: it replays what the topic holds (which, with
+    /// bounded retention, may no longer be everything).
+    #[arg(long, env = "KVSYNC_JOIN_FROM_STATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub join_from_state: bool,
+
     /// A node that starts empty (or whose events are gone from the topic) asks its peers
     /// for their state; if none answers within this time, it replays what the topic
     /// still holds instead.

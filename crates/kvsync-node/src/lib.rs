@@ -184,6 +184,7 @@ impl Node {
                 kafka: kafka.clone(),
                 group,
                 stall_timeout,
+                join_from_state: config.join_from_state,
             };
             let mut topic_ready = topic_ready.clone();
             async move {

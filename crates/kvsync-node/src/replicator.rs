@@ -197,6 +197,8 @@ pub struct ReplicatorSettings {
     /// A partition whose fetch position stands still this long while the broker holds
     /// newer records makes the consumer be rebuilt.
     pub stall_timeout: Duration,
+    /// An empty node gets its peers' state rather than replaying the topic.
+    pub join_from_state: bool,
 }
 
 /// Consumes until `shutdown`, rebuilding the consumer whenever the watchdog finds it
@@ -356,7 +358,8 @@ impl<'a> Generation<'a> {
     async fn run(&mut self, shutdown: &CancellationToken) -> Result<End, ReplicatorError> {
         if self.first {
             // Unknown (database down) counts as not empty: replaying is always safe.
-            self.empty = self.app.store.is_empty().await.unwrap_or(false);
+            self.empty = self.settings.join_from_state
+                && self.app.store.is_empty().await.unwrap_or(false);
         }
         let stop = shutdown.child_token();
         let (settled_tx, mut settled_rx) = mpsc::unbounded_channel::<Settled>();
