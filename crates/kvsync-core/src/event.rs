@@ -284,6 +284,40 @@ mod tests {
         assert!(text.contains(r#""schema":2"#), "{text}");
     }
 
+    #[test]
+    fn a_republication_carries_a_fresh_version_and_says_so() {
+        let original = put("k", &["a"]);
+        let again = Event::republish(
+            original.key.clone(),
+            version(9_000, "n2"),
+            original.state.clone(),
+        );
+        let text = String::from_utf8(again.encode()).unwrap();
+        assert!(text.contains(r#""republished":true"#), "{text}");
+        assert_eq!(Event::decode(&again.encode()).unwrap(), again);
+        // An ordinary event does not carry the field at all (earlier schema-2 readers
+        // refuse unknown fields).
+        assert!(!String::from_utf8(original.encode())
+            .unwrap()
+            .contains("republished"));
+        // A re-publication must be newer than its state, and a write's event no newer.
+        let stale = Event::republish(
+            original.key.clone(),
+            version(500, "n2"),
+            original.state.clone(),
+        );
+        assert!(matches!(
+            Event::decode(&stale.encode()),
+            Err(EventError::State(_))
+        ));
+        let mut ahead = original.clone();
+        ahead.version = version(9_000, "n1");
+        assert!(matches!(
+            Event::decode(&ahead.encode()),
+            Err(EventError::State(_))
+        ));
+    }
+
     fn tweak(f: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
         let mut v: serde_json::Value = serde_json::from_slice(&put("k", &["a"]).encode()).unwrap();
         f(&mut v);

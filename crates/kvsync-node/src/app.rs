@@ -232,6 +232,9 @@ pub struct App {
     /// clock started after every version already stored (the physical clock may have
     /// gone backwards across a restart); done once, when MongoDB first answers.
     ready: OnceCell<()>,
+    /// Set at start-up when this node was away for longer than the tombstone horizon: its
+    /// state was dropped (pending changes kept) and it joins from its peers' state.
+    rejoin: std::sync::atomic::AtomicBool,
     feed: broadcast::Sender<Arc<FeedItem>>,
     outbox: mpsc::Sender<Event>,
     /// Recent states with their revisions: a write starts from them instead of a read.
@@ -259,6 +262,7 @@ impl App {
             tombstone_horizon_ms: kvsync_core::state::TOMBSTONE_HORIZON_MS,
             hlc: Mutex::new(Clock::new()),
             ready: OnceCell::new(),
+            rejoin: Default::default(),
             feed: broadcast::channel(FEED_CAPACITY).0,
             outbox,
             cache: StateCache::default(),
@@ -288,6 +292,19 @@ impl App {
                 if let Some(ts) = self.store.max_timestamp().await? {
                     self.observe(ts);
                 }
+                // Away longer than the horizon: peers may have collected tombstones of
+                // keys this state still holds, which its repairs would bring back. Drop
+                // what was published (pending changes stay) and join from the peers.
+                let now = now_ms();
+                if let Some(alive) = self.store.alive_ms().await? {
+                    let away = now.saturating_sub(alive);
+                    if away > self.tombstone_horizon_ms {
+                        let dropped = self.store.discard_published().await?;
+                        tracing::warn!(away_ms = away, horizon_ms = self.tombstone_horizon_ms, dropped, "away longer than the tombstone horizon: dropped this node's published state; joining from the peers' state");
+                        self.rejoin.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                self.store.set_alive(now).await?;
                 Ok::<_, StoreError>(())
             })
             .await
@@ -584,6 +601,12 @@ impl App {
         Ok(applied.outcome)
     }
 
+    /// Whether this node dropped its state at start-up, having been away for longer than
+    /// the tombstone horizon, and must join from its peers' state.
+    pub fn must_rejoin(&self) -> bool {
+        self.rejoin.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The key's pair (tombstone included) once it is at `min` or later, waiting up to
     /// `timeout` for replication to bring it; `None` if it did not come in time.
     pub async fn get_at_least(
@@ -635,6 +658,26 @@ impl App {
     pub fn republish(&self, pair: StoredPair) -> Event {
         let version = self.next_version(pair.version());
         Event::republish(pair.key, version, pair.state)
+    }
+
+    /// A pending change older than the tombstone horizon (its node could not publish it
+    /// for that long) goes out as a re-publication with a fresh version, under the same
+    /// outbox id: peers skip events that old for keys they do not hold.
+    pub fn refresh_if_old(&self, event: Event) -> Event {
+        if event
+            .version
+            .ts
+            .wall_ms
+            .saturating_add(self.tombstone_horizon_ms)
+            >= now_ms()
+        {
+            return event;
+        }
+        let version = self.next_version(event.state.version());
+        Event {
+            id: event.id,
+            ..Event::republish(event.key, version, event.state)
+        }
     }
 
     /// A write that failed on its way to or from the database may still be applied, outbox

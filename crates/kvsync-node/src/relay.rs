@@ -275,6 +275,7 @@ impl Relay {
         report_backlog(&app, &in_flight, &scanning);
         let publish = async move {
             crate::fault::point("publish", event.key.as_str());
+            let event = app.refresh_if_old(event);
             match publisher.publish(&event).await {
                 Ok((partition, offset)) => {
                     app.metrics.published.inc();

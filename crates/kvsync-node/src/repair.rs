@@ -189,6 +189,12 @@ impl Repair {
 
     async fn round(&mut self) {
         self.budget = self.settings.max_keys;
+        // Alive and replicating: after a long absence this is how the node knows.
+        if self.app.ensure_ready().await.is_ok() {
+            if let Err(e) = self.app.store.set_alive(now_ms()).await {
+                tracing::debug!(error = %e, "could not record being alive");
+            }
+        }
         self.parts
             .retain(|_, (at, _, _)| at.elapsed() < self.settings.interval);
         if !self.rescan().await {

@@ -358,8 +358,10 @@ impl<'a> Generation<'a> {
     async fn run(&mut self, shutdown: &CancellationToken) -> Result<End, ReplicatorError> {
         if self.first {
             // Unknown (database down) counts as not empty: replaying is always safe.
-            self.empty = self.settings.join_from_state
-                && self.app.store.is_empty().await.unwrap_or(false);
+            let _ = self.app.ensure_ready().await;
+            self.empty = self.app.must_rejoin()
+                || (self.settings.join_from_state
+                    && self.app.store.is_empty().await.unwrap_or(false));
         }
         let stop = shutdown.child_token();
         let (settled_tx, mut settled_rx) = mpsc::unbounded_channel::<Settled>();

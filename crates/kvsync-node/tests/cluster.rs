@@ -533,3 +533,60 @@ async fn collected_tombstones_do_not_let_a_late_duplicate_bring_a_key_back() {
         assert!(client.get("gc/k").await.unwrap().is_none());
     }
 }
+
+#[tokio::test]
+async fn a_member_away_longer_than_the_horizon_rejoins_from_state_and_brings_nothing_back() {
+    let _slot = SLOTS.acquire().await.unwrap();
+    const HORIZON: Duration = Duration::from_secs(4);
+    let mut c = cluster(
+        3,
+        &[(
+            "KVSYNC_TOMBSTONE_HORIZON_MS",
+            &HORIZON.as_millis().to_string(),
+        )],
+    )
+    .await;
+    let clients = c.clients();
+    clients[0].put("away/k", &["v"]).await.unwrap();
+    clients[0].put("away/kept", &["v"]).await.unwrap();
+    c.identical(T).await.unwrap();
+
+    c.nodes[2].terminate(T).await.unwrap();
+    let left = Instant::now();
+    clients[0].delete("away/k").await.unwrap();
+    // Once node3 has been away past the horizon, the others collect the tombstone.
+    for i in 0..2 {
+        let pairs = pairs_of(&c, i).await;
+        wait_until(T, "the tombstone to be collected", || async {
+            pairs
+                .find_one(doc! { "_id": "away/k" })
+                .await
+                .unwrap()
+                .is_none()
+        })
+        .await
+        .unwrap();
+    }
+    assert!(left.elapsed() > HORIZON);
+    // As if retention had removed the delete from the topic too: node3 will not read it.
+    c.broker
+        .commit_end("kvsync-node3", c.topic())
+        .await
+        .unwrap();
+
+    // node3 still holds the key live. Back, it must not repair it back into its peers.
+    c.nodes[2].restart().await.unwrap();
+    c.nodes[2].wait_ready(T).await.unwrap();
+    assert!(c.nodes[2]
+        .log()
+        .contains("away longer than the tombstone horizon"));
+    let rounds = metric(&clients[2], "kvsync_repair_rounds_total").await;
+    wait_until(T, "two repair rounds on node3", || async {
+        metric(&clients[2], "kvsync_repair_rounds_total").await >= rounds + 2.0
+    })
+    .await
+    .unwrap();
+    let pairs = c.identical(T).await.unwrap();
+    let keys: Vec<&str> = pairs.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["away/kept"]);
+}

@@ -30,6 +30,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 const COLLECTION: &str = "pairs";
+/// Facts about this node's database itself (when it was last alive).
+const META: &str = "meta";
 const DUPLICATE_KEY: i32 = 11000;
 /// Conflicts kept per key, newest last.
 pub const CONFLICTS_KEPT: usize = 20;
@@ -641,6 +643,49 @@ impl Store {
             Ok(self.pairs.delete_many(filter).await?.deleted_count)
         })
         .await
+    }
+
+    /// When this node last said it was alive (its wall clock, ms): see [`Self::set_alive`].
+    pub async fn alive_ms(&self) -> Result<Option<u64>, StoreError> {
+        self.bounded(async {
+            let found = self
+                .db
+                .collection::<Document>(META)
+                .find_one(doc! { "_id": "alive" })
+                .await?;
+            Ok(found
+                .and_then(|d| decode_int(&d, "ms").ok())
+                .map(|ms| ms.max(0) as u64))
+        })
+        .await
+    }
+
+    /// Records that this node is alive and replicating at `ms`, so that after a long
+    /// absence it knows it was away.
+    pub async fn set_alive(&self, ms: u64) -> Result<(), StoreError> {
+        self.bounded(async {
+            self.db
+                .collection::<Document>(META)
+                .update_one(
+                    doc! { "_id": "alive" },
+                    doc! { "$set": { "ms": ms as i64 } },
+                )
+                .upsert(true)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes every pair whose changes were all published (no outbox mark): what a node
+    /// away for longer than the tombstone horizon drops before it gets its peers' state.
+    /// Pending local changes stay, to be published. Returns how many went.
+    pub async fn discard_published(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .pairs
+            .delete_many(doc! { "outbox.id": { "$exists": false } })
+            .await?
+            .deleted_count)
     }
 
     /// Whether no pair at all is stored (tombstones count).
