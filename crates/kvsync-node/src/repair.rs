@@ -197,6 +197,9 @@ impl Repair {
         }
         self.parts
             .retain(|_, (at, _, _)| at.elapsed() < self.settings.interval);
+        if self.app.cluster.live_peers().is_empty() {
+            return; // Nobody to compare with: spare the scan.
+        }
         if !self.rescan().await {
             return;
         }

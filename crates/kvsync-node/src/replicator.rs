@@ -44,6 +44,8 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The broker not answering the probe for this long makes the node unready.
 const BROKER_SILENCE: Duration = Duration::from_secs(10);
+/// Probes remembered for the caught-up time (one a second: ten minutes of them).
+const MAX_PROBES_KEPT: usize = 600;
 /// How often held events are tried again.
 const HOLD_RETRY: Duration = Duration::from_millis(250);
 
@@ -76,6 +78,9 @@ struct Status {
     /// The last time (wall clock, ms) the consumer had settled everything the broker
     /// held when a probe asked it.
     caught_up_ms: Option<u64>,
+    /// Recent probes' times and high watermarks not yet settled past: once the consumer
+    /// has settled past one, it held everything published before that probe asked.
+    probes: VecDeque<(u64, Vec<i64>)>,
     /// Asked to replay the topic from its beginning (a join found no peer to ask).
     rewind: bool,
     /// The next partitions taken start at the beginning of the topic.
@@ -685,13 +690,27 @@ impl<'a> Generation<'a> {
         }
         self.status.with(|s| {
             s.stalled = stalled.clone();
-            let all_owned = s.owned.len() as i32 == count;
-            let caught_up = marks
-                .iter()
-                .enumerate()
-                .all(|(p, (_, high))| s.settled.get(&(p as i32)).is_some_and(|at| at >= high));
-            if all_owned && caught_up {
-                s.caught_up_ms = Some(asked_ms);
+            if s.owned.len() as i32 == count {
+                s.probes
+                    .push_back((asked_ms, marks.iter().map(|(_, h)| *h).collect()));
+                if s.probes.len() > MAX_PROBES_KEPT {
+                    s.probes.pop_front();
+                }
+            } else {
+                s.probes.clear();
+            }
+            // Under a steady load the consumer is never level with the latest watermarks,
+            // but it passes earlier ones: the latest of those says how far it got.
+            while let Some((at, highs)) = s.probes.front() {
+                let passed = highs
+                    .iter()
+                    .enumerate()
+                    .all(|(p, high)| s.settled.get(&(p as i32)).is_some_and(|next| next >= high));
+                if !passed {
+                    break;
+                }
+                s.caught_up_ms = Some(*at);
+                s.probes.pop_front();
             }
         });
         stalled
