@@ -8,6 +8,8 @@ use reqwest::{header, Method, RequestBuilder, Response, StatusCode, Url};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::WaitArgs;
+
 /// Exit codes scripts can rely on (documented in `--help` and the README).
 pub mod exit {
     pub const OK: u8 = 0;
@@ -16,6 +18,7 @@ pub mod exit {
     pub const PRECONDITION_FAILED: u8 = 3;
     pub const API: u8 = 4;
     pub const UNREACHABLE: u8 = 5;
+    pub const NOT_REPLICATED: u8 = 6;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +181,8 @@ pub struct Page {
 pub struct Written {
     pub pair: Pair,
     pub created: bool,
+    /// What a write that waited for its replication found.
+    pub replication: Option<Value>,
 }
 
 pub struct Api {
@@ -254,9 +259,13 @@ impl Api {
 
     async fn written(&self, response: Response) -> Result<Written, Error> {
         let created = response.status() == StatusCode::CREATED;
+        let mut body: Value = self.json(response).await?;
+        let replication = body.as_object_mut().and_then(|o| o.remove("replication"));
         Ok(Written {
-            pair: self.json(response).await?,
+            pair: serde_json::from_value(body)
+                .map_err(|e| Error::BadAnswer(format!("not a pair: {e}")))?,
             created,
+            replication,
         })
     }
 
@@ -271,11 +280,12 @@ impl Api {
         key: &str,
         values: &[String],
         if_match: Option<&str>,
+        wait: &WaitArgs,
     ) -> Result<Written, Error> {
         let r = self
             .request(Method::PUT, &pair_path(key)?)
             .json(&serde_json::json!({ "values": values }));
-        let r = self.send(with_if_match(r, if_match)).await;
+        let r = self.send(with_wait(with_if_match(r, if_match), wait)).await;
         self.written(r.map_err(|e| e.about(key))?).await
     }
 
@@ -284,20 +294,38 @@ impl Api {
         key: &str,
         value: &str,
         if_match: Option<&str>,
+        wait: &WaitArgs,
     ) -> Result<Written, Error> {
         let r = self
             .request(Method::POST, &format!("{}/values", pair_path(key)?))
             .json(&serde_json::json!({ "value": value }));
-        let r = self.send(with_if_match(r, if_match)).await;
+        let r = self.send(with_wait(with_if_match(r, if_match), wait)).await;
         self.written(r.map_err(|e| e.about(key))?).await
     }
 
-    pub async fn delete(&self, key: &str, if_match: Option<&str>) -> Result<(), Error> {
+    /// Deletes a pair; with a wait, returns what it found of the replication.
+    pub async fn delete(
+        &self,
+        key: &str,
+        if_match: Option<&str>,
+        wait: &WaitArgs,
+    ) -> Result<Option<Value>, Error> {
         let r = self.request(Method::DELETE, &pair_path(key)?);
-        self.send(with_if_match(r, if_match))
+        let r = self
+            .send(with_wait(with_if_match(r, if_match), wait))
             .await
             .map_err(|e| e.about(key))?;
-        Ok(())
+        if wait.wait.is_none() {
+            return Ok(None);
+        }
+        let mut body: Value = self.json(r).await?;
+        Ok(body.as_object_mut().and_then(|o| o.remove("replication")))
+    }
+
+    /// `GET /api/cluster`.
+    pub async fn cluster(&self) -> Result<Value, Error> {
+        let r = self.send(self.request(Method::GET, "/api/cluster")).await?;
+        self.json(r).await
     }
 
     pub async fn list(
@@ -373,6 +401,18 @@ fn pair_path(key: &str) -> Result<String, Error> {
 }
 
 /// `If-Match` with the version as an entity tag (quoted), as the node's ETag gives it.
+/// Asks the node to answer once the write has reached its peers, within the request's
+/// own timeout.
+fn with_wait(r: RequestBuilder, wait: &WaitArgs) -> RequestBuilder {
+    match &wait.wait {
+        None => r,
+        Some(w) => r.query(&[
+            ("wait", w.clone()),
+            ("timeout_ms", wait.wait_timeout.as_millis().to_string()),
+        ]),
+    }
+}
+
 fn with_if_match(r: RequestBuilder, version: Option<&str>) -> RequestBuilder {
     match version {
         None => r,

@@ -48,21 +48,44 @@ pub async fn run(api: &Api, out: &Out, command: Command) -> Result<u8, Error> {
             file,
             json_values,
             if_match,
+            wait,
         } => {
             let values = input::values(values, file.as_deref(), json_values)?;
-            written(out, api.put(&key, &values, if_match.as_deref()).await?)?;
+            let w = api.put(&key, &values, if_match.as_deref(), &wait).await?;
+            return written(out, w);
         }
         Command::Append {
             key,
             value,
             if_match,
-        } => written(out, api.append(&key, &value, if_match.as_deref()).await?)?,
-        Command::Rm { key, if_match } => {
-            api.delete(&key, if_match.as_deref()).await?;
+            wait,
+        } => {
+            let w = api.append(&key, &value, if_match.as_deref(), &wait).await?;
+            return written(out, w);
+        }
+        Command::Rm {
+            key,
+            if_match,
+            wait,
+        } => {
+            let replication = api.delete(&key, if_match.as_deref(), &wait).await?;
             if out.json {
-                out.json(&json!({ "key": key, "deleted": true }))?;
+                let mut doc = json!({ "key": key, "deleted": true });
+                if let Some(r) = &replication {
+                    doc["replication"] = r.clone();
+                }
+                out.json(&doc)?;
             } else {
                 out.line(format_args!("deleted {key}"))?;
+            }
+            return replicated(out, replication.as_ref());
+        }
+        Command::Cluster => {
+            let view = api.cluster().await?;
+            if out.json {
+                out.json(&view)?;
+            } else {
+                cluster(out, &view)?;
             }
         }
         Command::Ls {
@@ -108,15 +131,93 @@ pub async fn run(api: &Api, out: &Out, command: Command) -> Result<u8, Error> {
     Ok(exit::OK)
 }
 
-fn written(out: &Out, w: Written) -> Result<(), Error> {
+fn written(out: &Out, w: Written) -> Result<u8, Error> {
     if out.json {
-        return out.json(&w.pair);
+        let mut doc = serde_json::to_value(&w.pair).expect("a pair serializes");
+        if let Some(r) = &w.replication {
+            doc["replication"] = r.clone();
+        }
+        out.json(&doc)?;
+    } else {
+        let what = if w.created { "created" } else { "updated" };
+        out.line(format_args!(
+            "{what} {} (version {})",
+            w.pair.key, w.pair.version
+        ))?;
     }
-    let what = if w.created { "created" } else { "updated" };
+    replicated(out, w.replication.as_ref())
+}
+
+/// Says how far a write that waited got, and picks the exit code: 6 when not enough
+/// peers confirmed it in time.
+fn replicated(out: &Out, replication: Option<&serde_json::Value>) -> Result<u8, Error> {
+    let Some(r) = replication else {
+        return Ok(exit::OK);
+    };
+    let names = |field: &str| -> String {
+        let list: Vec<&str> = r[field]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str())
+            .collect();
+        if list.is_empty() {
+            "none".to_owned()
+        } else {
+            list.join(", ")
+        }
+    };
+    if r["timed_out"] == true {
+        eprintln!(
+            "kvsync: written, but not confirmed in time by: {} (confirmed by: {})",
+            names("pending"),
+            names("confirmed")
+        );
+        return Ok(exit::NOT_REPLICATED);
+    }
+    if !out.json {
+        out.line(format_args!("replicated to: {}", names("confirmed")))?;
+    }
+    Ok(exit::OK)
+}
+
+/// A member per line: id, status, how far behind (the most over the origins), notes.
+fn cluster(out: &Out, view: &serde_json::Value) -> Result<(), Error> {
+    let lags = view["lag"].as_array().cloned().unwrap_or_default();
     out.line(format_args!(
-        "{what} {} (version {})",
-        w.pair.key, w.pair.version
-    ))
+        "{:<20} {:<6} {:>10} {:>12} {:>12}  notes",
+        "NODE", "STATUS", "HEARD", "BEHIND", "BEHIND (ms)"
+    ))?;
+    for m in view["members"].as_array().into_iter().flatten() {
+        let node = m["node"].as_str().unwrap_or("?");
+        let behind = |field: &str| {
+            lags.iter()
+                .filter(|l| l["applier"] == node)
+                .filter_map(|l| l[field].as_u64())
+                .max()
+                .unwrap_or(0)
+        };
+        let mut notes = Vec::new();
+        if m["self"] == true {
+            notes.push("this node".to_owned());
+        }
+        if m["joining"] == true {
+            notes.push("joining from state".to_owned());
+        }
+        if let Some(addr) = m["addr"].as_str() {
+            notes.push(addr.to_owned());
+        }
+        out.line(format_args!(
+            "{:<20} {:<6} {:>8}ms {:>12} {:>12}  {}",
+            node,
+            m["status"].as_str().unwrap_or("?"),
+            m["last_heard_ms_ago"].as_u64().unwrap_or(0),
+            behind("events"),
+            behind("ms"),
+            notes.join(", ")
+        ))?;
+    }
+    Ok(())
 }
 
 /// Follows the `next` cursor page by page, so any number of pairs is listed in

@@ -18,7 +18,8 @@ Exit codes:
   2  usage error (bad arguments or input; `clear` not confirmed)
   3  precondition failed (--if-match: the pair changed or is gone; HTTP 412)
   4  any other error answered by the node (HTTP 4xx/5xx) or a malformed answer
-  5  cannot reach the node (refused, unresolvable, or no answer within --timeout)";
+  5  cannot reach the node (refused, unresolvable, or no answer within --timeout)
+  6  --wait: the write was made, but not enough peers confirmed it within --wait-timeout";
 
 /// A command-line client for kvsync, talking HTTP to any node.
 ///
@@ -78,6 +79,8 @@ enum Command {
         /// Only if the pair's version is still this one (from `get --json`).
         #[arg(long, value_name = "VERSION")]
         if_match: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Append one value to a pair, creating it if needed.
     Append {
@@ -88,6 +91,8 @@ enum Command {
         /// Only if the pair's version is still this one.
         #[arg(long, value_name = "VERSION")]
         if_match: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Delete a pair.
     Rm {
@@ -97,7 +102,12 @@ enum Command {
         /// Only if the pair's version is still this one.
         #[arg(long, value_name = "VERSION")]
         if_match: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
+    /// Show the cluster as this node sees it: each member, its status and how far
+    /// behind it is (--json: the whole `/api/cluster` answer).
+    Cluster,
     /// List keys in key order, optionally only those starting with PREFIX (--json: the
     /// pairs, one JSON document per line).
     Ls {
@@ -126,6 +136,18 @@ enum Command {
     Node,
     /// Check whether the node is ready to serve (exit code 0) or not (1), and why.
     Ready,
+}
+
+/// Waiting for a write's replication to the node's peers.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct WaitArgs {
+    /// Return once the live peers (`all`) or this many of them have applied the write;
+    /// exit code 6 if they have not within --wait-timeout (the write stands).
+    #[arg(long, value_name = "all|N")]
+    pub wait: Option<String>,
+    /// How long --wait waits.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, requires = "wait")]
+    pub wait_timeout: Duration,
 }
 
 /// Keys must not be empty; the node checks the other rules.

@@ -130,9 +130,54 @@ async fn every_subcommand_against_a_real_cluster() {
     put_and_get(&u1, &a, &b).await;
     preconditions_and_missing_keys(&u1, &a).await;
     listing(&u1).await;
+    waiting(&c, &u1, &b).await;
     watching(&mut c, &u1, &u2).await;
     clearing(&u1, &b).await;
     eprintln!("all steps done after {:?}", started.elapsed());
+}
+
+/// `--wait` on writes, and `cluster`.
+async fn waiting(c: &Cluster, u1: &str, b: &Client) {
+    wait_until(T, "node1 to see node2 live", || async {
+        let view = kvsync(u1, &["--json", "cluster"]).await.json();
+        view["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["node"] == "node2" && m["status"] == "live")
+    })
+    .await
+    .unwrap();
+    let table = kvsync(u1, &["cluster"]).await;
+    let out = table.ok();
+    assert!(out.contains("node1") && out.contains("this node"), "{out}");
+    assert!(out.contains("node2") && out.contains("live"), "{out}");
+
+    let put = kvsync(u1, &["put", "--wait", "all", "cli/wait", "a"]).await;
+    assert!(put.ok().contains("replicated to: node2"), "{put:#?}");
+    // Answered once node2 applied it: node2 serves it already.
+    assert_eq!(values_of(b, "cli/wait").await.unwrap(), ["a"]);
+    let append = kvsync(u1, &["--json", "append", "--wait", "1", "cli/wait", "b"]).await;
+    let doc = append.json();
+    assert_eq!(doc["replication"]["confirmed"], json!(["node2"]), "{doc}");
+    assert_eq!(values_of(b, "cli/wait").await.unwrap(), ["a", "b"]);
+
+    // A peer that does not confirm in time: the write stands, exit code 6.
+    c.nodes[1].pause();
+    let rm = kvsync(
+        u1,
+        &["rm", "--wait", "all", "--wait-timeout", "500ms", "cli/wait"],
+    )
+    .await;
+    c.nodes[1].unpause();
+    assert_eq!(rm.code, 6, "{rm:#?}");
+    assert!(
+        rm.stderr.contains("not confirmed in time by: node2"),
+        "{rm:#?}"
+    );
+    assert_eq!(kvsync(u1, &["get", "cli/wait"]).await.code, 1);
+    let bad = kvsync(u1, &["put", "--wait", "some", "cli/wait2", "x"]).await;
+    bad.fails(4, "invalid_query");
 }
 
 async fn probes(u1: &str) {
