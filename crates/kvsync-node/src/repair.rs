@@ -200,6 +200,9 @@ impl Repair {
         if self.app.cluster.live_peers().is_empty() {
             return; // Nobody to compare with: spare the scan.
         }
+        if self.app.cluster.join().is_some() {
+            return; // Its state is on its way: comparing now would only repeat it.
+        }
         if !self.rescan().await {
             return;
         }
@@ -213,7 +216,11 @@ impl Repair {
     }
 
     async fn handle(&mut self, record: Control) {
+        let joining = self.app.cluster.join().is_some();
         match record {
+            // While joining, this node's state is incomplete by design: its differences
+            // are the snapshot's to fill.
+            Control::Summary { .. } | Control::Bucket { .. } if joining => {}
             Control::Summary { node, summary } => {
                 if !self.fresh_scan().await {
                     return;

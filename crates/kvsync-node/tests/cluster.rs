@@ -457,7 +457,8 @@ async fn a_new_node_joins_from_its_peers_state_while_writes_go_on() {
     );
     let served = metric(&clients[0], "kvsync_snapshots_served_total").await
         + metric(&clients[1], "kvsync_snapshots_served_total").await;
-    assert_eq!(served, 1.0, "one peer served its state");
+    // One peer asked (another only if the first did not answer in time).
+    assert!(served >= 1.0, "no peer served its state");
     eprintln!("joined from state in {} ms", joined_in.as_millis());
 }
 
