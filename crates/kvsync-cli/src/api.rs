@@ -322,6 +322,28 @@ impl Api {
         Ok(body.as_object_mut().and_then(|o| o.remove("replication")))
     }
 
+    /// `GET /api/export`: the answer, streaming.
+    pub async fn export(&self, prefix: &str, tombstones: bool) -> Result<Response, Error> {
+        let r = self.request(Method::GET, "/api/export").query(&[
+            ("prefix", prefix.to_owned()),
+            ("tombstones", tombstones.to_string()),
+        ]);
+        self.send_streamed(r).await
+    }
+
+    /// `POST /api/import` of up to 1,000 exported lines: `(changed, unchanged)`.
+    pub async fn import(&self, lines: &str) -> Result<(u64, u64), Error> {
+        let r = self
+            .request(Method::POST, "/api/import")
+            .header(header::CONTENT_TYPE, "application/x-ndjson")
+            .body(lines.to_owned());
+        let body: Value = self.json(self.send(r).await?).await?;
+        Ok((
+            body["changed"].as_u64().unwrap_or(0),
+            body["unchanged"].as_u64().unwrap_or(0),
+        ))
+    }
+
     /// `GET /api/cluster`.
     pub async fn cluster(&self) -> Result<Value, Error> {
         let r = self.send(self.request(Method::GET, "/api/cluster")).await?;

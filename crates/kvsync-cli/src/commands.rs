@@ -80,6 +80,12 @@ pub async fn run(api: &Api, out: &Out, command: Command) -> Result<u8, Error> {
             }
             return replicated(out, replication.as_ref());
         }
+        Command::Export {
+            prefix,
+            tombstones,
+            output,
+        } => export(api, out, &prefix, tombstones, output.as_deref()).await?,
+        Command::Import { file } => import(api, out, &file).await?,
         Command::Cluster => {
             let view = api.cluster().await?;
             if out.json {
@@ -179,6 +185,114 @@ fn replicated(out: &Out, replication: Option<&serde_json::Value>) -> Result<u8, 
         out.line(format_args!("replicated to: {}", names("confirmed")))?;
     }
     Ok(exit::OK)
+}
+
+/// Most lines per import request (the node's limit), and about the most bytes.
+const IMPORT_LINES: usize = 1000;
+const IMPORT_BYTES: usize = 3 * 1024 * 1024;
+
+async fn export(
+    api: &Api,
+    out: &Out,
+    prefix: &str,
+    tombstones: bool,
+    output: Option<&std::path::Path>,
+) -> Result<(), Error> {
+    use std::io::Write;
+    let mut response = api.export(prefix, tombstones).await?;
+    let mut sink: Box<dyn Write> = match output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(|source| Error::Input {
+                what: format!("creating {}", path.display()),
+                source,
+            })?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let (mut pairs, mut partial) = (0u64, String::new());
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| Error::BadAnswer(format!("the export broke off: {e}")))?
+    {
+        partial.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = partial.find('\n') {
+            let line: String = partial.drain(..=end).collect();
+            // The node ends a failed export with an error line instead of a pair.
+            if line.starts_with("{\"error\"") {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                return Err(Error::BadAnswer(format!(
+                    "the export failed after {pairs} pairs: {}",
+                    v["detail"].as_str().unwrap_or("unknown error")
+                )));
+            }
+            sink.write_all(line.as_bytes())?;
+            pairs += 1;
+        }
+    }
+    sink.flush()?;
+    if output.is_some() {
+        if out.json {
+            out.json(&json!({ "exported": pairs }))?;
+        } else {
+            out.line(format_args!("exported {pairs} pairs"))?;
+        }
+    }
+    Ok(())
+}
+
+async fn import(api: &Api, out: &Out, file: &std::path::Path) -> Result<(), Error> {
+    use std::io::BufRead;
+    let reader: Box<dyn BufRead> = if file.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(std::fs::File::open(file).map_err(
+            |source| Error::Input {
+                what: format!("reading {}", file.display()),
+                source,
+            },
+        )?))
+    };
+    let (mut changed, mut unchanged, mut sent) = (0u64, 0u64, 0usize);
+    let (mut batch, mut lines) = (String::new(), 0usize);
+    let mut all = reader.lines();
+    loop {
+        let next = all.next().transpose().map_err(|source| Error::Input {
+            what: format!("reading {}", file.display()),
+            source,
+        })?;
+        let last = next.is_none();
+        if let Some(line) = next.filter(|l| !l.trim().is_empty()) {
+            batch.push_str(&line);
+            batch.push('\n');
+            lines += 1;
+        }
+        if lines > 0 && (last || lines == IMPORT_LINES || batch.len() >= IMPORT_BYTES) {
+            let (c, u) = api.import(&batch).await.map_err(|e| match e {
+                Error::Api(mut a) => {
+                    a.detail = format!("{} (lines {} to {})", a.detail, sent + 1, sent + lines);
+                    Error::Api(a)
+                }
+                other => other,
+            })?;
+            changed += c;
+            unchanged += u;
+            sent += lines;
+            batch.clear();
+            lines = 0;
+        }
+        if last {
+            break;
+        }
+    }
+    if out.json {
+        out.json(&json!({ "pairs": sent, "changed": changed, "unchanged": unchanged }))?;
+    } else {
+        out.line(format_args!(
+            "imported {sent} pairs: {changed} changed, {unchanged} already held"
+        ))?;
+    }
+    Ok(())
 }
 
 /// A member per line: id, status, how far behind (the most over the origins), notes.

@@ -105,6 +105,26 @@ enum Command {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Write every pair (with --tombstones, deleted keys too) as JSON lines: a backup
+    /// that `import` restores on any node of any cluster.
+    Export {
+        /// Only keys starting with this.
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Include deleted keys (so a restore also deletes what the backup deleted).
+        #[arg(long)]
+        tombstones: bool,
+        /// Write to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Merge an export into the node under the normal merge rule: what the node holds
+    /// newer stays, and what changes replicates. Sent in requests of 1,000 lines; a bad
+    /// line stops the import (the lines before it are merged; importing again is safe).
+    Import {
+        /// The export (`-`: standard input).
+        file: PathBuf,
+    },
     /// Show the cluster as this node sees it: each member, its status and how far
     /// behind it is (--json: the whole `/api/cluster` answer).
     Cluster,

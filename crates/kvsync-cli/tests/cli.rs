@@ -131,9 +131,32 @@ async fn every_subcommand_against_a_real_cluster() {
     preconditions_and_missing_keys(&u1, &a).await;
     listing(&u1).await;
     waiting(&c, &u1, &b).await;
+    backing_up(&c, &u1, &u2).await;
     watching(&mut c, &u1, &u2).await;
     clearing(&u1, &b).await;
     eprintln!("all steps done after {:?}", started.elapsed());
+}
+
+/// `export` to a file and standard output, `import` of it (twice: idempotent).
+async fn backing_up(c: &Cluster, u1: &str, u2: &str) {
+    let file = c.dir().join("backup.jsonl");
+    let path = file.to_str().unwrap();
+    let run = kvsync(u1, &["export", "--tombstones", "-o", path]).await;
+    let said = run.ok().to_owned();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let n = text.lines().count();
+    assert!(n >= 3, "{text}");
+    assert_eq!(said, format!("exported {n} pairs\n"));
+    let to_stdout = kvsync(u1, &["export", "--tombstones"]).await;
+    assert_eq!(to_stdout.ok(), text);
+    // Everything is held already (on the peer too): nothing changes.
+    let again = kvsync(u2, &["--json", "import", path]).await.json();
+    assert_eq!(again["pairs"], n as u64, "{again}");
+    assert_eq!(again["changed"], 0, "{again}");
+    let missing = kvsync(u1, &["import", "/nonexistent/backup.jsonl"]).await;
+    assert_eq!(missing.code, 2, "{missing:#?}");
+    let bad = kvsync_in(u1, &["import", "-"], "{\"key\":\"\"}\n").await;
+    bad.fails(4, "invalid_import");
 }
 
 /// `--wait` on writes, and `cluster`.

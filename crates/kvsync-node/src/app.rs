@@ -601,6 +601,32 @@ impl App {
         Ok(applied.outcome)
     }
 
+    /// Merges a pair's state from a backup under the normal merge rule: what the node holds
+    /// newer stays, and what changed is published (as a re-publication) so the restore
+    /// replicates. Returns whether anything changed.
+    pub async fn import(&self, key: Key, state: PairState) -> Result<Outcome, AppError> {
+        self.ensure_ready().await?;
+        self.check_clock()?;
+        let version = self.next_version(state.version());
+        let event = Event::republish(key, version, state);
+        let applied = match self.store.import(&event, now_ms() as i64).await {
+            Ok(applied) => applied,
+            Err(e) => {
+                self.cache.forget(&event.key);
+                return Err(self.write_failed(e));
+            }
+        };
+        if applied.outcome == Outcome::Applied {
+            let published = Event {
+                id: event.id,
+                ..Event::republish(event.key, event.version, applied.pair.state.clone())
+            };
+            self.committed(published);
+        }
+        self.cache.put(applied.pair);
+        Ok(applied.outcome)
+    }
+
     /// Whether this node dropped its state at start-up, having been away for longer than
     /// the tombstone horizon, and must join from its peers' state.
     pub fn must_rejoin(&self) -> bool {

@@ -4,7 +4,8 @@
 //! { _id: <key>, state: { els: [..], base, written, deleted, floor },  // the replicated state
 //!   rev: <int>,                      // bumped by every write: the compare-and-swap token
 //!   ver: <version text>, deleted: bool, values: [..], fp: <hex>,   // derived, for queries
-//!   outbox: { id, ver },             // present while a local change awaits publication
+//!   outbox: { id, ver, rep? },       // present while a local change awaits publication
+//!                                    // (rep: an import, published as a re-publication)
 //!   conflicts: [..] }                // the last conflicts this node settled for the key
 //! ```
 //!
@@ -349,7 +350,24 @@ impl Store {
         &self,
         event: &Event,
         now_ms: i64,
+        known: Option<StoredPair>,
+    ) -> Result<Applied, StoreError> {
+        self.merge_in(event, now_ms, known, false).await
+    }
+
+    /// Merges `event`'s state (from a backup) into the key's like a peer's, and if that
+    /// changes anything, marks the merged state for publication as a re-publication
+    /// under the event's id and version, so the restore replicates.
+    pub async fn import(&self, event: &Event, now_ms: i64) -> Result<Applied, StoreError> {
+        self.merge_in(event, now_ms, None, true).await
+    }
+
+    async fn merge_in(
+        &self,
+        event: &Event,
+        now_ms: i64,
         mut known: Option<StoredPair>,
+        publish: bool,
     ) -> Result<Applied, StoreError> {
         // Without a known pair, the first attempt guesses the key is new: one insert, which
         // fails on a duplicate key if it is not, and the next attempt reads.
@@ -382,6 +400,12 @@ impl Store {
                 });
             }
             let mut set = state_fields(&state);
+            if publish && changed {
+                set.insert(
+                    "outbox",
+                    doc! { "id": event.id.to_string(), "ver": event.version.to_string(), "rep": true },
+                );
+            }
             if !conflicts.is_empty() {
                 recorded.extend(conflicts.iter().map(|c| RecordedConflict {
                     at_ms: now_ms,
@@ -585,11 +609,29 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, Result<StoredPair, StoreError>)>, StoreError> {
+        let filter = match after {
+            Some(after) => doc! { "_id": { "$gt": after } },
+            None => doc! {},
+        };
+        self.page_where(filter, limit).await
+    }
+
+    /// Like [`Self::page`], from the first key at or after `from`.
+    pub async fn page_from(
+        &self,
+        from: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Result<StoredPair, StoreError>)>, StoreError> {
+        self.page_where(doc! { "_id": { "$gte": from } }, limit)
+            .await
+    }
+
+    async fn page_where(
+        &self,
+        filter: Document,
+        limit: usize,
+    ) -> Result<Vec<(String, Result<StoredPair, StoreError>)>, StoreError> {
         self.bounded(async {
-            let filter = match after {
-                Some(after) => doc! { "_id": { "$gt": after } },
-                None => doc! {},
-            };
             let mut cursor = self
                 .pairs
                 .find(filter)
@@ -842,6 +884,7 @@ fn decode_outbox(d: &Document) -> Result<Event, StoreError> {
         key: pair.key,
         version,
         state: pair.state,
-        republished: false,
+        // An import's mark: its version is fresh, newer than the state.
+        republished: outbox.get_bool("rep").unwrap_or(false),
     })
 }

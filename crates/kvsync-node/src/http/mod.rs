@@ -1,6 +1,7 @@
 //! The HTTP adapter: routes, middleware and the mapping of errors to JSON.
 
 mod auth;
+mod backup;
 mod error;
 mod events;
 mod extract;
@@ -66,6 +67,8 @@ pub fn router(ctx: Ctx, cors_origins: &[String]) -> Router {
         .route("/api/events", get(events::events))
         .route("/api/node", get(ops::node))
         .route("/api/cluster", get(ops::cluster))
+        .route("/api/export", get(backup::export))
+        .route("/api/import", post(backup::import))
         .route("/api/digest", get(ops::digest))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
