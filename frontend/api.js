@@ -102,45 +102,63 @@ async function readText(res, onText) {
   return text + decoder.decode();
 }
 
+/** Whether the person is being asked for a token right now. */
+export function tokenPromptPending() {
+  return pendingTokenPrompt !== null;
+}
+
 /**
  * Performs a request. Resolves to { status, data, etag } for 2xx responses and for statuses
  * listed in `accept`; throws ApiError otherwise. `onText` follows a body that streams.
+ * `prompt: false` fails on a 401 instead of asking for a token (for background calls);
+ * `timeoutMs` gives up on an answer that takes longer (a node that hangs answers nothing).
  */
-export async function request(method, path, { body, headers = {}, accept = [], attempt = 0, onText } = {}) {
+export async function request(method, path, { body, headers = {}, accept = [], attempt = 0, onText, prompt = true, timeoutMs = 0 } = {}) {
   const h = { Accept: 'application/json', ...headers };
   if (body !== undefined) h['Content-Type'] = 'application/json';
   const token = getToken();
   if (token) h.Authorization = `Bearer ${token}`;
 
-  let res;
-  try {
-    res = await fetch(path, {
-      method,
-      headers: h,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      cache: 'no-store',
-    });
-  } catch {
-    throw new ApiError("Can't reach the node. Check that it is running and your network is up.", { status: 0 });
-  }
+  const abort = timeoutMs > 0 ? new AbortController() : null;
+  const timer = abort ? setTimeout(() => abort.abort(), timeoutMs) : null;
+  const timedOut = () => new ApiError(`The node did not answer within ${Math.round(timeoutMs / 100) / 10} s.`, { status: 0, code: 'timeout' });
 
+  let res;
   let data = null;
   let text = '';
-  if (res.status !== 204) {
-    text = await readText(res, onText).catch(() => '');
-    if (text) {
-      try {
-        data = JSON.parse(text);
-      } catch {
-        data = null;
+  try {
+    try {
+      res = await fetch(path, {
+        method,
+        headers: h,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        cache: 'no-store',
+        signal: abort ? abort.signal : undefined,
+      });
+    } catch {
+      if (abort && abort.signal.aborted) throw timedOut();
+      throw new ApiError("Can't reach the node. Check that it is running and your network is up.", { status: 0 });
+    }
+
+    if (res.status !== 204) {
+      text = await readText(res, onText).catch(() => '');
+      if (abort && abort.signal.aborted) throw timedOut();
+      if (text) {
+        try {
+          data = JSON.parse(text);
+        } catch {
+          data = null;
+        }
       }
     }
+  } finally {
+    clearTimeout(timer);
   }
 
-  if (res.status === 401 && attempt < MAX_TOKEN_TRIES) {
+  if (res.status === 401 && prompt && attempt < MAX_TOKEN_TRIES) {
     // If another request already got a new token meanwhile, just try again with it.
     if (getToken() === token) await tokenPromptOnce(Boolean(token));
-    return request(method, path, { body, headers, accept, attempt: attempt + 1, onText });
+    return request(method, path, { body, headers, accept, attempt: attempt + 1, onText, prompt, timeoutMs });
   }
 
   if (res.ok || accept.includes(res.status)) {
@@ -171,6 +189,9 @@ async function conditional(method, path, body, version) {
 
 export const api = {
   node: () => request('GET', 'api/node').then((r) => r.data),
+
+  /** The members as this node sees them (GET /api/cluster); never asks for a token. */
+  cluster: ({ timeoutMs = 0 } = {}) => request('GET', 'api/cluster', { prompt: false, timeoutMs }).then((r) => r.data),
 
   list({ prefix = '', limit = 100, after = null } = {}) {
     const q = new URLSearchParams();

@@ -3,6 +3,7 @@
 
 import { api, ApiError, eventsUrl, onTokenNeeded, setToken } from './api.js';
 import { LiveConnection } from './live.js';
+import { ClusterPanel } from './cluster.js';
 
 const PAGE_SIZE = 100;
 const MAX_PAGE = 1000;
@@ -1003,10 +1004,13 @@ const LIVE_TEXT = {
   reconnecting: 'Reconnecting…',
 };
 
+const cluster = new ClusterPanel({ root: $('#cluster') });
+
 const live = new LiveConnection({
   url: eventsUrl,
   onHello(hello, reconnect) {
     if (hello && typeof hello.node === 'string') setNode(hello.node);
+    cluster.refresh(); // at once, e.g. after the connection came back or a token was given
     // (Re)load after the stream is up, so no change can fall between the list and the stream.
     reload({ flashChanges: reconnect });
   },
@@ -1023,6 +1027,7 @@ const live = new LiveConnection({
     el.live.title = s === 'live' ? 'Changes made on any node appear here as they happen.' : 'Live updates are paused; the list reloads when the connection is back.';
   },
   async onDrop() {
+    cluster.refresh(); // shows at once whether the node still answers
     // If the stream failed because a token is needed, asking the API brings up the prompt.
     try {
       const node = await api.node();
@@ -1038,6 +1043,7 @@ async function start() {
     if (!(err instanceof ApiError && err.status === 0)) notify(`Could not read the node's details. ${messageOf(err)}`, 'error');
   });
   live.start();
+  cluster.start();
   // If the stream cannot come up quickly, show the list anyway (it reloads once the stream is up).
   setTimeout(() => {
     if (!state.loaded && state.busy === 0) reload();

@@ -107,6 +107,26 @@ export async function startCluster({ nodes = 2, nodeEnv = {}, timeoutMs = 120_00
     brokerPaused = null;
   }
 
+  // A node can be paused (SIGSTOP) too: to its peers it is as if it stopped answering, and
+  // it carries on where it was when resumed (SIGCONT). `id` is the node's id, e.g. "node2".
+  const pausedNodes = new Set();
+  function nodePid(id) {
+    const node = info.nodes.find((n) => n.id === id);
+    if (!node) throw new Error(`no node ${id} in this cluster`);
+    if (!node.pid) throw new Error('kvsync-cluster did not report the node pids: rebuild it (cargo build -p kvsync-testkit)');
+    return node.pid;
+  }
+  function pauseNode(id) {
+    const pid = nodePid(id);
+    process.kill(pid, 'SIGSTOP');
+    pausedNodes.add(pid);
+  }
+  function resumeNode(id) {
+    const pid = nodePid(id);
+    process.kill(pid, 'SIGCONT');
+    pausedNodes.delete(pid);
+  }
+
   async function stop() {
     if (exited) return;
     try {
@@ -114,6 +134,14 @@ export async function startCluster({ nodes = 2, nodeEnv = {}, timeoutMs = 120_00
     } catch {
       /* gone already */
     }
+    for (const pid of pausedNodes) {
+      try {
+        process.kill(pid, 'SIGCONT');
+      } catch {
+        /* gone already */
+      }
+    }
+    pausedNodes.clear();
     child.stdin.end();
     child.kill('SIGTERM');
     const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
@@ -121,7 +149,7 @@ export async function startCluster({ nodes = 2, nodeEnv = {}, timeoutMs = 120_00
     clearTimeout(timer);
     log.end();
   }
-  return { info, stop, pauseBroker, resumeBroker };
+  return { info, stop, pauseBroker, resumeBroker, pauseNode, resumeNode };
 }
 
 /** The first process under `rootPid` (children first) whose name is `name` (Linux /proc). */

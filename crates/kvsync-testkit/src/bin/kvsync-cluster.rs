@@ -1,6 +1,7 @@
 //! Starts a local kvsync cluster (a broker, and per node a MongoDB-protocol server and
-//! a kvsync node), prints one line of JSON describing it once every node is ready, and
-//! runs until SIGINT/SIGTERM or until its standard input closes.
+//! a kvsync node), prints one line of JSON describing it once every node is ready (each
+//! node's id, url, mongodb URI and pid), and runs until SIGINT/SIGTERM or until its
+//! standard input closes.
 
 use std::path::PathBuf;
 
@@ -56,7 +57,7 @@ async fn main() -> Result<()> {
     let nodes: Vec<_> = cluster
         .nodes
         .iter()
-        .map(|n| json!({ "id": n.spec.id, "url": n.url, "mongodb": n.spec.mongodb_uri }))
+        .map(|n| json!({ "id": n.spec.id, "url": n.url, "mongodb": n.spec.mongodb_uri, "pid": n.pid() }))
         .collect();
     println!(
         "{}",
