@@ -4,6 +4,7 @@
 import { api, ApiError, eventsUrl, onTokenNeeded, setToken } from './api.js';
 import { LiveConnection } from './live.js';
 import { ClusterPanel } from './cluster.js';
+import { h } from './dom.js';
 
 const PAGE_SIZE = 100;
 const MAX_PAGE = 1000;
@@ -62,22 +63,6 @@ const state = {
 // ---------------------------------------------------------------------------------------------
 // Small helpers
 
-function h(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(props)) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k === 'class') node.className = v;
-    else if (k === 'text') node.textContent = v;
-    else if (k === 'dataset') Object.assign(node.dataset, v);
-    else if (k in node && typeof v !== 'string') node[k] = v;
-    else node.setAttribute(k, v === true ? '' : v);
-  }
-  for (const c of children.flat()) {
-    if (c === null || c === undefined || c === false) continue;
-    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  }
-  return node;
-}
 
 /** Orders keys like the store does: by Unicode code point (same as UTF-8 byte order). */
 function cmpKeys(a, b) {

@@ -2,26 +2,12 @@
 // seconds. Server data goes on the page as text and attributes only, never as HTML.
 
 import { api, ApiError, tokenPromptPending } from './api.js';
+import { h } from './dom.js';
 
 const MIN_POLL_MS = 1000;
 const MAX_POLL_MS = 3000;
 const TIMEOUT_MS = 4000;
 
-function h(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(props)) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k === 'class') node.className = v;
-    else if (k === 'text') node.textContent = v;
-    else if (k === 'dataset') Object.assign(node.dataset, v);
-    else node.setAttribute(k, v === true ? '' : v);
-  }
-  for (const c of children.flat()) {
-    if (c === null || c === undefined || c === false) continue;
-    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  }
-  return node;
-}
 
 function clockTime(ms) {
   return new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });

@@ -51,6 +51,18 @@ async fn pairs_of(c: &Cluster, i: usize) -> mongodb::Collection<Document> {
         .collection("pairs")
 }
 
+/// Waits until the document of `key` is gone from the databases of nodes `nodes`.
+async fn wait_collected(c: &Cluster, nodes: &[usize], key: &str) {
+    for &i in nodes {
+        let pairs = pairs_of(c, i).await;
+        wait_until(T, &format!("{key}'s tombstone to be collected"), || async {
+            pairs.find_one(doc! { "_id": key }).await.unwrap().is_none()
+        })
+        .await
+        .unwrap();
+    }
+}
+
 async fn cluster_view(client: &Client) -> Value {
     client.get_json("/api/cluster").await.unwrap()
 }
@@ -491,18 +503,7 @@ async fn collected_tombstones_do_not_let_a_late_duplicate_bring_a_key_back() {
     c.identical(T).await.unwrap();
 
     // Past the horizon, with both members caught up, the tombstone goes everywhere.
-    for i in 0..2 {
-        let pairs = pairs_of(&c, i).await;
-        wait_until(T, "the tombstone to be collected", || async {
-            pairs
-                .find_one(doc! { "_id": "gc/k" })
-                .await
-                .unwrap()
-                .is_none()
-        })
-        .await
-        .unwrap();
-    }
+    wait_collected(&c, &[0, 1], "gc/k").await;
     assert!(metric(&clients[1], "kvsync_tombstones_collected_total").await >= 1.0);
 
     // A late duplicate of the original write arrives: it must not resurrect the key.
@@ -556,18 +557,7 @@ async fn a_member_away_longer_than_the_horizon_rejoins_from_state_and_brings_not
     let left = Instant::now();
     clients[0].delete("away/k").await.unwrap();
     // Once node3 has been away past the horizon, the others collect the tombstone.
-    for i in 0..2 {
-        let pairs = pairs_of(&c, i).await;
-        wait_until(T, "the tombstone to be collected", || async {
-            pairs
-                .find_one(doc! { "_id": "away/k" })
-                .await
-                .unwrap()
-                .is_none()
-        })
-        .await
-        .unwrap();
-    }
+    wait_collected(&c, &[0, 1], "away/k").await;
     assert!(left.elapsed() > HORIZON);
     // As if retention had removed the delete from the topic too: node3 will not read it.
     c.broker
