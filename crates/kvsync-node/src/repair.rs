@@ -19,6 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures::StreamExt;
 use kvsync_core::{
     cluster::{bucket_of, BucketList, Control, Summary, BUCKETS},
     Key, NodeId,
@@ -35,8 +36,6 @@ use crate::{
     replicator::ReplicationStatus,
 };
 
-/// Keys read per page when scanning the whole database.
-const PAGE: usize = 1000;
 /// Re-publications in flight at once during a snapshot.
 const SNAPSHOT_IN_FLIGHT: usize = 256;
 /// Bucket listings are split into records of at most this size.
@@ -146,29 +145,28 @@ impl Repair {
         let horizon_start = now_ms().saturating_sub(self.app.tombstone_horizon_ms);
         let mut summary = Summary::default();
         let mut buckets = vec![BTreeMap::new(); BUCKETS as usize];
-        let mut after: Option<String> = None;
-        loop {
-            let page = match self.app.store.page(after.as_deref(), PAGE).await {
-                Ok(p) => p,
+        let mut scan = match self.app.store.scan(None).await {
+            Ok(scan) => scan,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot scan the database for a summary");
+                return false;
+            }
+        };
+        while let Some(next) = scan.next().await {
+            let pair = match next {
+                Ok((_, Ok(pair))) => pair,
+                Ok((_, Err(_))) => continue, // Unreadable: repairs bring a good one.
                 Err(e) => {
-                    tracing::debug!(error = %e, "cannot scan the database for a summary");
+                    tracing::debug!(error = %e, "the scan for a summary broke off");
                     return false;
                 }
             };
-            let done = page.len() < PAGE;
-            for (id, pair) in page {
-                after = Some(id);
-                let Ok(pair) = pair else { continue };
-                if !pair.is_live() && pair.version().is_none_or(|v| v.ts.wall_ms < horizon_start) {
-                    continue;
-                }
-                let fp = pair.state.fingerprint();
-                summary.add(pair.key.as_str(), &fp);
-                buckets[bucket_of(pair.key.as_str()) as usize].insert(pair.key.to_string(), fp);
+            if !pair.is_live() && pair.version().is_none_or(|v| v.ts.wall_ms < horizon_start) {
+                continue;
             }
-            if done {
-                break;
-            }
+            let fp = pair.state.fingerprint();
+            summary.add(pair.key.as_str(), &fp);
+            buckets[bucket_of(pair.key.as_str()) as usize].insert(pair.key.to_string(), fp);
         }
         self.scan = Some(Scan {
             at: Instant::now(),
@@ -382,36 +380,34 @@ impl Repair {
             let horizon_start = now_ms().saturating_sub(app.tombstone_horizon_ms);
             let mut until: BTreeMap<i32, i64> = BTreeMap::new();
             let mut in_flight = JoinSet::new();
-            let mut after: Option<String> = None;
             let mut sent = 0u64;
-            loop {
-                let page = match app.store.page(after.as_deref(), PAGE).await {
-                    Ok(p) => p,
+            let mut scan = match app.store.scan(None).await {
+                Ok(scan) => scan,
+                Err(e) => {
+                    tracing::warn!(error = %e, "snapshot for a joining peer not started: the database failed; the peer asks again");
+                    return;
+                }
+            };
+            while let Some(next) = scan.next().await {
+                let pair = match next {
+                    Ok((_, Ok(pair))) => pair,
+                    Ok((_, Err(_))) => continue,
                     Err(e) => {
                         tracing::warn!(error = %e, "snapshot for a joining peer stopped: the database failed; the peer asks again");
                         return;
                     }
                 };
-                let done = page.len() < PAGE;
-                for (id, pair) in page {
-                    after = Some(id);
-                    let Ok(pair) = pair else { continue };
-                    if !pair.is_live()
-                        && pair.version().is_none_or(|v| v.ts.wall_ms < horizon_start)
-                    {
-                        continue;
-                    }
-                    let event = app.republish(pair);
-                    let publisher = publisher.clone();
-                    in_flight.spawn(async move { publisher.publish(&event).await });
-                    while in_flight.len() >= SNAPSHOT_IN_FLIGHT {
-                        if !absorb(in_flight.join_next().await, &mut until, &mut sent) {
-                            return;
-                        }
-                    }
+                if !pair.is_live() && pair.version().is_none_or(|v| v.ts.wall_ms < horizon_start)
+                {
+                    continue;
                 }
-                if done {
-                    break;
+                let event = app.republish(pair);
+                let publisher = publisher.clone();
+                in_flight.spawn(async move { publisher.publish(&event).await });
+                while in_flight.len() >= SNAPSHOT_IN_FLIGHT {
+                    if !absorb(in_flight.join_next().await, &mut until, &mut sent) {
+                        return;
+                    }
                 }
             }
             while let Some(r) = in_flight.join_next().await {

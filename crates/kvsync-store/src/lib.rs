@@ -17,7 +17,7 @@
 
 use std::time::Duration;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use kvsync_core::{
     state::StateWire, Conflict, Digest, Event, Key, Outcome, PairState, Timestamp, Version,
 };
@@ -76,6 +76,9 @@ fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
         _ => false,
     }
 }
+
+/// One document of a scan: its id, and the pair it holds (or why it cannot be read).
+pub type Scanned = (String, Result<StoredPair, StoreError>);
 
 /// A pair as stored, tombstones included.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -600,56 +603,34 @@ impl Store {
         Ok(out)
     }
 
-    /// Up to `limit` stored pairs in key order after `after` (tombstones included,
-    /// conflicts not read): one page of a scan of everything, for summaries and
-    /// snapshots. A document that cannot be read comes as its error in its place, so
-    /// one bad document does not stop a scan.
-    pub async fn page(
+    /// Every stored pair in key order from `from` (inclusive; all if `None`), tombstones
+    /// included and conflicts not read, through one cursor: the scan of summaries,
+    /// snapshots and exports. One query for the whole scan, whose cost on some servers
+    /// does not grow with the database per page as paging does. Not bounded by the
+    /// operation timeout: a large database takes long.
+    pub async fn scan(
         &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, Result<StoredPair, StoreError>)>, StoreError> {
-        let filter = match after {
-            Some(after) => doc! { "_id": { "$gt": after } },
+        from: Option<&str>,
+    ) -> Result<futures::stream::BoxStream<'static, Result<Scanned, StoreError>>, StoreError> {
+        let filter = match from {
+            Some(from) => doc! { "_id": { "$gte": from } },
             None => doc! {},
         };
-        self.page_where(filter, limit).await
-    }
-
-    /// Like [`Self::page`], from the first key at or after `from`.
-    pub async fn page_from(
-        &self,
-        from: &str,
-        limit: usize,
-    ) -> Result<Vec<(String, Result<StoredPair, StoreError>)>, StoreError> {
-        self.page_where(doc! { "_id": { "$gte": from } }, limit)
-            .await
-    }
-
-    async fn page_where(
-        &self,
-        filter: Document,
-        limit: usize,
-    ) -> Result<Vec<(String, Result<StoredPair, StoreError>)>, StoreError> {
-        self.bounded(async {
-            let mut cursor = self
-                .pairs
-                .find(filter)
-                .sort(doc! { "_id": 1 })
-                .projection(doc! { "conflicts": 0, "values": 0 })
-                .limit(limit as i64)
-                .await?;
-            let mut out = Vec::with_capacity(limit.min(1024));
-            while let Some(d) = cursor.try_next().await? {
-                let id = match d.get("_id") {
-                    Some(Bson::String(s)) => s.clone(),
-                    other => format!("{other:?}"),
-                };
-                out.push((id, decode_pair(&d)));
-            }
-            Ok(out)
-        })
-        .await
+        let cursor = self
+            .pairs
+            .find(filter)
+            .sort(doc! { "_id": 1 })
+            .projection(doc! { "conflicts": 0, "values": 0 })
+            .batch_size(1000)
+            .await?;
+        Ok(Box::pin(cursor.map(|d| {
+            let d = d?;
+            let id = match d.get("_id") {
+                Some(Bson::String(s)) => s.clone(),
+                other => format!("{other:?}"),
+            };
+            Ok((id, decode_pair(&d)))
+        })))
     }
 
     /// Removes up to `limit` tombstones whose version text sorts below `older_than` and

@@ -20,8 +20,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::{error::ApiError, extract::Q, Ctx};
 use crate::app::{elements, values_of};
 
-/// Pairs read per page while exporting.
-const EXPORT_PAGE: usize = 500;
+/// Pairs sent per piece of the answer.
+const EXPORT_CHUNK: usize = 500;
 /// Most lines one import request takes (`kvsync import` sends a file in such chunks).
 pub const MAX_IMPORT_LINES: usize = 1000;
 
@@ -53,8 +53,8 @@ pub struct ExportParams {
 }
 
 /// Streams every pair (with `tombstones=true`, deleted keys too) in key order, one JSON
-/// object per line. Pages through the database, so memory stays flat whatever its size;
-/// pairs changed during the export appear as they were when their page was read.
+/// object per line, from one cursor, so memory stays flat whatever the size; pairs changed
+/// during the export appear as the cursor found them.
 pub async fn export(State(ctx): State<Ctx>, Q(p): Q<ExportParams>) -> Result<Response, ApiError> {
     if !p.prefix.is_empty() {
         Key::parse(p.prefix.as_str())
@@ -62,55 +62,61 @@ pub async fn export(State(ctx): State<Ctx>, Q(p): Q<ExportParams>) -> Result<Res
     }
     // The first page is read before answering, so a database that cannot be used gets
     // the usual 503 rather than an empty export.
-    let first = ctx.app.store.page_from(&p.prefix, EXPORT_PAGE).await?;
+    let from = (!p.prefix.is_empty()).then_some(p.prefix.as_str());
+    let mut scan = ctx.app.store.scan(from).await?;
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     tokio::spawn(async move {
-        let mut page = first;
-        loop {
-            let mut full = page.len() == EXPORT_PAGE;
-            let mut last = None;
-            let mut chunk = String::new();
-            for (id, pair) in page {
-                if !id.starts_with(&p.prefix) {
-                    full = false; // Past the prefix: this page is the last.
-                    break;
-                }
-                last = Some(id);
-                let Ok(pair) = pair else { continue };
-                if !pair.is_live() && !p.tombstones {
-                    continue;
-                }
-                let els = elements(&pair.state);
-                let line = ExportLine {
-                    key: pair.key.to_string(),
-                    version: pair.version().map(ToString::to_string).unwrap_or_default(),
-                    deleted: !pair.is_live(),
-                    values: if pair.is_live() {
-                        values_of(&els)
-                    } else {
-                        Vec::new()
-                    },
-                    state: pair.state.to_wire(),
-                };
-                chunk.push_str(&serde_json::to_string(&line).expect("a line serializes"));
-                chunk.push('\n');
-            }
-            if !chunk.is_empty() && tx.send(Bytes::from(chunk)).await.is_err() {
-                return; // The client went away.
-            }
-            let Some(last) = last.filter(|_| full) else {
-                return;
-            };
-            page = match ctx.app.store.page(Some(&last), EXPORT_PAGE).await {
-                Ok(page) => page,
+        let mut chunk = String::new();
+        let mut in_chunk = 0;
+        while let Some(next) = scan.next().await {
+            let (id, pair) = match next {
+                Ok(found) => found,
                 Err(e) => {
                     // The status is sent: end with a line that cannot be mistaken for a pair.
                     tracing::warn!(error = %e, "export failed part-way");
-                    let tail = json!({ "error": "database_unavailable", "detail": e.to_string() });
-                    let _ = tx.send(Bytes::from(format!("{tail}\n"))).await;
-                    return;
+                    chunk.push_str(
+                        &json!({ "error": "database_unavailable", "detail": e.to_string() })
+                            .to_string(),
+                    );
+                    chunk.push('\n');
+                    break;
                 }
             };
+            if !id.starts_with(&p.prefix) {
+                break; // Past the prefix.
+            }
+            let Ok(pair) = pair else { continue };
+            if !pair.is_live() && !p.tombstones {
+                continue;
+            }
+            let els = elements(&pair.state);
+            let line = ExportLine {
+                key: pair.key.to_string(),
+                version: pair.version().map(ToString::to_string).unwrap_or_default(),
+                deleted: !pair.is_live(),
+                values: if pair.is_live() {
+                    values_of(&els)
+                } else {
+                    Vec::new()
+                },
+                state: pair.state.to_wire(),
+            };
+            chunk.push_str(&serde_json::to_string(&line).expect("a line serializes"));
+            chunk.push('\n');
+            in_chunk += 1;
+            if in_chunk == EXPORT_CHUNK {
+                if tx
+                    .send(Bytes::from(std::mem::take(&mut chunk)))
+                    .await
+                    .is_err()
+                {
+                    return; // The client went away.
+                }
+                in_chunk = 0;
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = tx.send(Bytes::from(chunk)).await;
         }
     });
     let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
