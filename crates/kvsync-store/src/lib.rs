@@ -40,7 +40,7 @@ use uuid::Uuid;
 const COLLECTION: &str = "pairs";
 /// The field holding the key of a live pair, absent from tombstones.
 const LIVE_KEY: &str = "live_key";
-/// Documents a batch of the start-up conversion handles.
+/// Documents a batch of the start-up conversion, or of tombstone collection, handles.
 const BATCH: usize = 500;
 const DUPLICATE_KEY: i32 = 11000;
 /// Conflicts kept per key, newest last.
@@ -192,7 +192,8 @@ impl Store {
         .await
     }
 
-    /// Indexes for the relay's scan, the clock's start-up read and listing. Idempotent.
+    /// Indexes for the relay's scan, the clock's start-up read (and tombstone
+    /// collection), and listing. Idempotent.
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
         let sparse = || IndexOptions::builder().sparse(true).build();
         self.pairs
@@ -590,6 +591,69 @@ impl Store {
             .await?;
         let n = decode_int(&answer, "n")?;
         u64::try_from(n).map_err(|_| corrupt(&answer, "a negative count"))
+    }
+
+    /// Deletes up to `limit` tombstones whose version is older than `older_than` (version
+    /// text, compared as text: a whole version, or a prefix such as the 16 hex digits of
+    /// a wall-clock millisecond), except those with a pending publication (an outbox
+    /// mark), which must reach the peers first. Returns how many were deleted. Works in
+    /// batches of a few hundred keys, so memory does not grow with `limit`; each delete
+    /// checks the conditions again, so a key written meanwhile is kept.
+    ///
+    /// A collected key is forgotten: a peer's change to it older than the tombstone,
+    /// arriving later, brings it back. Choose `older_than` beyond the time any event
+    /// can take to arrive.
+    pub async fn collect_tombstones(
+        &self,
+        older_than: &str,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let collectable = doc! {
+            "deleted": true,
+            "ver": { "$lt": older_than },
+            "outbox": { "$exists": false },
+        };
+        let mut collected: u64 = 0;
+        loop {
+            let left = limit.saturating_sub(collected as usize);
+            if left == 0 {
+                return Ok(collected);
+            }
+            let batch = left.min(BATCH);
+            let keys: Vec<Bson> = self
+                .bounded(async {
+                    let mut cursor = self
+                        .pairs
+                        .find(collectable.clone())
+                        .projection(doc! { "_id": 1 })
+                        .limit(batch as i64)
+                        .await?;
+                    let mut keys = Vec::with_capacity(batch);
+                    while let Some(mut d) = cursor.try_next().await? {
+                        if let Some(id) = d.remove("_id") {
+                            keys.push(id);
+                        }
+                    }
+                    Ok::<_, StoreError>(keys)
+                })
+                .await?;
+            let found = keys.len();
+            if found == 0 {
+                return Ok(collected);
+            }
+            let mut filter = collectable.clone();
+            filter.insert("_id", doc! { "$in": keys });
+            let deleted = self
+                .bounded(async { Ok::<_, StoreError>(self.pairs.delete_many(filter).await?) })
+                .await?
+                .deleted_count;
+            collected += deleted;
+            // Fewer than asked: none are left. None deleted: every one changed meanwhile,
+            // and the next call will see what is left.
+            if found < batch || deleted == 0 {
+                return Ok(collected);
+            }
+        }
     }
 
     /// Digest over every key's state fingerprint, tombstones included. Streams the cursor

@@ -472,3 +472,62 @@ async fn live_pairs_of_an_earlier_release_are_given_their_live_key() {
     assert_eq!(page[0].state.values(), ["v"]);
     assert_eq!(s.count_live().await.unwrap(), 1);
 }
+
+#[tokio::test]
+async fn old_tombstones_are_collected_unless_their_deletion_awaits_publication() {
+    let f = fixture().await;
+    let s = &f.store;
+    // Live pairs, old and young: never collected.
+    apply(s, &put("live/old", 10, "n2", &["v"])).await;
+    apply(s, &put("live/young", 900, "n2", &["v"])).await;
+    // More old tombstones than one batch holds, and a young one.
+    let old: Vec<_> = (0..1200)
+        .map(|i| tombstone(&format!("old/{i:04}"), 10, 20))
+        .collect();
+    raw(&f).await.insert_many(old).await.unwrap();
+    raw(&f)
+        .await
+        .insert_one(tombstone("young", 10, 900))
+        .await
+        .unwrap();
+    // An old deletion made here and not yet published.
+    write(s, "pending", 10, |st, at| {
+        st.replace(vec!["v".into()], at, 1).unwrap()
+    })
+    .await;
+    let deletion = write(s, "pending", 20, |st, at| st.delete(at)).await;
+    assert_eq!(s.count_pending().await.unwrap(), 1);
+
+    let cutoff = version(500, "n1").to_string();
+    assert_eq!(s.collect_tombstones(&cutoff, 700).await.unwrap(), 700);
+    assert_eq!(s.collect_tombstones(&cutoff, 10_000).await.unwrap(), 500);
+    assert_eq!(s.collect_tombstones(&cutoff, 10_000).await.unwrap(), 0);
+    let left: Vec<String> = s
+        .dump()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key.into_string())
+        .collect();
+    assert_eq!(left, ["live/old", "live/young", "pending", "young"]);
+    assert!(s.get(&key("pending")).await.unwrap().is_some());
+    assert_eq!(s.pending(10).await.unwrap()[0].id, deletion.id);
+
+    // Once published, it goes too; a cutoff given as a millisecond prefix works alike.
+    s.clear_outboxes(&[(deletion.key.clone(), deletion.id)])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.collect_tombstones(&format!("{:016x}", 500), 10)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(s.get(&key("pending")).await.unwrap().is_none());
+    assert_eq!(
+        s.collect_tombstones("", 10).await.unwrap(),
+        0,
+        "nothing is older"
+    );
+    assert_eq!(s.list("", None, 10).await.unwrap().0.len(), 2);
+}
