@@ -84,6 +84,8 @@ fn a_short_tombstone_run_lists_the_live_pairs_throughout() {
             "20",
             "--warmup",
             "2",
+            "--settle",
+            "0",
             "--out",
         ])
         .arg(out.path())
