@@ -8,9 +8,16 @@
 #   bench/run.sh --long          # the throughput run makes 100000 writes (memory check)
 #   bench/run.sh --quick         # smoke run, seconds
 #   bench/run.sh --rate 200 --out /some/dir   # any other `kvsync-bench all` flags
+#   bench/run.sh tombstones      # what 100 000 tombstones cost a listing (one node, ~2 minutes)
+#   bench/run.sh tombstones --out DIR --requests 500   # with `kvsync-bench tombstones` flags
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+command=all
+if [[ "${1:-}" == tombstones ]]; then
+  command=tombstones
+  shift
+fi
 args=()
 for arg in "$@"; do
   case "$arg" in
@@ -21,4 +28,4 @@ done
 
 scripts/install-deps.sh
 cargo build --release --locked -p kvsync-bench -p kvsync-node
-exec target/release/kvsync-bench all "${args[@]}"
+exec target/release/kvsync-bench "$command" "${args[@]}"

@@ -1,5 +1,6 @@
 //! kvsync-bench: replication latency (node A write to node B change event), the floor set
-//! by the broker and the database underneath, and throughput. See bench/README.md.
+//! by the broker and the database underneath, throughput, and what tombstones cost a
+//! listing. See bench/README.md.
 
 mod floor;
 mod latency;
@@ -9,6 +10,7 @@ mod sse;
 mod stats;
 mod target;
 mod throughput;
+mod tombstones;
 
 use std::path::PathBuf;
 
@@ -22,6 +24,7 @@ use crate::{
     report::Report,
     target::{Target, TargetArgs},
     throughput::ThroughputArgs,
+    tombstones::TombstoneArgs,
 };
 
 #[derive(Parser)]
@@ -69,6 +72,15 @@ enum Cmd {
         target: TargetArgs,
         #[command(flatten)]
         throughput: ThroughputArgs,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// `GET /api/pairs?limit=100` with live pairs only, then with many tombstones in the
+    /// node's database, then once they are collected: latency and the ratio. Starts one
+    /// local node unless --node is given.
+    Tombstones {
+        #[command(flatten)]
+        tombstones: TombstoneArgs,
         #[command(flatten)]
         out: OutArgs,
     },
@@ -157,6 +169,16 @@ async fn main() -> Result<()> {
             report.rss_start = t.rss();
             report.throughput = Some(throughput::run(&t, &throughput).await?);
             out.out
+        }
+        Cmd::Tombstones { tombstones, out } => {
+            // A report of its own: none of the cluster's figures apply.
+            let result = tombstones::run(&tombstones, report.machine).await?;
+            print!("{}", result.markdown());
+            if let Some(dir) = out.out {
+                result.write(&dir)?;
+                eprintln!("report written to {}", dir.display());
+            }
+            return Ok(());
         }
         Cmd::All {
             target,

@@ -1,4 +1,5 @@
-//! A short run of the whole benchmark (`all --quick`, a few seconds) so it cannot rot.
+//! Short runs of the whole benchmark (`all --quick`, a few seconds) and of `tombstones`
+//! so they cannot rot.
 //!
 //! It needs the `kvsync-node` binary of the same profile next to `kvsync-bench` (cargo
 //! builds only this package's binary for its tests: run `cargo build --workspace --bins`
@@ -9,8 +10,8 @@ use std::{path::PathBuf, process::Command};
 
 use serde_json::Value;
 
-#[test]
-fn quick_run_writes_a_report_with_numbers() {
+/// The benchmark and the node binary it starts.
+fn binaries() -> (PathBuf, PathBuf) {
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_kvsync-bench"));
     let node = std::env::var_os("KVSYNC_NODE_BIN")
         .map(PathBuf::from)
@@ -20,6 +21,12 @@ fn quick_run_writes_a_report_with_numbers() {
         "kvsync-node not found at {node:?}: run `cargo build --workspace --bins` first \
          (scripts/test.sh does), or set KVSYNC_NODE_BIN"
     );
+    (exe, node)
+}
+
+#[test]
+fn quick_run_writes_a_report_with_numbers() {
+    let (exe, node) = binaries();
     let out = tempfile::tempdir().unwrap();
     let run = Command::new(&exe)
         .args(["all", "--quick", "--out"])
@@ -60,4 +67,44 @@ fn quick_run_writes_a_report_with_numbers() {
     assert!(tp["converged_after_ms"].as_f64().is_some(), "{tp}");
     assert!(tp["rss_after"]["a_kib"].as_u64().unwrap() > 0, "{tp}");
     assert!(json["machine"]["cores"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn a_short_tombstone_run_lists_the_live_pairs_throughout() {
+    let (exe, node) = binaries();
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(&exe)
+        .args([
+            "tombstones",
+            "--live",
+            "20",
+            "--tombstones",
+            "500",
+            "--requests",
+            "20",
+            "--warmup",
+            "2",
+            "--settle",
+            "0",
+            "--out",
+        ])
+        .arg(out.path())
+        .env("KVSYNC_NODE_BIN", &node)
+        .output()
+        .expect("running kvsync-bench");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "kvsync-bench failed: {stderr}");
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap())
+            .unwrap();
+    for (phase, documents) in [("without", 20), ("with", 520), ("collected", 20)] {
+        let m = &json[phase];
+        assert_eq!(m["errors"], 0, "{phase}: {m}");
+        assert_eq!(m["latency"]["count"], 20, "{phase}: {m}");
+        assert_eq!(m["documents"], documents, "{phase}: {m}");
+    }
+    assert_eq!(json["collected_count"], 500, "{json}");
+    assert!(json["ratio_p50"].as_f64().unwrap() > 0.0, "{json}");
+    let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(md.contains("and 500 tombstones"), "{md}");
 }

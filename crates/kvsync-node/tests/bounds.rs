@@ -431,8 +431,7 @@ async fn a_clear_cut_short_by_the_database_says_so_and_can_be_finished() {
 #[tokio::test]
 #[ignore = "a measurement, run by hand"]
 async fn measure_clearing_a_large_database() {
-    use kvsync_core::{NodeId, Timestamp, Version};
-    use mongodb::bson::doc;
+    use kvsync_core::{Event, Key, NodeId, Op, Timestamp, Values, Version};
 
     let n: u64 = std::env::var("KVSYNC_CLEAR_PAIRS")
         .ok()
@@ -464,12 +463,10 @@ async fn measure_clearing_a_large_database() {
                 },
                 node.clone(),
             );
-            doc! {
-                "_id": format!("bulk/{i:07}"),
-                "values": ["value"],
-                "deleted": false,
-                "ver": version.to_string(),
-            }
+            let key = Key::parse(format!("bulk/{i:07}")).unwrap();
+            let values = Values::new(vec!["value".to_owned()], key.as_str().len()).unwrap();
+            let state = Event::new(key.clone(), version, Op::Put(values)).state;
+            kvsync_store::stored_document(&key, &state, 1)
         });
         pairs.insert_many(docs).await.unwrap();
     }

@@ -4,10 +4,18 @@
 //! { _id: <key>, state: { els: [..], base, written, deleted, floor },  // the replicated state
 //!   rev: <int>,                      // bumped by every write: the compare-and-swap token
 //!   ver: <version text>, deleted: bool, values: [..], fp: <hex>,   // derived, for queries
+//!   live_key: <key>,                 // derived too, present only while the pair is live
 //!   outbox: { id, ver, rep? },       // present while a local change awaits publication
 //!                                    // (rep: an import, published as a re-publication)
 //!   conflicts: [..] }                // the last conflicts this node settled for the key
 //! ```
+//!
+//! Listing reads `live_key` through a sparse index, which holds live pairs only: deleted
+//! keys (tombstones) cost a listing nothing, however many there are. (The obvious
+//! alternative, a compound index on `deleted` and `_id`, is what MongoDB would use, but
+//! the MongoDB-protocol server the tests run, nx-27017, cannot index `_id` beside
+//! another field, and evaluates range conditions on `_id` outside SQLite, over every
+//! document; a range on an ordinary field it indexes and answers in SQLite.)
 //!
 //! Every write is "read, merge, conditional write on `rev`", retried when another write
 //! got in between. The outbox mark is written in the same single-document write as the
@@ -33,6 +41,10 @@ use uuid::Uuid;
 const COLLECTION: &str = "pairs";
 /// Facts about this node's database itself (when it was last alive).
 const META: &str = "meta";
+/// The field holding the key of a live pair, absent from tombstones.
+const LIVE_KEY: &str = "live_key";
+/// Documents a batch of the start-up conversion, or of tombstone collection, handles.
+const BATCH: usize = 500;
 const DUPLICATE_KEY: i32 = 11000;
 /// Conflicts kept per key, newest last.
 pub const CONFLICTS_KEPT: usize = 20;
@@ -186,33 +198,49 @@ impl Store {
         .await
     }
 
-    /// Indexes for the relay's scan and the clock's start-up read. Idempotent.
+    /// Indexes for the relay's scan, the clock's start-up read (and tombstone
+    /// collection), and listing. Idempotent.
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
-        let sparse = IndexOptions::builder().sparse(true).build();
+        let sparse = || IndexOptions::builder().sparse(true).build();
         self.pairs
             .create_index(
                 IndexModel::builder()
                     .keys(doc! { "outbox.id": 1 })
-                    .options(sparse)
+                    .options(sparse())
                     .build(),
             )
             .await?;
         self.pairs
             .create_index(IndexModel::builder().keys(doc! { "ver": 1 }).build())
             .await?;
+        // Live pairs only, in key order: see the module's documentation.
+        self.pairs
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { LIVE_KEY: 1 })
+                    .options(sparse())
+                    .build(),
+            )
+            .await?;
         Ok(())
     }
 
-    /// Converts pairs stored by a release before lists merged (a whole list or a
-    /// tombstone under one version) to states, the same way on every node. Returns how
+    /// Converts pairs stored by an earlier release, the same way on every node: pairs
+    /// stored before lists merged (a whole list or a tombstone under one version) become
+    /// states, and live pairs stored before listing read `live_key` get it. Returns how
     /// many were converted. Idempotent; run before anything reads the pairs.
     pub async fn convert_legacy(&self) -> Result<u64, StoreError> {
+        let converted = self.convert_whole_lists().await?;
+        Ok(converted + self.add_live_keys().await?)
+    }
+
+    async fn convert_whole_lists(&self) -> Result<u64, StoreError> {
         let mut converted = 0;
         loop {
             let mut cursor = self
                 .pairs
                 .find(doc! { "state": { "$exists": false } })
-                .limit(500)
+                .limit(BATCH as i64)
                 .await?;
             let mut batch = Vec::new();
             while let Some(d) = cursor.try_next().await? {
@@ -230,7 +258,7 @@ impl Store {
                     Some(decode_strings(&d, "values")?)
                 };
                 let state = PairState::whole(values, &version);
-                let mut set = state_fields(&state);
+                let mut set = state_fields(&key, &state);
                 set.insert("rev", 1_i64);
                 if let Ok(outbox) = d.get_document("outbox") {
                     let id = outbox.get_str("id").unwrap_or_default().to_owned();
@@ -240,12 +268,37 @@ impl Store {
                 self.pairs
                     .update_one(
                         doc! { "_id": key.as_str(), "state": { "$exists": false } },
-                        doc! { "$set": set },
+                        update_of(set),
                     )
                     .await?;
                 converted += 1;
             }
         }
+    }
+
+    /// Gives `live_key` to the live pairs written before it existed: one pass over a
+    /// cursor of their keys (so memory stays flat), one update each. Once done, the
+    /// pass costs one query that finds nothing.
+    async fn add_live_keys(&self) -> Result<u64, StoreError> {
+        let missing = doc! { "deleted": false, LIVE_KEY: { "$exists": false } };
+        let mut cursor = self
+            .pairs
+            .find(missing.clone())
+            .projection(doc! { "_id": 1 })
+            .batch_size(BATCH as u32)
+            .await?;
+        let mut added = 0;
+        while let Some(d) = cursor.try_next().await? {
+            let key = decode_key(&d)?;
+            let mut filter = missing.clone();
+            filter.insert("_id", key.as_str());
+            added += self
+                .pairs
+                .update_one(filter, doc! { "$set": { LIVE_KEY: key.as_str() } })
+                .await?
+                .modified_count;
+        }
+        Ok(added)
     }
 
     pub async fn get(&self, key: &Key) -> Result<Option<StoredPair>, StoreError> {
@@ -297,7 +350,7 @@ impl Store {
         version: &Version,
     ) -> Result<(), CasError> {
         self.bounded(async {
-            let mut set = state_fields(state);
+            let mut set = state_fields(key, state);
             set.insert(
                 "outbox",
                 doc! { "id": event_id.to_string(), "ver": version.to_string() },
@@ -328,10 +381,7 @@ impl Store {
                 set.insert("rev", rev + 1);
                 let result = self
                     .pairs
-                    .update_one(
-                        doc! { "_id": key.as_str(), "rev": rev },
-                        doc! { "$set": set },
-                    )
+                    .update_one(doc! { "_id": key.as_str(), "rev": rev }, update_of(set))
                     .await
                     .map_err(StoreError::from)?;
                 if result.matched_count == 1 {
@@ -402,7 +452,7 @@ impl Store {
                     conflicts,
                 });
             }
-            let mut set = state_fields(&state);
+            let mut set = state_fields(&event.key, &state);
             if publish && changed {
                 set.insert(
                     "outbox",
@@ -510,8 +560,8 @@ impl Store {
             };
             let mut cursor = self
                 .pairs
-                .find(doc! { "_id": range, "deleted": false })
-                .sort(doc! { "_id": 1 })
+                .find(doc! { LIVE_KEY: range })
+                .sort(doc! { LIVE_KEY: 1 })
                 .limit(limit as i64 + 1)
                 .await?;
             let mut page = Vec::with_capacity(limit.min(1024));
@@ -540,14 +590,14 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Key>, StoreError> {
         self.bounded(async {
-            let filter = match after {
-                Some(after) => doc! { "_id": { "$gt": after }, "deleted": false },
-                None => doc! { "deleted": false },
+            let range = match after {
+                Some(after) => doc! { "$gt": after },
+                None => doc! { "$gte": "" },
             };
             let mut cursor = self
                 .pairs
-                .find(filter)
-                .sort(doc! { "_id": 1 })
+                .find(doc! { LIVE_KEY: range })
+                .sort(doc! { LIVE_KEY: 1 })
                 .projection(doc! { "_id": 1 })
                 .limit(limit as i64)
                 .await?;
@@ -560,12 +610,79 @@ impl Store {
         .await
     }
 
-    /// Number of live pairs.
+    /// Number of live pairs: a count of the live keys' index. This is the `count`
+    /// command rather than `count_documents`, whose aggregation nx-27017 runs over every
+    /// document, tombstones included.
     pub async fn count_live(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .pairs
-            .count_documents(doc! { "deleted": false })
-            .await?)
+        let answer = self
+            .db
+            .run_command(doc! { "count": COLLECTION, "query": { LIVE_KEY: { "$gte": "" } } })
+            .await?;
+        let n = decode_int(&answer, "n")?;
+        u64::try_from(n).map_err(|_| corrupt(&answer, "a negative count"))
+    }
+
+    /// Deletes up to `limit` tombstones whose version is older than `older_than` (version
+    /// text, compared as text: a whole version, or a prefix such as the 16 hex digits of
+    /// a wall-clock millisecond), except those with a pending publication (an outbox
+    /// mark), which must reach the peers first. Returns how many were deleted. Works in
+    /// batches of a few hundred keys, so memory does not grow with `limit`; each delete
+    /// checks the conditions again, so a key written meanwhile is kept.
+    ///
+    /// A collected key is forgotten: a peer's change to it older than the tombstone,
+    /// arriving later, brings it back. Choose `older_than` beyond the time any event
+    /// can take to arrive.
+    pub async fn collect_tombstones(
+        &self,
+        older_than: &str,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let collectable = doc! {
+            "deleted": true,
+            "ver": { "$lt": older_than },
+            "outbox": { "$exists": false },
+        };
+        let mut collected: u64 = 0;
+        loop {
+            let left = limit.saturating_sub(collected as usize);
+            if left == 0 {
+                return Ok(collected);
+            }
+            let batch = left.min(BATCH);
+            let keys: Vec<Bson> = self
+                .bounded(async {
+                    let mut cursor = self
+                        .pairs
+                        .find(collectable.clone())
+                        .projection(doc! { "_id": 1 })
+                        .limit(batch as i64)
+                        .await?;
+                    let mut keys = Vec::with_capacity(batch);
+                    while let Some(mut d) = cursor.try_next().await? {
+                        if let Some(id) = d.remove("_id") {
+                            keys.push(id);
+                        }
+                    }
+                    Ok::<_, StoreError>(keys)
+                })
+                .await?;
+            let found = keys.len();
+            if found == 0 {
+                return Ok(collected);
+            }
+            let mut filter = collectable.clone();
+            filter.insert("_id", doc! { "$in": keys });
+            let deleted = self
+                .bounded(async { Ok::<_, StoreError>(self.pairs.delete_many(filter).await?) })
+                .await?
+                .deleted_count;
+            collected += deleted;
+            // Fewer than asked: none are left. None deleted: every one changed meanwhile,
+            // and the next call will see what is left.
+            if found < batch || deleted == 0 {
+                return Ok(collected);
+            }
+        }
     }
 
     /// Digest over every key's state fingerprint, tombstones included. Streams the cursor
@@ -631,41 +748,6 @@ impl Store {
             };
             Ok((id, decode_pair(&d)))
         })))
-    }
-
-    /// Removes up to `limit` tombstones whose version text sorts below `older_than` and
-    /// that wait for no publication. Returns how many went.
-    pub async fn collect_tombstones(
-        &self,
-        older_than: &str,
-        limit: usize,
-    ) -> Result<u64, StoreError> {
-        self.bounded(async {
-            let filter = doc! {
-                "deleted": true,
-                "ver": { "$lt": older_than },
-                "outbox": { "$exists": false },
-            };
-            let mut cursor = self
-                .pairs
-                .find(filter.clone())
-                .projection(doc! { "_id": 1 })
-                .limit(limit as i64)
-                .await?;
-            let mut ids = Vec::new();
-            while let Some(d) = cursor.try_next().await? {
-                if let Some(id) = d.get("_id") {
-                    ids.push(id.clone());
-                }
-            }
-            if ids.is_empty() {
-                return Ok(0);
-            }
-            let mut filter = filter;
-            filter.insert("_id", doc! { "$in": ids });
-            Ok(self.pairs.delete_many(filter).await?.deleted_count)
-        })
-        .await
     }
 
     /// When this node last said it was alive (its wall clock, ms): see [`Self::set_alive`].
@@ -742,21 +824,46 @@ impl Store {
     }
 }
 
+/// The document this store keeps for `key` in `state` at revision `rev`, without outbox
+/// mark or conflicts: for tools and benchmarks that write pairs straight into the
+/// database as a node would have stored them.
+pub fn stored_document(key: &Key, state: &PairState, rev: i64) -> Document {
+    let mut d = doc! { "_id": key.as_str() };
+    d.extend(state_fields(key, state));
+    d.insert("rev", rev);
+    d
+}
+
+/// The update that sets `set` (fields of [`state_fields`] and others) and removes
+/// `live_key` where `set` leaves it out, the pair being deleted.
+fn update_of(set: Document) -> Document {
+    if set.contains_key(LIVE_KEY) {
+        doc! { "$set": set }
+    } else {
+        doc! { "$set": set, "$unset": { LIVE_KEY: "" } }
+    }
+}
+
 /// The fields a write sets: the state, and what queries need of it.
-fn state_fields(state: &PairState) -> Document {
+fn state_fields(key: &Key, state: &PairState) -> Document {
     let state_doc =
         mongodb::bson::to_document(&state.to_wire()).expect("a state always converts to BSON");
     let values: Vec<Bson> = state
         .items()
         .map(|i| Bson::String(i.value.to_owned()))
         .collect();
-    doc! {
+    let live = state.is_live();
+    let mut fields = doc! {
         "state": state_doc,
         "ver": state.version().map(ToString::to_string).unwrap_or_default(),
-        "deleted": !state.is_live(),
+        "deleted": !live,
         "values": values,
         "fp": state.fingerprint(),
+    };
+    if live {
+        fields.insert(LIVE_KEY, key.as_str());
     }
+    fields
 }
 
 fn conflicts_bson(recorded: &[RecordedConflict]) -> Result<Bson, StoreError> {

@@ -395,3 +395,139 @@ async fn a_stale_known_pair_costs_a_retry_not_a_lost_write() {
     assert_eq!(values(s, "k").await.unwrap(), ["a", "b", "c"]);
     assert_eq!(applied.pair, s.get(&key("k")).await.unwrap().unwrap());
 }
+
+/// The raw `pairs` collection behind a fixture's store.
+async fn raw(f: &Fixture) -> mongodb::Collection<mongodb::bson::Document> {
+    mongodb::Client::with_uri_str(f._mongo.uri())
+        .await
+        .unwrap()
+        .database("test")
+        .collection("pairs")
+}
+
+/// A tombstone as the store keeps it: one value written at `ms`, then the key deleted
+/// at `deleted_ms`.
+fn tombstone(k: &str, ms: u64, deleted_ms: u64) -> mongodb::bson::Document {
+    let mut state = put(k, ms, "n1", &["v"]).state;
+    state.delete(&version(deleted_ms, "n1"));
+    kvsync_store::stored_document(&key(k), &state, 2)
+}
+
+#[tokio::test]
+async fn listing_skips_tombstones_and_sees_a_key_written_again() {
+    let f = fixture().await;
+    let s = &f.store;
+    for k in ["a", "b", "c"] {
+        write(s, k, 10, |st, at| {
+            st.replace(vec!["v".into()], at, 1).unwrap()
+        })
+        .await;
+    }
+    raw(&f)
+        .await
+        .insert_many((0..50).map(|i| tombstone(&format!("a/{i:02}"), 5, 6)))
+        .await
+        .unwrap();
+    write(s, "b", 20, |st, at| st.delete(at)).await;
+    let keys = |page: Vec<kvsync_store::StoredPair>| {
+        page.into_iter()
+            .map(|p| p.key.into_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(keys(s.list("", None, 10).await.unwrap().0), ["a", "c"]);
+    assert_eq!(s.list("a/", None, 10).await.unwrap().0.len(), 0);
+    assert_eq!(s.count_live().await.unwrap(), 2);
+    assert_eq!(s.live_keys(Some("a"), 10).await.unwrap(), [key("c")]);
+    // Written again, the key is listed again.
+    write(s, "b", 30, |st, at| {
+        st.replace(vec!["w".into()], at, 1).unwrap()
+    })
+    .await;
+    let (page, more) = s.list("", None, 2).await.unwrap();
+    assert_eq!((keys(page), more), (vec!["a".into(), "b".into()], true));
+    assert_eq!(s.count_live().await.unwrap(), 3);
+    assert_eq!(
+        s.digest().await.unwrap().0,
+        53,
+        "tombstones stay in the digest"
+    );
+}
+
+#[tokio::test]
+async fn live_pairs_of_an_earlier_release_are_given_their_live_key() {
+    let f = fixture().await;
+    let s = &f.store;
+    let mut earlier =
+        kvsync_store::stored_document(&key("old"), &put("old", 10, "n1", &["v"]).state, 1);
+    assert!(earlier.remove("live_key").is_some());
+    let raw = raw(&f).await;
+    raw.insert_many([earlier, tombstone("gone", 10, 11)])
+        .await
+        .unwrap();
+    assert!(s.list("", None, 10).await.unwrap().0.is_empty());
+    assert_eq!(s.convert_legacy().await.unwrap(), 1);
+    assert_eq!(s.convert_legacy().await.unwrap(), 0, "idempotent");
+    let (page, _) = s.list("", None, 10).await.unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].state.values(), ["v"]);
+    assert_eq!(s.count_live().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn old_tombstones_are_collected_unless_their_deletion_awaits_publication() {
+    let f = fixture().await;
+    let s = &f.store;
+    // Live pairs, old and young: never collected.
+    apply(s, &put("live/old", 10, "n2", &["v"])).await;
+    apply(s, &put("live/young", 900, "n2", &["v"])).await;
+    // More old tombstones than one batch holds, and a young one.
+    let old: Vec<_> = (0..1200)
+        .map(|i| tombstone(&format!("old/{i:04}"), 10, 20))
+        .collect();
+    raw(&f).await.insert_many(old).await.unwrap();
+    raw(&f)
+        .await
+        .insert_one(tombstone("young", 10, 900))
+        .await
+        .unwrap();
+    // An old deletion made here and not yet published.
+    write(s, "pending", 10, |st, at| {
+        st.replace(vec!["v".into()], at, 1).unwrap()
+    })
+    .await;
+    let deletion = write(s, "pending", 20, |st, at| st.delete(at)).await;
+    assert_eq!(s.count_pending().await.unwrap(), 1);
+
+    let cutoff = version(500, "n1").to_string();
+    assert_eq!(s.collect_tombstones(&cutoff, 700).await.unwrap(), 700);
+    assert_eq!(s.collect_tombstones(&cutoff, 10_000).await.unwrap(), 500);
+    assert_eq!(s.collect_tombstones(&cutoff, 10_000).await.unwrap(), 0);
+    let left: Vec<String> = s
+        .dump()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key.into_string())
+        .collect();
+    assert_eq!(left, ["live/old", "live/young", "pending", "young"]);
+    assert!(s.get(&key("pending")).await.unwrap().is_some());
+    assert_eq!(s.pending(10).await.unwrap()[0].id, deletion.id);
+
+    // Once published, it goes too; a cutoff given as a millisecond prefix works alike.
+    s.clear_outboxes(&[(deletion.key.clone(), deletion.id)])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.collect_tombstones(&format!("{:016x}", 500), 10)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(s.get(&key("pending")).await.unwrap().is_none());
+    assert_eq!(
+        s.collect_tombstones("", 10).await.unwrap(),
+        0,
+        "nothing is older"
+    );
+    assert_eq!(s.list("", None, 10).await.unwrap().0.len(), 2);
+}
