@@ -171,7 +171,7 @@ pub async fn run(target: &Target, args: &FloorArgs) -> Result<Option<FloorResult
         for h in handles {
             let (key, t0, ack, r) = h.await?;
             match r {
-                Ok(()) => {
+                Ok(_) => {
                     acks.push(ms(ack - t0));
                     sent.insert(key, t0);
                 }
