@@ -1,7 +1,9 @@
 //! kvsync-bench: replication latency (node A write to node B change event), the floor set
-//! by the broker and the database underneath, and throughput. See bench/README.md.
+//! by the broker and the database underneath, throughput, writes that wait for their
+//! replication, and joins of a new node. See bench/README.md.
 
 mod floor;
+mod join;
 mod latency;
 mod progress;
 mod report;
@@ -9,6 +11,7 @@ mod sse;
 mod stats;
 mod target;
 mod throughput;
+mod wait;
 
 use std::path::PathBuf;
 
@@ -18,10 +21,12 @@ use serde_json::json;
 
 use crate::{
     floor::FloorArgs,
+    join::JoinArgs,
     latency::LatencyArgs,
     report::Report,
     target::{Target, TargetArgs},
     throughput::ThroughputArgs,
+    wait::WaitArgs,
 };
 
 #[derive(Parser)]
@@ -69,6 +74,26 @@ enum Cmd {
         target: TargetArgs,
         #[command(flatten)]
         throughput: ThroughputArgs,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// PUT ?wait=all beside a plain PUT, on a local cluster of 2 nodes and one of 3
+    /// (--nodes); every waiting write must be answered `all`.
+    Wait {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// A third node joins a 2-node cluster holding --pairs pairs written
+    /// --writes-per-key times: by replaying the topic, then from its peers' state.
+    Join {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        join: JoinArgs,
         #[command(flatten)]
         out: OutArgs,
     },
@@ -121,6 +146,8 @@ async fn main() -> Result<()> {
         floor: None,
         latency: None,
         throughput: None,
+        wait: None,
+        join: None,
         rss_start: None,
         targets: None,
     };
@@ -156,6 +183,34 @@ async fn main() -> Result<()> {
             report.settings = settings(&t, None, None, Some(&throughput));
             report.rss_start = t.rss();
             report.throughput = Some(throughput::run(&t, &throughput).await?);
+            out.out
+        }
+        Cmd::Wait { target, wait, out } => {
+            report.settings = json!({
+                "cluster": if target.node_a.is_some() { "given by URL".to_owned() } else {
+                    format!("local (testkit): tansu broker, one nx-27017 per node, {:?} nodes", wait.nodes)
+                },
+                "fetch_wait_ms": target.fetch_wait_ms,
+                "node_env": target.node_env,
+                "wait": {
+                    "count_per_kind": wait.count, "warmup": wait.warmup, "rate_per_s": wait.rate,
+                    "timeout_ms": wait.timeout_ms, "value_bytes": wait.value_bytes,
+                },
+            });
+            report.wait = Some(wait::run(&target, &wait).await?);
+            out.out
+        }
+        Cmd::Join { target, join, out } => {
+            report.settings = json!({
+                "cluster": "local (testkit): tansu broker, one nx-27017 per node, 2 nodes and a joining one",
+                "fetch_wait_ms": target.fetch_wait_ms,
+                "node_env": target.node_env,
+                "join": {
+                    "pairs": join.pairs, "writes_per_key": join.writes_per_key,
+                    "value_bytes": join.value_bytes, "modes": join.modes,
+                },
+            });
+            report.join = Some(join::run(&target, &join).await?);
             out.out
         }
         Cmd::All {
