@@ -1,8 +1,10 @@
 //! kvsync-bench: replication latency (node A write to node B change event), the floor set
-//! by the broker and the database underneath, throughput, and what tombstones cost a
-//! listing. See bench/README.md.
+//! by the broker and the database underneath, throughput, what tombstones cost a
+//! listing, writes that wait for their replication, and joins of a new node. See
+//! bench/README.md.
 
 mod floor;
+mod join;
 mod latency;
 mod progress;
 mod report;
@@ -11,6 +13,7 @@ mod stats;
 mod target;
 mod throughput;
 mod tombstones;
+mod wait;
 
 use std::path::PathBuf;
 
@@ -20,11 +23,13 @@ use serde_json::json;
 
 use crate::{
     floor::FloorArgs,
+    join::JoinArgs,
     latency::LatencyArgs,
     report::Report,
     target::{Target, TargetArgs},
     throughput::ThroughputArgs,
     tombstones::TombstoneArgs,
+    wait::WaitArgs,
 };
 
 #[derive(Parser)]
@@ -84,6 +89,26 @@ enum Cmd {
         #[command(flatten)]
         out: OutArgs,
     },
+    /// PUT ?wait=all beside a plain PUT, on a local cluster of 2 nodes and one of 3
+    /// (--nodes); every waiting write must be answered `all`.
+    Wait {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// A third node joins a 2-node cluster holding --pairs pairs written
+    /// --writes-per-key times: by replaying the topic, then from its peers' state.
+    Join {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        join: JoinArgs,
+        #[command(flatten)]
+        out: OutArgs,
+    },
     /// Floor, latency and throughput on one cluster; writes report.md, report.json and
     /// latency.svg to bench/results/<date>-<machine tag>/ (or --out).
     All {
@@ -133,6 +158,8 @@ async fn main() -> Result<()> {
         floor: None,
         latency: None,
         throughput: None,
+        wait: None,
+        join: None,
         rss_start: None,
         targets: None,
     };
@@ -179,6 +206,34 @@ async fn main() -> Result<()> {
                 eprintln!("report written to {}", dir.display());
             }
             return Ok(());
+        }
+        Cmd::Wait { target, wait, out } => {
+            report.settings = json!({
+                "cluster": if target.node_a.is_some() { "given by URL".to_owned() } else {
+                    format!("local (testkit): tansu broker, one nx-27017 per node, {:?} nodes", wait.nodes)
+                },
+                "fetch_wait_ms": target.fetch_wait_ms,
+                "node_env": target.node_env,
+                "wait": {
+                    "count_per_kind": wait.count, "warmup": wait.warmup, "rate_per_s": wait.rate,
+                    "timeout_ms": wait.timeout_ms, "value_bytes": wait.value_bytes,
+                },
+            });
+            report.wait = Some(wait::run(&target, &wait).await?);
+            out.out
+        }
+        Cmd::Join { target, join, out } => {
+            report.settings = json!({
+                "cluster": "local (testkit): tansu broker, one nx-27017 per node, 2 nodes and a joining one",
+                "fetch_wait_ms": target.fetch_wait_ms,
+                "node_env": target.node_env,
+                "join": {
+                    "pairs": join.pairs, "writes_per_key": join.writes_per_key,
+                    "value_bytes": join.value_bytes, "modes": join.modes,
+                },
+            });
+            report.join = Some(join::run(&target, &join).await?);
+            out.out
         }
         Cmd::All {
             target,

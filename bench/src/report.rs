@@ -8,10 +8,12 @@ use serde::Serialize;
 
 use crate::{
     floor::FloorResult,
+    join::JoinResult,
     latency::LatencyResult,
     stats::{round3, Samples, Stats},
     target::Rss,
     throughput::ThroughputResult,
+    wait::WaitResult,
 };
 
 #[derive(Debug, Clone, Serialize)]
@@ -143,6 +145,10 @@ pub struct Report {
     pub floor: Option<FloorResult>,
     pub latency: Option<LatencyResult>,
     pub throughput: Option<ThroughputResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait: Option<WaitResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join: Option<JoinResult>,
     /// Node memory right after the cluster was ready.
     pub rss_start: Option<Rss>,
     pub targets: Option<Targets>,
@@ -218,6 +224,12 @@ impl Report {
         }
         if let Some(t) = &self.throughput {
             throughput_section(&mut s, t, self.rss_start);
+        }
+        if let Some(w) = &self.wait {
+            w.markdown(&mut s);
+        }
+        if let Some(j) = &self.join {
+            j.markdown(&mut s);
         }
         s
     }

@@ -1,5 +1,5 @@
-//! What the benchmark runs against: a local cluster it starts itself (the default), or
-//! two running nodes given by URL.
+//! What the benchmark runs against: a local cluster it starts itself (the default; two
+//! nodes, or more for the cluster measurements), or two running nodes given by URL.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -39,11 +39,17 @@ pub struct TargetArgs {
     /// KVSYNC_RELAY_INTERVAL_MS=5000.
     #[arg(long = "node-env", value_parser = kvsync_testkit::parse_key_value)]
     pub node_env: Vec<(String, String)>,
+    /// Where the local cluster keeps its data and logs (kept afterwards). Default: a
+    /// temporary directory, removed at the end.
+    #[arg(long)]
+    pub cluster_dir: Option<std::path::PathBuf>,
 }
 
 pub struct Target {
     pub a: Client,
     pub b: Client,
+    /// Every node of a local cluster (A and B first); A and B when given by URL.
+    pub nodes: Vec<Client>,
     /// Process ids of nodes A and B (local cluster only), for their memory.
     pub pids: Vec<u32>,
     /// The local cluster's processes with a label (node 1, MongoDB 1, broker, ...), for
@@ -59,20 +65,29 @@ pub struct Target {
     pub local: bool,
     /// Starts a dedicated MongoDB-protocol server for the floor (local cluster only).
     pub mongo_for_floor: Option<FloorMongo>,
-    /// Keeps the local cluster running.
-    _cluster: Option<Cluster>,
+    /// The local cluster, kept running while the target lives.
+    pub cluster: Option<Cluster>,
 }
 
 impl Target {
+    /// Two nodes.
     pub async fn open(args: &TargetArgs) -> Result<Self> {
+        Self::open_nodes(args, 2).await
+    }
+
+    /// A local cluster of `nodes` nodes (at least 2), or the two nodes given by URL.
+    pub async fn open_nodes(args: &TargetArgs, nodes: usize) -> Result<Self> {
+        anyhow::ensure!(nodes >= 2, "a cluster of at least 2 nodes");
         let with_token = |c: Client| match &args.token {
             Some(t) => c.with_token(t),
             None => c,
         };
         if let (Some(a), Some(b)) = (&args.node_a, &args.node_b) {
+            let (a, b) = (with_token(Client::new(a)), with_token(Client::new(b)));
             return Ok(Self {
-                a: with_token(Client::new(a)),
-                b: with_token(Client::new(b)),
+                nodes: vec![a.clone(), b.clone()],
+                a,
+                b,
                 pids: Vec::new(),
                 procs: Vec::new(),
                 brokers: args.brokers.clone(),
@@ -82,12 +97,15 @@ impl Target {
                 node_env: Vec::new(),
                 local: false,
                 mongo_for_floor: None,
-                _cluster: None,
+                cluster: None,
             });
         }
-        eprintln!("starting a local cluster (broker, 2 MongoDB-protocol servers, 2 nodes)");
+        eprintln!(
+            "starting a local cluster (broker, {nodes} MongoDB-protocol servers, {nodes} nodes)"
+        );
         let cluster = Cluster::start(ClusterOptions {
-            nodes: 2,
+            nodes,
+            dir: args.cluster_dir.clone(),
             env: vec![
                 (
                     "KVSYNC_KAFKA_FETCH_WAIT_MS".into(),
@@ -107,6 +125,7 @@ impl Target {
             a: cluster.nodes[0].client(),
             procs,
             b: cluster.nodes[1].client(),
+            nodes: cluster.clients(),
             pids: cluster.nodes.iter().filter_map(|n| n.pid()).collect(),
             brokers: Some(cluster.broker.addr()),
             mongodb_uri: Some(cluster.mongos[1].uri()),
@@ -115,7 +134,7 @@ impl Target {
             node_env: args.node_env.clone(),
             local: true,
             mongo_for_floor: Some(FloorMongo),
-            _cluster: Some(cluster),
+            cluster: Some(cluster),
         })
     }
 
@@ -149,6 +168,34 @@ impl Target {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Waits until every one of `clients` lists `members` members in `/api/cluster`, all
+/// of them live (itself included): heartbeats have gone round.
+pub async fn wait_members_live(
+    clients: &[Client],
+    members: usize,
+    timeout: Duration,
+) -> Result<()> {
+    kvsync_testkit::wait_until(
+        timeout,
+        &format!("every node to see {members} live members"),
+        || async {
+            for c in clients {
+                let Ok(view) = c.get_json("/api/cluster").await else {
+                    return false;
+                };
+                let live = view["members"]
+                    .as_array()
+                    .map_or(0, |m| m.iter().filter(|m| m["status"] == "live").count());
+                if live < members {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await
 }
 
 /// Labels the cluster's processes among this process's children.
@@ -240,6 +287,14 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The machine's load average over 1, 5 and 15 minutes (`/proc/loadavg`): other work on
+/// the machine shows in it.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 /// A run id that keeps this run's keys apart from earlier runs' on the same nodes.

@@ -630,7 +630,19 @@ impl Cluster {
         Ok(node)
     }
 
+    /// Starts one more node (with its own MongoDB) with further settings of its own on
+    /// top of the cluster's, and returns once it answers, without waiting for it to be
+    /// ready: for timing a join from its very start.
+    pub async fn start_node(&mut self, env: &[(String, String)]) -> Result<&Node> {
+        self.start_node_with(env).await?;
+        Ok(self.nodes.last().expect("just added"))
+    }
+
     async fn add_node_unready(&mut self) -> Result<()> {
+        self.start_node_with(&[]).await
+    }
+
+    async fn start_node_with(&mut self, extra: &[(String, String)]) -> Result<()> {
         let i = self.nodes.len();
         // 0: free ports. Otherwise node i's servers listen on `base + i`.
         let port = |base: u16| if base == 0 { 0 } else { base + i as u16 };
@@ -641,6 +653,7 @@ impl Cluster {
         )
         .await?;
         let mut env = self.options.env.clone();
+        env.extend(extra.iter().cloned());
         if self.options.movable_clocks {
             let shim = build_shim(&self.dir.join("clock"))?;
             let clock = ClockOffset {
