@@ -43,11 +43,13 @@ pub enum Join {
     /// with no peer to ask, replaying the topic's history is the next best thing (it is
     /// all there); otherwise the history needed is gone and only a peer can help.
     Wanted { why: String, replay_if_alone: bool },
-    /// Asked `target` for its state.
+    /// Asked `target` for its state (and, before it, the peers of `earlier` requests,
+    /// whose answers are as good if they come).
     Asked {
         why: String,
         replay_if_alone: bool,
         request: uuid::Uuid,
+        earlier: Vec<uuid::Uuid>,
         target: NodeId,
         since: Instant,
     },

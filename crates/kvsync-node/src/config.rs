@@ -169,9 +169,10 @@ pub struct Config {
     pub join_from_state: bool,
 
     /// A node that starts empty (or whose events are gone from the topic) asks its peers
-    /// for their state; if none answers within this time, it replays what the topic
-    /// still holds instead.
-    #[arg(long, env = "KVSYNC_JOIN_TIMEOUT_MS", default_value_t = 15_000)]
+    /// for their state; if none has answered within this time, it asks another (an answer
+    /// to an earlier request still counts). A peer publishes its state at a few hundred
+    /// keys a second on a small machine: leave room for that.
+    #[arg(long, env = "KVSYNC_JOIN_TIMEOUT_MS", default_value_t = 120_000)]
     pub join_timeout_ms: u64,
 
     /// A partition whose position stands still this long while the broker holds newer

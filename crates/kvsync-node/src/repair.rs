@@ -201,6 +201,9 @@ impl Repair {
         if self.app.cluster.join().is_some() {
             return; // Its state is on its way: comparing now would only repeat it.
         }
+        if !self.caught_up() {
+            return; // Still applying the topic: differences now are replication's.
+        }
         if !self.rescan().await {
             return;
         }
@@ -218,7 +221,7 @@ impl Repair {
         match record {
             // While joining, this node's state is incomplete by design: its differences
             // are the snapshot's to fill.
-            Control::Summary { .. } | Control::Bucket { .. } if joining => {}
+            Control::Summary { .. } | Control::Bucket { .. } if joining || !self.caught_up() => {}
             Control::Summary { node, summary } => {
                 if !self.fresh_scan().await {
                     return;
@@ -277,10 +280,15 @@ impl Repair {
                 until,
             } => {
                 if let Some(Join::Asked {
-                    why, request: ours, ..
+                    why,
+                    request: ours,
+                    earlier,
+                    ..
                 }) = self.app.cluster.join()
                 {
-                    if ours == request {
+                    // A snapshot may take longer than the join timeout: an answer to a
+                    // request given up on is as good as one to the latest.
+                    if ours == request || earlier.contains(&request) {
                         tracing::info!(peer = %node, "the peer published its state; applying it");
                         self.app.cluster.set_join(Some(Join::Receiving {
                             why,
@@ -291,6 +299,18 @@ impl Repair {
                 }
             }
         }
+    }
+
+    /// Whether this node's consumer held everything the broker held within the last two
+    /// intervals (10 s at least): comparing a node still applying the topic would only find the events
+    /// on their way, and re-publish them.
+    fn caught_up(&self) -> bool {
+        let window = (2 * self.settings.interval).max(Duration::from_secs(10));
+        let recent = now_ms().saturating_sub(window.as_millis() as u64);
+        self.settings
+            .status
+            .caught_up_ms()
+            .is_some_and(|at| at >= recent)
     }
 
     /// Sends this node's keys of bucket `b`, unless it did within half an interval.
@@ -471,6 +491,17 @@ impl Repair {
     }
 
     async fn ask_peer(&mut self, why: String, replay_if_alone: bool, not: Option<NodeId>) {
+        let earlier = match self.app.cluster.join() {
+            Some(Join::Asked {
+                request,
+                mut earlier,
+                ..
+            }) => {
+                earlier.push(request);
+                earlier
+            }
+            _ => Vec::new(),
+        };
         let peers = self.app.cluster.live_peers();
         // Another peer than the one that did not answer, if there is one.
         let target = peers
@@ -504,6 +535,7 @@ impl Repair {
             why,
             replay_if_alone,
             request,
+            earlier,
             target,
             since: Instant::now(),
         }));
