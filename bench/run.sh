@@ -10,14 +10,15 @@
 #   bench/run.sh --rate 200 --out /some/dir   # any other `kvsync-bench all` flags
 #   bench/run.sh tombstones      # what 100 000 tombstones cost a listing (one node, ~2 minutes)
 #   bench/run.sh tombstones --out DIR --requests 500   # with `kvsync-bench tombstones` flags
+#   bench/run.sh wait            # PUT ?wait=all beside a plain PUT, 2 and 3 nodes (~1 minute)
+#   bench/run.sh join            # a third node joins by replay and from state (see bench/README.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 command=all
-if [[ "${1:-}" == tombstones ]]; then
-  command=tombstones
-  shift
-fi
+case "${1:-}" in
+  all | latency | floor | throughput | tombstones | wait | join) command=$1; shift ;;
+esac
 args=()
 for arg in "$@"; do
   case "$arg" in
