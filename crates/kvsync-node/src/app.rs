@@ -554,13 +554,7 @@ impl App {
         // An event older than the tombstone horizon for a key not held here may be a late
         // duplicate of a write whose delete was since collected: applying it would bring
         // the key back. Repairs and snapshots carry fresh versions, so they still apply.
-        let too_old = event
-            .version
-            .ts
-            .wall_ms
-            .saturating_add(self.tombstone_horizon_ms)
-            < now;
-        if too_old && known.is_none() {
+        if self.past_horizon(&event.version) && known.is_none() {
             match self.store.get(&event.key).await? {
                 Some(pair) => known = Some(pair),
                 None => {
@@ -686,17 +680,22 @@ impl App {
         Event::republish(pair.key, version, pair.state)
     }
 
+    /// Whether a write at `version` is older than the tombstone horizon.
+    pub fn past_horizon(&self, version: &Version) -> bool {
+        version.ts.wall_ms.saturating_add(self.tombstone_horizon_ms) < now_ms()
+    }
+
+    /// A tombstone older than the horizon: being collected, so left out of summaries and
+    /// snapshots (nodes collect at slightly different times).
+    pub fn collectable(&self, pair: &StoredPair) -> bool {
+        !pair.is_live() && pair.version().is_none_or(|v| self.past_horizon(v))
+    }
+
     /// A pending change older than the tombstone horizon (its node could not publish it
     /// for that long) goes out as a re-publication with a fresh version, under the same
     /// outbox id: peers skip events that old for keys they do not hold.
     pub fn refresh_if_old(&self, event: Event) -> Event {
-        if event
-            .version
-            .ts
-            .wall_ms
-            .saturating_add(self.tombstone_horizon_ms)
-            >= now_ms()
-        {
+        if !self.past_horizon(&event.version) {
             return event;
         }
         let version = self.next_version(event.state.version());

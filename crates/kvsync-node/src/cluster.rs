@@ -17,7 +17,10 @@ use kvsync_core::{
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, watch};
 
-use crate::app::{now_ms, rfc3339};
+use crate::{
+    app::{now_ms, rfc3339},
+    replicator::ReplicationStatus,
+};
 
 /// More members than this are not tracked (the control topic is not trusted to be small).
 const MAX_MEMBERS: usize = 64;
@@ -242,11 +245,10 @@ impl ClusterView {
         if !members.contains_key(&hb.node) && members.len() >= MAX_MEMBERS {
             return;
         }
-        let since = members.get(&hb.node).map_or(now, |m| m.since);
         // A restarted member starts anew.
         let since = match members.get(&hb.node) {
-            Some(m) if m.heartbeat.started_ms != hb.started_ms => now,
-            _ => since,
+            Some(m) if m.heartbeat.started_ms == hb.started_ms => m.since,
+            _ => now,
         };
         members.insert(
             hb.node.clone(),
@@ -283,8 +285,9 @@ impl ClusterView {
         self.local.lock().expect("local lock").repairs += keys;
     }
 
-    /// This node's report, given how far its consumer has got.
-    pub fn report(&self, applied: BTreeMap<i32, i64>, caught_up_ms: Option<u64>) -> Report {
+    /// This node's report, with how far its consumer has got.
+    pub fn report(&self, consumer: &ReplicationStatus) -> Report {
+        let (applied, caught_up_ms) = (consumer.applied(), consumer.caught_up_ms());
         let local = self.local.lock().expect("local lock");
         Report {
             addr: self.addr.clone(),

@@ -94,7 +94,7 @@ pub async fn run(
             continue;
         }
         let mut hb = Heartbeat::new(app.node.clone(), now_ms(), app.cluster.started_ms());
-        hb.report = app.cluster.report(status.applied(), status.caught_up_ms());
+        hb.report = app.cluster.report(&status);
         let (publisher, topic) = (publisher.clone(), topic.clone());
         sending = Some(tokio::spawn(async move {
             if let Err(e) = publisher.send(&topic, hb.node.as_str(), &hb.encode()).await {

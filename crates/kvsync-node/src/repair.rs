@@ -139,10 +139,9 @@ impl Repair {
         }
     }
 
-    /// Reads every key's fingerprint. Tombstones past the horizon are left out: they are
-    /// being collected, and nodes collect them at slightly different times.
+    /// Reads every key's fingerprint, tombstones past the horizon left out
+    /// (`App::collectable`).
     async fn rescan(&mut self) -> bool {
-        let horizon_start = now_ms().saturating_sub(self.app.tombstone_horizon_ms);
         let mut summary = Summary::default();
         let mut buckets = vec![BTreeMap::new(); BUCKETS as usize];
         let mut scan = match self.app.store.scan(None).await {
@@ -161,7 +160,7 @@ impl Repair {
                     return false;
                 }
             };
-            if !pair.is_live() && pair.version().is_none_or(|v| v.ts.wall_ms < horizon_start) {
+            if self.app.collectable(&pair) {
                 continue;
             }
             let fp = pair.state.fingerprint();
@@ -397,7 +396,6 @@ impl Repair {
         self.snapshots.spawn(async move {
             tracing::info!(peer = %requester, "publishing this node's state for a joining peer");
             let started = Instant::now();
-            let horizon_start = now_ms().saturating_sub(app.tombstone_horizon_ms);
             let mut until: BTreeMap<i32, i64> = BTreeMap::new();
             let mut in_flight = JoinSet::new();
             let mut sent = 0u64;
@@ -417,8 +415,7 @@ impl Repair {
                         return;
                     }
                 };
-                if !pair.is_live() && pair.version().is_none_or(|v| v.ts.wall_ms < horizon_start)
-                {
+                if app.collectable(&pair) {
                     continue;
                 }
                 let event = app.republish(pair);

@@ -105,9 +105,7 @@ pub async fn node(State(ctx): State<Ctx>) -> Json<serde_json::Value> {
 }
 
 fn own_report(ctx: &Ctx) -> kvsync_core::cluster::Report {
-    ctx.app
-        .cluster
-        .report(ctx.replication.applied(), ctx.replication.caught_up_ms())
+    ctx.app.cluster.report(&ctx.replication)
 }
 
 /// Every member this node knows of, its status, and the lag between every two members.
