@@ -533,14 +533,11 @@ impl Store {
         Ok(events)
     }
 
+    /// How many changes await publication. A range rather than `$exists`, which the
+    /// index answers on nx-27017 too (outbox ids are strings).
     pub async fn count_pending(&self) -> Result<u64, StoreError> {
-        self.bounded(async {
-            Ok(self
-                .pairs
-                .count_documents(doc! { "outbox.id": { "$exists": true } })
-                .await?)
-        })
-        .await
+        self.bounded(self.count(doc! { "outbox.id": { "$gte": "" } }))
+            .await
     }
 
     /// Live pairs whose key starts with `prefix`, in key order, after `after`.
@@ -610,13 +607,19 @@ impl Store {
         .await
     }
 
-    /// Number of live pairs: a count of the live keys' index. This is the `count`
-    /// command rather than `count_documents`, whose aggregation nx-27017 runs over every
-    /// document, tombstones included.
+    /// Number of live pairs: a count of the live keys' index.
     pub async fn count_live(&self) -> Result<u64, StoreError> {
+        self.count(doc! { LIVE_KEY: { "$gte": "" } }).await
+    }
+
+    /// Documents matching `query`, with the `count` command rather than
+    /// `count_documents`, whose aggregation nx-27017 runs over every document in Python
+    /// (seconds for 100 000 documents, where the command over an index takes
+    /// milliseconds).
+    async fn count(&self, query: Document) -> Result<u64, StoreError> {
         let answer = self
             .db
-            .run_command(doc! { "count": COLLECTION, "query": { LIVE_KEY: { "$gte": "" } } })
+            .run_command(doc! { "count": COLLECTION, "query": query })
             .await?;
         let n = decode_int(&answer, "n")?;
         u64::try_from(n).map_err(|_| corrupt(&answer, "a negative count"))
