@@ -1,14 +1,21 @@
-//! Short runs of the whole benchmark (`all --quick`, a few seconds) and of `tombstones`
-//! so they cannot rot.
+//! Short runs of the whole benchmark (`all --quick`, a few seconds) and of `tombstones`,
+//! `wait` and `join`, one at a time, so they cannot rot.
 //!
 //! It needs the `kvsync-node` binary of the same profile next to `kvsync-bench` (cargo
 //! builds only this package's binary for its tests: run `cargo build --workspace --bins`
 //! first, as scripts/test.sh does) or `KVSYNC_NODE_BIN`, and the tools from
 //! scripts/install-deps.sh.
 
-use std::{path::PathBuf, process::Command};
+use std::{path::PathBuf, process::Command, sync::Mutex};
 
 use serde_json::Value;
+
+/// One cluster at a time on a small machine.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// The benchmark and the node binary it starts.
 fn binaries() -> (PathBuf, PathBuf) {
@@ -26,6 +33,7 @@ fn binaries() -> (PathBuf, PathBuf) {
 
 #[test]
 fn quick_run_writes_a_report_with_numbers() {
+    let _serial = serial();
     let (exe, node) = binaries();
     let out = tempfile::tempdir().unwrap();
     let run = Command::new(&exe)
@@ -71,6 +79,7 @@ fn quick_run_writes_a_report_with_numbers() {
 
 #[test]
 fn a_short_tombstone_run_lists_the_live_pairs_throughout() {
+    let _serial = serial();
     let (exe, node) = binaries();
     let out = tempfile::tempdir().unwrap();
     let run = Command::new(&exe)
@@ -107,4 +116,62 @@ fn a_short_tombstone_run_lists_the_live_pairs_throughout() {
     assert!(json["ratio_p50"].as_f64().unwrap() > 0.0, "{json}");
     let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     assert!(md.contains("and 500 tombstones"), "{md}");
+}
+
+/// Runs `kvsync-bench` with `args` and `--out` a new directory; returns its report.json.
+fn report_of(args: &[&str]) -> Value {
+    let (exe, node) = binaries();
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(&exe)
+        .args(args)
+        .arg("--out")
+        .arg(out.path())
+        .env("KVSYNC_NODE_BIN", &node)
+        .output()
+        .expect("running kvsync-bench");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "kvsync-bench {args:?} failed: {stderr}"
+    );
+    serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn a_tiny_wait_run_has_every_waiting_write_answered_all() {
+    let _serial = serial();
+    let json = report_of(&["wait", "--count", "5", "--warmup", "2"]);
+    let runs = json["wait"]["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{json}");
+    for (run, nodes) in runs.iter().zip([2, 3]) {
+        assert_eq!(run["nodes"], nodes, "{run}");
+        assert_eq!(run["peers"], nodes - 1, "{run}");
+        assert_eq!(run["errors"], 0, "{run}");
+        assert_eq!(run["answered_all"], 5, "{run}");
+        assert_eq!(run["wait_all"]["count"], 5, "{run}");
+        assert_eq!(run["plain"]["count"], 5, "{run}");
+        assert!(run["wait_all"]["p50_ms"].as_f64().unwrap() > 0.0, "{run}");
+    }
+}
+
+#[test]
+fn a_tiny_join_run_times_a_replay_and_a_join_from_state() {
+    let _serial = serial();
+    let json = report_of(&["join", "--pairs", "40", "--writes-per-key", "3"]);
+    let join = &json["join"];
+    assert_eq!(join["events"], 120, "{join}");
+    let joins = join["joins"].as_array().unwrap();
+    assert_eq!(joins.len(), 2, "{join}");
+    let (replay, state) = (&joins[0], &joins[1]);
+    assert_eq!(replay["mode"], "replay", "{join}");
+    assert_eq!(state["mode"], "state", "{join}");
+    for j in joins {
+        assert_eq!(j["timed_out"], false, "{j}");
+        assert!(j["all_pairs_s"].as_f64().unwrap() > 0.0, "{j}");
+        assert_eq!(j["conflicts"], 0, "{j}");
+    }
+    // The replay applies the history, the join from state one event per pair.
+    assert!(replay["events_applied"].as_u64().unwrap() >= 120, "{join}");
+    assert!(state["events_applied"].as_u64().unwrap() < 120, "{join}");
+    assert_eq!(state["snapshots_served"], 1, "{join}");
 }
