@@ -8,6 +8,7 @@ mod process;
 mod proxy;
 pub mod raw;
 mod rng;
+pub mod sse;
 
 use std::{
     path::{Path, PathBuf},
