@@ -173,6 +173,7 @@ impl Element {
 
 /// What a merge settled against a write: who lost, to what.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ConflictKind {
     /// Two concurrent edits of one value: the lower version's value lost.
@@ -205,18 +206,23 @@ impl ConflictKind {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Conflict {
     pub kind: ConflictKind,
     /// The element concerned (edit, remove).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, required = false))]
     pub element: Option<ElemId>,
     /// The values that lost (empty when nothing typed was lost: remove, delete).
     pub lost: Vec<String>,
     /// The losing write; its node is who made it.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub lost_version: Version,
     /// The winning value (edit) and write.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(required = false))]
     pub won: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub won_version: Version,
 }
 

@@ -84,7 +84,8 @@ impl Precondition {
 }
 
 /// One value of a pair, with the id element-level writes name it by.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Element)]
 pub struct ValueBody {
     pub id: String,
     pub value: String,
@@ -135,7 +136,8 @@ impl Change {
 }
 
 /// A conflict this node settled while merging a peer's change.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = ConflictNote)]
 pub struct ConflictNote {
     pub key: String,
     #[serde(flatten)]
@@ -143,6 +145,7 @@ pub struct ConflictNote {
     /// Who made the losing and the winning write.
     pub lost_origin: String,
     pub won_origin: String,
+    /// When this node settled it (RFC 3339).
     pub at: String,
 }
 

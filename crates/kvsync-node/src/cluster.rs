@@ -103,7 +103,7 @@ pub enum WaitFor {
 }
 
 /// The outcome of waiting for a write's replication.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Replication {
     /// How many peers had to confirm.
     pub required: usize,

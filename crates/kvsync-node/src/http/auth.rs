@@ -28,7 +28,7 @@ impl Token {
 }
 
 /// Routes that stay open: probes and the static UI (which then asks for the token).
-fn is_protected(path: &str) -> bool {
+pub(super) fn is_protected(path: &str) -> bool {
     path.starts_with("/api/") || path == "/api" || path == "/metrics"
 }
 

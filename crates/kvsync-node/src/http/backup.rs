@@ -16,8 +16,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use utoipa::ToSchema;
 
-use super::{error::ApiError, extract::Q, Ctx};
+use super::{
+    error::{ApiError, ErrorBody},
+    extract::Q,
+    Ctx,
+};
 use crate::app::{elements, values_of};
 
 /// Pairs sent per piece of the answer.
@@ -27,12 +32,17 @@ pub const MAX_IMPORT_LINES: usize = 1000;
 
 /// One exported pair: its whole state (what an import merges), with its version, status
 /// and values for people and tools that only read.
-#[derive(Serialize)]
-struct ExportLine {
+#[derive(Serialize, ToSchema)]
+pub struct ExportLine {
     key: String,
     version: String,
     deleted: bool,
+    /// Empty for a deleted key.
     values: Vec<String>,
+    /// The pair's replicated state (values with their ids and versions, and the
+    /// versions of the last replacement, write and delete): what an import merges.
+    /// Give it back as it was exported.
+    #[schema(value_type = Object)]
     state: StateWire,
 }
 
@@ -43,18 +53,43 @@ struct ImportLine {
     state: StateWire,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ExportParams {
+    /// Include deleted keys (their tombstones), so a restore deletes them too.
     #[serde(default)]
     tombstones: bool,
+    /// Only keys that start with this (itself a valid key).
     #[serde(default)]
     prefix: String,
+}
+
+/// What an import did.
+#[derive(Serialize, ToSchema)]
+pub struct ImportSummary {
+    /// Lines read (blank lines aside).
+    lines: usize,
+    /// Pairs the import changed.
+    changed: u64,
+    /// Pairs this node already held at the same or a newer state.
+    unchanged: u64,
 }
 
 /// Streams every pair (with `tombstones=true`, deleted keys too) in key order, one JSON
 /// object per line, from one cursor, so memory stays flat whatever the size; pairs changed
 /// during the export appear as the cursor found them.
+#[utoipa::path(
+    get,
+    path = "/api/export",
+    tag = "backup",
+    params(ExportParams),
+    responses(
+        (status = 200, description = "One `ExportLine` per line (JSON lines), in key order. A failure part-way ends the stream with an `Error` line.", body = ExportLine, content_type = "application/x-ndjson"),
+        (status = 400, description = "`invalid_query`: an unknown parameter, or a prefix that is not a valid key", body = ErrorBody),
+        (status = 503, description = "`database_unavailable`", body = ErrorBody),
+    )
+)]
 pub async fn export(State(ctx): State<Ctx>, Q(p): Q<ExportParams>) -> Result<Response, ApiError> {
     if !p.prefix.is_empty() {
         Key::parse(p.prefix.as_str())
@@ -127,6 +162,19 @@ pub async fn export(State(ctx): State<Ctx>, Q(p): Q<ExportParams>) -> Result<Res
 /// normal merge rule (what the node holds newer stays; changes replicate). Every line is
 /// checked before the first is applied: a bad one fails the request with its line number
 /// and nothing written.
+#[utoipa::path(
+    post,
+    path = "/api/import",
+    tag = "backup",
+    request_body(content = ExportLine, content_type = "application/x-ndjson", description = "Up to 1000 lines of an export, one JSON object per line; only `key` and `state` are read"),
+    responses(
+        (status = 200, description = "Merged", body = ImportSummary),
+        (status = 400, description = "`invalid_import`: not UTF-8, too many lines, or a bad line (its number is in `detail`); nothing was written", body = ErrorBody),
+        (status = 409, description = "`contended`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`: over 4 MiB", body = ErrorBody),
+        (status = 503, description = "`database_unavailable` or `clock_skew`", body = ErrorBody),
+    )
+)]
 pub async fn import(State(ctx): State<Ctx>, body: Bytes) -> Result<Response, ApiError> {
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_request("invalid_import", "the body is not UTF-8"))?;
@@ -161,7 +209,11 @@ pub async fn import(State(ctx): State<Ctx>, body: Bytes) -> Result<Response, Api
     }
     Ok((
         StatusCode::OK,
-        Json(json!({ "lines": total, "changed": changed, "unchanged": unchanged })),
+        Json(ImportSummary {
+            lines: total,
+            changed,
+            unchanged,
+        }),
     )
         .into_response())
 }

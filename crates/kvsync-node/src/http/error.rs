@@ -8,7 +8,9 @@ use axum::{
 };
 use kvsync_core::{KeyError, ValuesError};
 use kvsync_store::StoreError;
+use serde::Serialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
 use super::pairs::PairBody;
 use crate::app::AppError;
@@ -49,12 +51,29 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer (the OpenAPI document's `Error`).
+#[derive(Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    /// A stable code for programs, such as `invalid_key`, `precondition_failed` or
+    /// `database_unavailable` (each answer's description lists its codes).
+    #[schema(example = "invalid_key")]
+    pub error: &'static str,
+    /// What went wrong, for people.
+    pub detail: String,
+    /// Only on 412: the pair as it is now, or null if it does not exist.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<PairBody>, required = false)]
+    pub current: Option<Value>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({ "error": self.error, "detail": self.detail });
-        if let Some(current) = self.current {
-            body["current"] = current;
-        }
+        let body = ErrorBody {
+            error: self.error,
+            detail: self.detail,
+            current: self.current,
+        };
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response

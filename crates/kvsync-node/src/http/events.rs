@@ -14,20 +14,35 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::{error::ApiError, extract::Q, Ctx};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventsParams {
+    /// Only changes of keys that start with this.
     #[serde(default)]
     prefix: String,
     /// Accepted (and checked by the auth layer) because EventSource cannot send headers.
     /// Held as a secret, so no `Debug` of it can show the token.
     #[serde(default, rename = "access_token")]
+    #[param(value_type = Option<String>)]
     _access_token: Option<SecretString>,
 }
 
 /// `hello` on connect, then one `change` per change applied on this node (local or
 /// replicated) whose key has the prefix, and one `conflict` per conflict settled here. `resync` tells a client that fell too far
 /// behind to reload, since it missed changes. At most `KVSYNC_MAX_EVENT_STREAMS` at once.
+#[utoipa::path(
+    get,
+    path = "/api/events",
+    tag = "feed",
+    params(EventsParams),
+    security(("bearer" = []), ("access_token" = [])),
+    responses(
+        (status = 200, description = super::openapi::EVENTS, body = String, content_type = "text/event-stream"),
+        (status = 400, description = "`invalid_query`", body = super::error::ErrorBody),
+        (status = 503, description = "`too_many_streams`: the node holds its maximum of event streams", body = super::error::ErrorBody),
+    )
+)]
 pub async fn events(
     State(ctx): State<Ctx>,
     Q(params): Q<EventsParams>,

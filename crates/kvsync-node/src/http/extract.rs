@@ -1,9 +1,8 @@
 //! Extractors whose rejections are our JSON errors rather than axum's plain text.
 
 use axum::{
-    extract::{FromRequest, FromRequestParts, Path, Query, Request},
+    extract::{FromRequest, FromRequestParts, Path, Query},
     http::{header, request::Parts, HeaderMap},
-    Json,
 };
 use kvsync_core::{state::ElemIdError, ElemId, Key, Version};
 use serde::de::DeserializeOwned;
@@ -39,16 +38,11 @@ impl<S: Send + Sync> FromRequestParts<S> for ValuePath {
     }
 }
 
+/// A JSON body whose rejections (malformed, wrong type, no JSON content type, too large)
+/// are our JSON errors (see `From<JsonRejection> for ApiError`).
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
 pub struct JsonBody<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let Json(v) = Json::<T>::from_request(req, state).await?;
-        Ok(Self(v))
-    }
-}
 
 pub struct Q<T>(pub T);
 

@@ -6,6 +6,7 @@ mod error;
 mod events;
 mod extract;
 mod limits;
+pub mod openapi;
 mod ops;
 pub mod pairs;
 mod ui;
@@ -17,7 +18,6 @@ use axum::{
     http::{header, HeaderValue, Method, StatusCode},
     middleware::{self, Next},
     response::Response,
-    routing::{get, post, put},
     Router,
 };
 use tokio_util::sync::CancellationToken;
@@ -49,30 +49,9 @@ pub struct Shared {
 pub type Ctx = Arc<Shared>;
 
 pub fn router(ctx: Ctx, cors_origins: &[String]) -> Router {
-    let mut router = Router::new()
-        .route("/api/pairs", get(pairs::list).delete(pairs::clear))
-        .route(
-            "/api/pairs/{key}",
-            get(pairs::get).put(pairs::put).delete(pairs::delete),
-        )
-        .route("/api/pairs/{key}/values", post(pairs::append))
-        .route(
-            "/api/pairs/{key}/values/{id}",
-            put(pairs::edit_value).delete(pairs::remove_value),
-        )
-        .route(
-            "/api/pairs/{key}/conflicts",
-            get(pairs::conflicts).delete(pairs::dismiss_conflicts),
-        )
-        .route("/api/events", get(events::events))
-        .route("/api/node", get(ops::node))
-        .route("/api/cluster", get(ops::cluster))
-        .route("/api/export", get(backup::export))
-        .route("/api/import", post(backup::import))
-        .route("/api/digest", get(ops::digest))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
+    // The routes come with their documentation (see `openapi`); add none here.
+    let (routes, _) = openapi::routes().split_for_parts();
+    let mut router = routes
         .fallback(ui::fallback)
         .method_not_allowed_fallback(ui::method_not_allowed)
         .layer(middleware::from_fn_with_state(

@@ -8,16 +8,66 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
+use serde::Serialize;
 use serde_json::json;
+use utoipa::ToSchema;
 
-use super::{error::ApiError, Ctx};
+use super::{
+    error::{ApiError, ErrorBody},
+    Ctx,
+};
 
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "Alive", body = Health))
+)]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Whether the node can serve, and if not why.
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    ready: bool,
+    node: String,
+    /// `ok` or `unavailable`.
+    mongodb: &'static str,
+    kafka: KafkaReadiness,
+    /// This node's clock against its peers': `ok`, `ahead` or `behind`.
+    clock: &'static str,
+    /// Why the node is not ready (empty when it is).
+    reasons: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct KafkaReadiness {
+    owned_partitions: usize,
+    /// Null until the topic's metadata has been read.
+    topic_partitions: Option<i32>,
 }
 
 /// Ready when MongoDB answers, the consumer owns every partition of the topic and makes
 /// progress, and no peer event is held for clock reasons; else 503 and why.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready: `reasons` says why", body = Readiness),
+    )
+)]
 pub async fn readyz(State(ctx): State<Ctx>) -> Response {
     let mongodb = match tokio::time::timeout(Duration::from_secs(2), ctx.app.store.ping()).await {
         Ok(Ok(())) => Ok(()),
@@ -32,17 +82,17 @@ pub async fn readyz(State(ctx): State<Ctx>) -> Response {
     reasons.extend(ctx.app.clock.problems());
     reasons.extend(ctx.app.cluster.join_problem());
     let ready = reasons.is_empty();
-    let body = json!({
-        "ready": ready,
-        "node": ctx.app.node.as_str(),
-        "mongodb": if mongodb.is_ok() { "ok" } else { "unavailable" },
-        "kafka": {
-            "owned_partitions": ctx.replication.owned_partitions(),
-            "topic_partitions": ctx.replication.topic_partitions(),
+    let body = Readiness {
+        ready,
+        node: ctx.app.node.as_str().to_owned(),
+        mongodb: if mongodb.is_ok() { "ok" } else { "unavailable" },
+        kafka: KafkaReadiness {
+            owned_partitions: ctx.replication.owned_partitions(),
+            topic_partitions: ctx.replication.topic_partitions(),
         },
-        "clock": ctx.app.clock.own().label(),
-        "reasons": reasons,
-    });
+        clock: ctx.app.clock.own().label(),
+        reasons,
+    };
     let status = if ready {
         StatusCode::OK
     } else {
@@ -51,6 +101,13 @@ pub async fn readyz(State(ctx): State<Ctx>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Prometheus metrics, in the OpenMetrics text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "The metrics", body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"))
+)]
 pub async fn metrics(State(ctx): State<Ctx>) -> Response {
     let m = &ctx.app.metrics;
     if let Ok(n) = ctx.app.store.count_pending().await {
@@ -78,30 +135,67 @@ pub async fn metrics(State(ctx): State<Ctx>) -> Response {
         .into_response()
 }
 
-pub async fn node(State(ctx): State<Ctx>) -> Json<serde_json::Value> {
+/// This node's status.
+#[derive(Serialize, ToSchema)]
+pub struct NodeStatus {
+    node_id: String,
+    topic: String,
+    consumer_group: String,
+    /// The replication consumer: partitions, positions, lag, recoveries.
+    #[schema(value_type = Object)]
+    consumer: serde_json::Value,
+    /// This node's clock against its peers', and peer events held for clock reasons.
+    #[schema(value_type = Object)]
+    clock: serde_json::Value,
+    /// Local writes not yet published; null when MongoDB cannot be asked.
+    outbox_backlog: Option<u64>,
+    counters: NodeCounters,
+}
+
+/// Counters since this process started.
+#[derive(Serialize, ToSchema)]
+pub struct NodeCounters {
+    local_writes: u64,
+    events_published: u64,
+    publish_failures: u64,
+    events_applied: u64,
+    events_skipped_stale: u64,
+    events_skipped_own: u64,
+    events_rejected: u64,
+    conflicts: u64,
+    consumer_recoveries: u64,
+    publisher_recoveries: u64,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/node",
+    tag = "operations",
+    responses((status = 200, description = "This node's status", body = NodeStatus))
+)]
+pub async fn node(State(ctx): State<Ctx>) -> Json<NodeStatus> {
     let m = &ctx.app.metrics;
     let backlog = ctx.app.store.count_pending().await.ok();
-    Json(json!({
-        "node_id": ctx.app.node.as_str(),
-        "topic": ctx.topic,
-        "consumer_group": ctx.group,
-        "consumer": ctx.replication.report(),
-        "clock": ctx.app.clock.report(),
-        // null when MongoDB cannot be asked.
-        "outbox_backlog": backlog,
-        "counters": {
-            "local_writes": m.local_writes.get(),
-            "events_published": m.published.get(),
-            "publish_failures": m.publish_failures.get(),
-            "events_applied": m.applied.get(),
-            "events_skipped_stale": m.skipped_stale.get(),
-            "events_skipped_own": m.skipped_own.get(),
-            "events_rejected": m.rejected_total(),
-            "conflicts": m.conflicts_total(),
-            "consumer_recoveries": m.consumer_recoveries.get(),
-            "publisher_recoveries": m.publisher_recoveries.get(),
+    Json(NodeStatus {
+        node_id: ctx.app.node.as_str().to_owned(),
+        topic: ctx.topic.clone(),
+        consumer_group: ctx.group.clone(),
+        consumer: ctx.replication.report(),
+        clock: ctx.app.clock.report(),
+        outbox_backlog: backlog,
+        counters: NodeCounters {
+            local_writes: m.local_writes.get(),
+            events_published: m.published.get(),
+            publish_failures: m.publish_failures.get(),
+            events_applied: m.applied.get(),
+            events_skipped_stale: m.skipped_stale.get(),
+            events_skipped_own: m.skipped_own.get(),
+            events_rejected: m.rejected_total(),
+            conflicts: m.conflicts_total(),
+            consumer_recoveries: m.consumer_recoveries.get(),
+            publisher_recoveries: m.publisher_recoveries.get(),
         },
-    }))
+    })
 }
 
 fn own_report(ctx: &Ctx) -> kvsync_core::cluster::Report {
@@ -109,6 +203,12 @@ fn own_report(ctx: &Ctx) -> kvsync_core::cluster::Report {
 }
 
 /// Every member this node knows of, its status, and the lag between every two members.
+#[utoipa::path(
+    get,
+    path = "/api/cluster",
+    tag = "operations",
+    responses((status = 200, description = "`members` (each with its status, clock offset and replication positions), `lags` between every two members, and this node's `repair` counters", body = Object))
+)]
 pub async fn cluster(State(ctx): State<Ctx>) -> Json<serde_json::Value> {
     let own = own_report(&ctx);
     let mut body = ctx.app.cluster.describe(own, &ctx.app.clock.offsets());
@@ -123,7 +223,24 @@ pub async fn cluster(State(ctx): State<Ctx>) -> Json<serde_json::Value> {
     Json(body)
 }
 
-pub async fn digest(State(ctx): State<Ctx>) -> Result<Json<serde_json::Value>, ApiError> {
+/// A digest of every pair's state: equal on two nodes when they hold the same data.
+#[derive(Serialize, ToSchema)]
+pub struct Digest {
+    /// How many stored pairs the digest covers.
+    count: u64,
+    digest: String,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/digest",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The digest of this node's pairs", body = Digest),
+        (status = 503, description = "`database_unavailable`", body = ErrorBody),
+    )
+)]
+pub async fn digest(State(ctx): State<Ctx>) -> Result<Json<Digest>, ApiError> {
     let (count, digest) = ctx.app.store.digest().await?;
-    Ok(Json(json!({ "count": count, "digest": digest })))
+    Ok(Json(Digest { count, digest }))
 }

@@ -13,12 +13,12 @@ use futures::StreamExt;
 use kvsync_core::{Key, Values, Version};
 use kvsync_store::StoredPair;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use utoipa::ToSchema;
 
 use super::{
-    error::ApiError,
+    error::{ApiError, ErrorBody},
     extract::{precondition, JsonBody, KeyPath, ValuePath, Q},
     Ctx,
 };
@@ -30,15 +30,64 @@ use crate::{
 pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 1000;
 
+/// The `{key}` path segment, for the OpenAPI document.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // Only its schema is used; `KeyPath` extracts it.
+pub struct KeyParam {
+    /// The key, percent-encoded: 1 to 512 bytes of UTF-8, no control characters.
+    key: String,
+}
+
+/// The `{id}` path segment of one value, for the OpenAPI document.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // Only its schema is used; `ValuePath` extracts it.
+pub struct IdParam {
+    /// The value's id (`elements[].id` of the pair).
+    id: String,
+}
+
+/// The conditional-write headers, for the OpenAPI document (`precondition` reads them).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // Only its schema is used.
+pub struct Preconditions {
+    /// Write only if the pair's version is one of these ETags (or `*`: if it exists).
+    /// Weak tags are refused.
+    #[param(rename = "If-Match")]
+    if_match: Option<String>,
+    /// Only `*`: write only if the pair does not exist.
+    #[param(rename = "If-None-Match")]
+    if_none_match: Option<String>,
+}
+
+const BAD_WRITE: &str = "`invalid_key`, `invalid_query` (bad `wait`/`timeout_ms`), `invalid_precondition`, `malformed_json`, `invalid_body` (wrong or unknown fields)";
+const BAD_VALUE_PATH: &str =
+    "`invalid_key`, `invalid_value_id`, `invalid_query`, `invalid_precondition`";
+const BAD_VALUE_WRITE: &str = "`invalid_key`, `invalid_value_id`, `invalid_query`, `invalid_precondition`, `malformed_json`, `invalid_body`";
+const NO_VALUE: &str = "`not_found` (no such pair) or `no_such_value` (no value with this id)";
+const CONTENDED: &str = "`contended`: too many concurrent writes of this key; retry";
+const PRECONDITION: &str = "`precondition_failed`: `If-Match`/`If-None-Match` did not hold; `current` is the pair as it is now (null if absent)";
+const TOO_LARGE: &str =
+    "`too_large` (the values exceed the pair's limits) or `body_too_large` (over 4 MiB)";
+const UNSUPPORTED: &str = "`unsupported_media_type`: the body is not sent as `application/json`";
+const WRITE_UNAVAILABLE: &str = "`database_unavailable`, or `clock_skew` (this node's clock is off; writes are refused until it agrees)";
+
 /// A pair as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Pair)]
 pub struct PairBody {
     pub key: String,
     pub values: Vec<String>,
     /// The same values with their ids, for writes of one value.
     pub elements: Vec<ValueBody>,
+    /// The version of the last write (also the `ETag`, quoted).
+    #[schema(example = "0000019361a2b3c4-00000003-node1")]
     pub version: String,
+    /// When the last write was made (RFC 3339), by its node's clock.
     pub updated_at: String,
+    /// The node that made the last write.
     pub origin: String,
     /// Conflicts this node settled for the key, oldest first (only when there are some).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -86,12 +135,29 @@ fn written(w: Written) -> Response {
     pair_response(status, &w.pair)
 }
 
+/// A write's answer when it waited for its replication (`?wait=`): the pair, and how far
+/// the write got.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Written)]
+pub struct WrittenBody {
+    #[serde(flatten)]
+    pub pair: PairBody,
+    /// Only with `?wait=`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication: Option<Replication>,
+}
+
 /// `?wait=all|N&timeout_ms=T` on a write: answer once the live peers (or N of them) have
 /// applied it, or at the timeout with those that have not. The write stands either way.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct WaitParams {
+    /// Wait until `all` live peers, or this many (1 or more), have applied the write.
+    /// The answer then has a `replication` field and a `Kvsync-Replicated` header.
+    #[param(pattern = "^(all|[1-9][0-9]*)$")]
     wait: Option<String>,
+    /// How long to wait (default 5000), capped below the request timeout. Needs `wait`.
     timeout_ms: Option<u64>,
 }
 
@@ -199,8 +265,10 @@ async fn answer(ctx: &Ctx, w: Written, wait: Option<(WaitFor, Duration)>) -> Res
     } else {
         StatusCode::OK
     };
-    let mut body = serde_json::to_value(PairBody::from(&w.pair)).unwrap_or_default();
-    body["replication"] = serde_json::to_value(&r).unwrap_or_default();
+    let body = WrittenBody {
+        pair: PairBody::from(&w.pair),
+        replication: Some(r.clone()),
+    };
     let mut response = (status, Json(body)).into_response();
     if let Some(version) = w.pair.version() {
         response.headers_mut().insert(header::ETAG, etag(version));
@@ -209,15 +277,41 @@ async fn answer(ctx: &Ctx, w: Written, wait: Option<(WaitFor, Duration)>) -> Res
     response
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// Only keys that start with this (itself a valid key).
     #[serde(default)]
     prefix: String,
+    /// The cursor: the `next` of the previous page.
     after: Option<String>,
+    /// Pairs per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
+/// One page of pairs, in key order.
+#[derive(Serialize, ToSchema)]
+#[schema(as = PairPage)]
+pub struct PageBody {
+    pub pairs: Vec<PairBody>,
+    /// The `after` of the next page; null on the last page.
+    pub next: Option<String>,
+}
+
+/// Lists live pairs in key order, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/api/pairs",
+    tag = "pairs",
+    params(ListParams),
+    responses(
+        (status = 200, description = "One page of pairs", body = PageBody),
+        (status = 400, description = "`invalid_query`: an unknown parameter, a limit out of range, or a prefix or cursor that is not a valid key", body = ErrorBody),
+        (status = 503, description = "`database_unavailable`", body = ErrorBody),
+    )
+)]
 pub async fn list(State(ctx): State<Ctx>, Q(p): Q<ListParams>) -> Result<Response, ApiError> {
     let limit = p.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
@@ -243,18 +337,40 @@ pub async fn list(State(ctx): State<Ctx>, Q(p): Q<ListParams>) -> Result<Respons
         .await?;
     let next = more.then(|| page.last().map(|p| p.key.as_str().to_owned()));
     let pairs: Vec<PairBody> = page.iter().map(PairBody::from).collect();
-    Ok(Json(json!({ "pairs": pairs, "next": next.flatten() })).into_response())
+    Ok(Json(PageBody {
+        pairs,
+        next: next.flatten(),
+    })
+    .into_response())
 }
 
 /// `?min_version=V&timeout_ms=T` on a read: wait until this node holds the key at
 /// version V or later (a version a write on any node returned), up to the timeout.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ReadParams {
+    /// Answer only once this node holds the key at this version or later (a version a
+    /// write on any node returned; quotes allowed, so an ETag works).
     min_version: Option<String>,
+    /// How long to wait for `min_version` (default 5000), capped below the request
+    /// timeout. Needs `min_version`.
     timeout_ms: Option<u64>,
 }
 
+/// Reads one pair.
+#[utoipa::path(
+    get,
+    path = "/api/pairs/{key}",
+    tag = "pairs",
+    params(KeyParam, ReadParams),
+    responses(
+        (status = 200, description = "The pair", body = PairBody, headers(("ETag" = String, description = "The pair's version, quoted: send it back in `If-Match`"))),
+        (status = 400, description = "`invalid_key`, or `invalid_query` (an unknown parameter, a malformed `min_version`, `timeout_ms` without `min_version`)", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such pair (or it was deleted)", body = ErrorBody),
+        (status = 503, description = "`version_not_here_yet`: this node did not reach `min_version` in time; `database_unavailable`", body = ErrorBody),
+    )
+)]
 pub async fn get(
     State(ctx): State<Ctx>,
     KeyPath(key): KeyPath,
@@ -289,12 +405,32 @@ pub async fn get(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = PutRequest)]
 pub struct PutBody {
+    /// The pair's new values, in order (the list may be empty).
     values: Vec<String>,
 }
 
+/// Creates a pair or replaces all its values.
+#[utoipa::path(
+    put,
+    path = "/api/pairs/{key}",
+    tag = "pairs",
+    params(KeyParam, WaitParams, Preconditions),
+    request_body = PutBody,
+    responses(
+        (status = 200, description = "Replaced", body = WrittenBody, headers(("ETag" = String, description = "The pair's new version, quoted"), ("Kvsync-Replicated" = String, description = "Only with `?wait=`: `all` (enough peers confirmed), `partial` (some did) or `none`"))),
+        (status = 201, description = "Created", body = WrittenBody, headers(("ETag" = String, description = "The pair's new version, quoted"), ("Kvsync-Replicated" = String, description = "Only with `?wait=`: `all` (enough peers confirmed), `partial` (some did) or `none`"))),
+        (status = 400, description = BAD_WRITE, body = ErrorBody),
+        (status = 409, description = CONTENDED, body = ErrorBody),
+        (status = 412, description = PRECONDITION, body = ErrorBody),
+        (status = 413, description = TOO_LARGE, body = ErrorBody),
+        (status = 415, description = UNSUPPORTED, body = ErrorBody),
+        (status = 503, description = WRITE_UNAVAILABLE, body = ErrorBody),
+    )
+)]
 pub async fn put(
     State(ctx): State<Ctx>,
     KeyPath(key): KeyPath,
@@ -309,12 +445,32 @@ pub async fn put(
     Ok(answer(&ctx, w, wait).await)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = AppendRequest)]
 pub struct AppendBody {
+    /// The value to add at the end (the pair is created if absent).
     value: String,
 }
 
+/// Adds one value at the end of a pair's list.
+#[utoipa::path(
+    post,
+    path = "/api/pairs/{key}/values",
+    tag = "pairs",
+    params(KeyParam, WaitParams, Preconditions),
+    request_body = AppendBody,
+    responses(
+        (status = 200, description = "Appended", body = WrittenBody, headers(("ETag" = String, description = "The pair's new version, quoted"), ("Kvsync-Replicated" = String, description = "Only with `?wait=`: `all` (enough peers confirmed), `partial` (some did) or `none`"))),
+        (status = 201, description = "Created with this one value", body = WrittenBody, headers(("ETag" = String, description = "The pair's new version, quoted"), ("Kvsync-Replicated" = String, description = "Only with `?wait=`: `all` (enough peers confirmed), `partial` (some did) or `none`"))),
+        (status = 400, description = BAD_WRITE, body = ErrorBody),
+        (status = 409, description = CONTENDED, body = ErrorBody),
+        (status = 412, description = PRECONDITION, body = ErrorBody),
+        (status = 413, description = TOO_LARGE, body = ErrorBody),
+        (status = 415, description = UNSUPPORTED, body = ErrorBody),
+        (status = 503, description = WRITE_UNAVAILABLE, body = ErrorBody),
+    )
+)]
 pub async fn append(
     State(ctx): State<Ctx>,
     KeyPath(key): KeyPath,
@@ -328,13 +484,32 @@ pub async fn append(
     Ok(answer(&ctx, w, wait).await)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = EditRequest)]
 pub struct ValueBodyIn {
+    /// The value's new text.
     value: String,
 }
 
 /// Changes one value in place.
+#[utoipa::path(
+    put,
+    path = "/api/pairs/{key}/values/{id}",
+    tag = "pairs",
+    params(KeyParam, IdParam, WaitParams, Preconditions),
+    request_body = ValueBodyIn,
+    responses(
+        (status = 200, description = "Changed", body = WrittenBody, headers(("ETag" = String, description = "The pair's new version, quoted"), ("Kvsync-Replicated" = String, description = "Only with `?wait=`: `all` (enough peers confirmed), `partial` (some did) or `none`"))),
+        (status = 400, description = BAD_VALUE_WRITE, body = ErrorBody),
+        (status = 404, description = NO_VALUE, body = ErrorBody),
+        (status = 409, description = CONTENDED, body = ErrorBody),
+        (status = 412, description = PRECONDITION, body = ErrorBody),
+        (status = 413, description = TOO_LARGE, body = ErrorBody),
+        (status = 415, description = UNSUPPORTED, body = ErrorBody),
+        (status = 503, description = WRITE_UNAVAILABLE, body = ErrorBody),
+    )
+)]
 pub async fn edit_value(
     State(ctx): State<Ctx>,
     ValuePath(key, id): ValuePath,
@@ -349,6 +524,20 @@ pub async fn edit_value(
 }
 
 /// Removes one value; the pair stays.
+#[utoipa::path(
+    delete,
+    path = "/api/pairs/{key}/values/{id}",
+    tag = "pairs",
+    params(KeyParam, IdParam, WaitParams, Preconditions),
+    responses(
+        (status = 200, description = "Removed: the pair without the value", body = WrittenBody, headers(("ETag" = String, description = "The pair's new version, quoted"), ("Kvsync-Replicated" = String, description = "Only with `?wait=`: `all` (enough peers confirmed), `partial` (some did) or `none`"))),
+        (status = 400, description = BAD_VALUE_PATH, body = ErrorBody),
+        (status = 404, description = NO_VALUE, body = ErrorBody),
+        (status = 409, description = CONTENDED, body = ErrorBody),
+        (status = 412, description = PRECONDITION, body = ErrorBody),
+        (status = 503, description = WRITE_UNAVAILABLE, body = ErrorBody),
+    )
+)]
 pub async fn remove_value(
     State(ctx): State<Ctx>,
     ValuePath(key, id): ValuePath,
@@ -361,7 +550,25 @@ pub async fn remove_value(
     Ok(answer(&ctx, w, wait).await)
 }
 
+/// The conflicts recorded for a key.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Conflicts)]
+pub struct ConflictsBody {
+    pub conflicts: Vec<ConflictNote>,
+}
+
 /// The conflicts this node settled for a key, oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/pairs/{key}/conflicts",
+    tag = "pairs",
+    params(KeyParam),
+    responses(
+        (status = 200, description = "The key's conflicts (empty if none)", body = ConflictsBody),
+        (status = 400, description = "`invalid_key`", body = ErrorBody),
+        (status = 503, description = "`database_unavailable`", body = ErrorBody),
+    )
+)]
 pub async fn conflicts(
     State(ctx): State<Ctx>,
     KeyPath(key): KeyPath,
@@ -371,10 +578,21 @@ pub async fn conflicts(
         .iter()
         .map(|c| ConflictNote::recorded(&key, c))
         .collect();
-    Ok(Json(json!({ "conflicts": notes })).into_response())
+    Ok(Json(ConflictsBody { conflicts: notes }).into_response())
 }
 
 /// Forgets the conflicts recorded for a key (they were seen, or restored).
+#[utoipa::path(
+    delete,
+    path = "/api/pairs/{key}/conflicts",
+    tag = "pairs",
+    params(KeyParam),
+    responses(
+        (status = 204, description = "Forgotten (also when there were none)"),
+        (status = 400, description = "`invalid_key`", body = ErrorBody),
+        (status = 503, description = "`database_unavailable`", body = ErrorBody),
+    )
+)]
 pub async fn dismiss_conflicts(
     State(ctx): State<Ctx>,
     KeyPath(key): KeyPath,
@@ -383,7 +601,33 @@ pub async fn dismiss_conflicts(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The answer to a delete that waited for its replication.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Deleted)]
+pub struct DeletedBody {
+    pub key: String,
+    pub deleted: bool,
+    /// The delete's version.
+    pub version: Option<String>,
+    pub replication: Replication,
+}
+
 /// 204; with `?wait=`, 200 and a body that says how far the delete got.
+#[utoipa::path(
+    delete,
+    path = "/api/pairs/{key}",
+    tag = "pairs",
+    params(KeyParam, WaitParams, Preconditions),
+    responses(
+        (status = 200, description = "Deleted, after waiting (`?wait=`)", body = DeletedBody, headers(("Kvsync-Replicated" = String, description = "Only with `?wait=`: `all` (enough peers confirmed), `partial` (some did) or `none`"))),
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "`invalid_key`, `invalid_query`, `invalid_precondition`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such pair", body = ErrorBody),
+        (status = 409, description = CONTENDED, body = ErrorBody),
+        (status = 412, description = PRECONDITION, body = ErrorBody),
+        (status = 503, description = WRITE_UNAVAILABLE, body = ErrorBody),
+    )
+)]
 pub async fn delete(
     State(ctx): State<Ctx>,
     KeyPath(key): KeyPath,
@@ -397,12 +641,12 @@ pub async fn delete(
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
     let version = tombstone.version().map(ToString::to_string);
-    let mut response = Json(json!({
-        "key": key.as_str(),
-        "deleted": true,
-        "version": version,
-        "replication": r,
-    }))
+    let mut response = Json(DeletedBody {
+        key: key.as_str().to_owned(),
+        deleted: true,
+        version,
+        replication: r.clone(),
+    })
     .into_response();
     replicated_header(&mut response, &r);
     Ok(response)
@@ -414,6 +658,15 @@ pub async fn delete(
 /// part-way ends it with `"error"` and `"detail"` (the status, sent first, is 200 by
 /// then). The first batch is read before answering, so a database that cannot be used
 /// gets the usual 503 (or 504).
+#[utoipa::path(
+    delete,
+    path = "/api/pairs",
+    tag = "pairs",
+    responses(
+        (status = 200, description = "The clear's progress, streamed as one JSON document", body = ClearBody),
+        (status = 503, description = "`database_unavailable`", body = ErrorBody),
+    )
+)]
 pub async fn clear(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
     let first = ctx.app.clear_batch(None).await?;
     // The clear runs in its own task, so a client that goes away stops it between
@@ -422,6 +675,21 @@ pub async fn clear(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
     tokio::spawn(run_clear(ctx, first, tx));
     let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// The answer of a clear, as [`run_clear`] streams it (written by hand, piece by piece).
+#[derive(ToSchema)]
+#[schema(as = ClearProgress)]
+#[allow(dead_code)] // Only its schema is used.
+pub struct ClearBody {
+    /// The running total of deleted pairs after each batch.
+    progress: Vec<u64>,
+    /// Pairs deleted in all.
+    deleted: u64,
+    /// Only when the clear failed part-way: the error's code (`database_unavailable`,
+    /// `internal`, `shutting_down`, ...) and what went wrong.
+    error: Option<String>,
+    detail: Option<String>,
 }
 
 async fn run_clear(ctx: Ctx, mut batch: Vec<Key>, tx: mpsc::Sender<String>) {
@@ -469,7 +737,8 @@ async fn run_clear(ctx: Ctx, mut batch: Vec<Key>, tx: mpsc::Sender<String>) {
         }
         Some(e) => {
             tracing::warn!(deleted, error = e.error, detail = %e.detail, "clear failed part-way");
-            let tail = json!({ "deleted": deleted, "error": e.error, "detail": e.detail });
+            let tail =
+                serde_json::json!({ "deleted": deleted, "error": e.error, "detail": e.detail });
             // The object without its opening brace continues the one already begun.
             format!("],{}", &tail.to_string()[1..])
         }
