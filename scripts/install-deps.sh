@@ -9,6 +9,7 @@ set -euo pipefail
 
 TOOLS="${KVSYNC_TOOLS:-$HOME/.cache/kvsync-tools}"
 TANSU_VERSION=0.6.0
+CARGO_DENY_VERSION=0.20.2
 NX_VERSION="${NX_27017_VERSION:-}"
 mkdir -p "$TOOLS"
 
@@ -47,6 +48,12 @@ if [ ! -x "$TOOLS/bin/tansu" ]; then
   log "building tansu $TANSU_VERSION (a few minutes, once)"
   cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql \
     --root "$TOOLS" --quiet
+fi
+
+# Licence and dependency-graph checks (cargo deny, run by scripts/test.sh), built once.
+if [ ! -x "$TOOLS/bin/cargo-deny" ]; then
+  log "building cargo-deny $CARGO_DENY_VERSION (a few minutes, once)"
+  cargo install cargo-deny --version "$CARGO_DENY_VERSION" --locked --root "$TOOLS" --quiet
 fi
 
 # MongoDB wire-protocol server (nx-27017) in its own virtual environment.

@@ -19,6 +19,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "declared rust-version"
 scripts/check-msrv.sh
 
+step "licences and banned crates (cargo deny, offline: no advisory database)"
+"${KVSYNC_TOOLS:-$HOME/.cache/kvsync-tools}/bin/cargo-deny" deny --offline --locked \
+  check --hide-inclusion-graph licenses bans sources
+
 step "building binaries"
 cargo build --workspace --bins --locked
 
