@@ -21,10 +21,11 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::{auth, backup, error::ErrorBody, events, ops, pairs, Ctx};
 
 pub(super) const EVENTS: &str = "Server-Sent Events. `hello` (data `{\"node\": id}`) on \
-connect; then `change` (data: the pair as `Pair`, or `{\"key\", \"deleted\": true, \
-\"version\"}` for a delete) for each change applied on this node whose key has the prefix; \
-`conflict` (data: a `ConflictNote`) for each conflict settled here; `resync` when this \
-client fell behind and missed changes (reload). Comments keep the connection alive.";
+connect; then one `change` per change applied on this node (local or replicated) whose key \
+has the prefix, with data `{\"key\", \"values\" (null when deleted), \"elements\" (null when \
+deleted), \"deleted\", \"version\", \"origin\", \"updated_at\"}`; one `conflict` (data: a \
+`ConflictNote`) per conflict settled here; `resync` (data `{}`) when this client fell behind \
+and missed changes (reload). Comments keep the connection alive.";
 
 #[derive(OpenApi)]
 #[openapi(
