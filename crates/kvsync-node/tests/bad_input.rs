@@ -575,6 +575,7 @@ fn cases(other_version: &str) -> Vec<Case> {
         list("limit empty", "limit=", "invalid_query"),
         list("limit twice", "limit=1&limit=2", "invalid_query"),
         list("unknown parameter", "sort=desc", "invalid_query"),
+        list("count not a boolean", "count=yes", "invalid_query"),
         // Listing: prefix and cursor follow the key rules.
         list("prefix not UTF-8", "prefix=%FF", "invalid_query"),
         list("prefix with NUL", "prefix=a%00", "invalid_query"),

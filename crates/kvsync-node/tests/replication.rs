@@ -317,6 +317,18 @@ async fn listing_is_sorted_filtered_and_paginated() {
         page("limit=2&after=b%2F2").await,
         (vec!["c".into(), "ä".into()], json!(null))
     );
+
+    // `count=true` adds the number of live pairs the prefix matches (whatever the page).
+    let total = |q: &'static str| {
+        let a = a.clone();
+        async move { a.get_json(&format!("/api/pairs?{q}")).await.unwrap()["total"].clone() }
+    };
+    assert_eq!(total("count=true&limit=1").await, json!(5));
+    assert_eq!(total("count=true&prefix=b%2F&limit=1").await, json!(2));
+    assert_eq!(total("count=true&prefix=b").await, json!(2));
+    assert_eq!(total("count=true&prefix=%C3%A4").await, json!(1));
+    assert_eq!(total("count=true&prefix=zz").await, json!(0));
+    assert_eq!(total("prefix=b").await, json!(null), "only when asked");
 }
 
 #[tokio::test]

@@ -612,6 +612,16 @@ impl Store {
         self.count(doc! { LIVE_KEY: { "$gte": "" } }).await
     }
 
+    /// Number of live pairs whose key starts with `prefix`: a count of a range of the
+    /// live keys' index (keys sharing a prefix are contiguous in byte order).
+    pub async fn count_live_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
+        let mut range = doc! { "$gte": prefix };
+        if let Some(end) = prefix_end(prefix) {
+            range.insert("$lt", end);
+        }
+        self.bounded(self.count(doc! { LIVE_KEY: range })).await
+    }
+
     /// Documents matching `query`, with the `count` command rather than
     /// `count_documents`, whose aggregation nx-27017 runs over every document in Python
     /// (seconds for 100 000 documents, where the command over an index takes
@@ -830,6 +840,23 @@ impl Store {
 /// The document this store keeps for `key` in `state` at revision `rev`, without outbox
 /// mark or conflicts: for tools and benchmarks that write pairs straight into the
 /// database as a node would have stored them.
+/// The least string greater than every string starting with `prefix` (its last character
+/// that can be, plus one: code point order is UTF-8 byte order); `None` for no bound.
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let mut next = last as u32 + 1;
+        if (0xD800..=0xDFFF).contains(&next) {
+            next = 0xE000;
+        }
+        if let Some(c) = char::from_u32(next) {
+            chars.push(c);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
 pub fn stored_document(key: &Key, state: &PairState, rev: i64) -> Document {
     let mut d = doc! { "_id": key.as_str() };
     d.extend(state_fields(key, state));
@@ -978,4 +1005,20 @@ fn decode_outbox(d: &Document) -> Result<Event, StoreError> {
         // An import's mark: its version is fresh, newer than the state.
         republished: outbox.get_bool("rep").unwrap_or(false),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_bounds_every_key_with_the_prefix() {
+        assert_eq!(prefix_end("b/").as_deref(), Some("b0"));
+        assert_eq!(prefix_end("a\u{D7FF}").as_deref(), Some("a\u{E000}"));
+        assert_eq!(prefix_end("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_end("\u{10FFFF}"), None);
+        assert_eq!(prefix_end(""), None);
+        let end = prefix_end("ключ").unwrap();
+        assert!("ключ\u{10FFFF}zz" < end.as_str() && "ключ" < end.as_str());
+    }
 }

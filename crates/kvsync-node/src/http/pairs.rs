@@ -216,6 +216,9 @@ pub struct ListParams {
     prefix: String,
     after: Option<String>,
     limit: Option<usize>,
+    /// Adds `total`: how many live pairs the prefix matches (a count over an index).
+    #[serde(default)]
+    count: bool,
 }
 
 pub async fn list(State(ctx): State<Ctx>, Q(p): Q<ListParams>) -> Result<Response, ApiError> {
@@ -243,7 +246,11 @@ pub async fn list(State(ctx): State<Ctx>, Q(p): Q<ListParams>) -> Result<Respons
         .await?;
     let next = more.then(|| page.last().map(|p| p.key.as_str().to_owned()));
     let pairs: Vec<PairBody> = page.iter().map(PairBody::from).collect();
-    Ok(Json(json!({ "pairs": pairs, "next": next.flatten() })).into_response())
+    let mut body = json!({ "pairs": pairs, "next": next.flatten() });
+    if p.count {
+        body["total"] = json!(ctx.app.store.count_live_prefix(&p.prefix).await?);
+    }
+    Ok(Json(body).into_response())
 }
 
 /// `?min_version=V&timeout_ms=T` on a read: wait until this node holds the key at
