@@ -500,7 +500,7 @@ describe('kvsync web UI on two nodes', { concurrency: false }, () => {
       assert.ok(await tab.locator('#token-dialog').isHidden(), 'the new tab did not ask');
 
       // "Forget token" forgets it; declining the prompt then locks the page, it does not "reconnect".
-      await tab.getByRole('button', { name: 'Token' }).click();
+      await tab.getByRole('button', { name: 'Token', exact: true }).click();
       await tab.getByRole('menuitem', { name: 'Forget token' }).click();
       await tab.locator('#token-dialog').waitFor({ timeout: LIVE_TIMEOUT });
       await tab.keyboard.press('Escape');
@@ -512,7 +512,7 @@ describe('kvsync web UI on two nodes', { concurrency: false }, () => {
       await third.locator('#token-dialog').waitFor({ timeout: LIVE_TIMEOUT }); // forgotten for new tabs too
       await third.close();
       // "Change token" asks again and the page unlocks with a good one.
-      await tab.getByRole('button', { name: 'Token' }).click();
+      await tab.getByRole('button', { name: 'Token', exact: true }).click();
       await tab.getByRole('menuitem', { name: 'Change token' }).click();
       await tab.locator('#token-dialog').getByLabel('API token').fill(TOKEN);
       await tab.locator('#token-dialog').getByRole('button', { name: 'Continue' }).click();
@@ -565,7 +565,7 @@ describe('kvsync web UI on two nodes', { concurrency: false }, () => {
     await pageA.waitForFunction(() => document.querySelectorAll('#pairs-body tr.pair-row').length > 0);
     await clearThroughPage(pageA);
     await pageA.getByText(/Clearing the database… \d+ pairs deleted so far/).waitFor({ timeout: LIVE_TIMEOUT });
-    await pageA.getByText('The database was cleared (1100 pairs deleted).').waitFor({ timeout: LIVE_TIMEOUT });
+    await pageA.getByText('The database was cleared (1,100 pairs deleted).').waitFor({ timeout: LIVE_TIMEOUT });
     assert.equal(await pageA.getByText(/deleted so far/).count(), 0, 'the progress note is gone once done');
     // 1,100 replicated deletes, while two pages animate them on a small machine: give
     // replication its time (this checks that it completes, not how fast).
