@@ -208,9 +208,13 @@ export const api = {
   cluster: ({ timeoutMs = 0 } = {}) => request('GET', 'api/cluster', { prompt: false, timeoutMs }).then((r) => r.data),
 
   /** A page of pairs; with `count`, the answer's `total` is how many the prefix matches. */
-  list({ prefix = '', limit = 100, after = null, count = false } = {}) {
+  list({ prefix = '', limit = 100, after = null, count = false, contains, glob, ignoreCase, delimiter } = {}) {
     const q = new URLSearchParams();
     if (prefix) q.set('prefix', prefix);
+    if (contains) q.set('contains', contains);
+    if (glob) q.set('glob', glob);
+    if (ignoreCase) q.set('ignore_case', 'true');
+    if (delimiter) q.set('delimiter', delimiter);
     q.set('limit', String(limit));
     if (after !== null && after !== undefined) q.set('after', after);
     if (count) q.set('count', 'true');

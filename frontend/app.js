@@ -40,6 +40,12 @@ const el = {
   addSubmit: $('#add-submit'),
   addError: $('#add-error'),
   filter: $('#filter-input'),
+  search: $('#search-input'),
+  searchGlob: $('#search-glob'),
+  searchCase: $('#search-case'),
+  folderSep: $('#folder-sep'),
+  folderPath: $('#folder-path'),
+  folderList: $('#folder-list'),
   count: $('#pair-count'),
   elsewhere: $('#elsewhere'),
   body: $('#pairs-body'),
@@ -70,6 +76,9 @@ const el = {
 
 const state = {
   filter: '',
+  search: { text: '', glob: false, ignoreCase: false }, // a substring or glob, on the node
+  sep: '', // folder view: keys split at this separator ('' for none)
+  folders: [], // the folders found below the prefix, in key order
   pairs: new Map(), // key -> pair, the loaded slice of the store (all keys <= `next` matching the filter)
   order: [], // the keys of `pairs` and `edits`, sorted: the rows, top to bottom
   heights: new Map(), // key -> the row's measured height (px)
@@ -290,6 +299,8 @@ function setLocked(locked) {
 function inView(key) {
   if (!state.loaded) return false;
   if (!key.startsWith(state.filter)) return false;
+  if (!matchesSearch(key)) return false;
+  if (state.sep && !state.search.text && key.indexOf(state.sep, state.filter.length) >= 0) return false; // in a sub-folder
   return state.next === null || cmpKeys(key, state.next) <= 0;
 }
 
@@ -297,6 +308,46 @@ function inView(key) {
  * Loads the list again: as far as it was loaded (page by page), so a refresh or reconnect
  * keeps every row loaded and the scroll position; the first load reads one short page.
  */
+/** Whether `key` matches the search as the node does (see the API's contains and glob). */
+function matchesSearch(key) {
+  const { text, glob, ignoreCase } = state.search;
+  if (!text) return true;
+  const k = ignoreCase ? key.toLowerCase() : key;
+  const t = ignoreCase ? text.toLowerCase() : text;
+  if (!glob) return k.includes(t);
+  const p = [...t];
+  const s = [...k];
+  let pi = 0;
+  let si = 0;
+  let star = -1;
+  let mark = 0;
+  while (si < s.length) {
+    if (pi < p.length && (p[pi] === '?' || (p[pi] !== '*' && p[pi] === s[si]))) {
+      pi += 1;
+      si += 1;
+    } else if (pi < p.length && p[pi] === '*') {
+      star = pi++;
+      mark = si;
+    } else if (star >= 0) {
+      pi = star + 1;
+      si = ++mark;
+    } else {
+      return false;
+    }
+  }
+  while (pi < p.length && p[pi] === '*') pi += 1;
+  return pi === p.length;
+}
+
+/** The list request's query for the prefix, the search and the folder view. */
+function listQuery() {
+  const q = { prefix: state.filter };
+  const { text, glob, ignoreCase } = state.search;
+  if (text) Object.assign(q, glob ? { glob: text } : { contains: text }, ignoreCase ? { ignoreCase: true } : {});
+  if (state.sep && !text) q.delimiter = state.sep;
+  return q;
+}
+
 async function reload({ flashChanges = false } = {}) {
   const seq = ++state.loadSeq;
   state.busy += 1;
@@ -309,12 +360,15 @@ async function reload({ flashChanges = false } = {}) {
     let fetched = 0;
     let after = null;
     let total = null;
+    const folders = [];
+    const query = listQuery();
     for (;;) {
       const limit = Math.min(MAX_PAGE, Math.max(PAGE_SIZE, want - fetched));
-      const res = await api.list({ prefix: state.filter, limit, after, count: after === null });
+      const res = await api.list({ ...query, limit, after, count: after === null && !state.search.text });
       if (seq !== state.loadSeq) return;
       if (after === null && typeof res.total === 'number') total = res.total;
       pages.push(res.pairs || []);
+      folders.push(...(res.folders || []));
       fetched += (res.pairs || []).length;
       after = res.next ?? null;
       if (after === null || !wasLoaded) break;
@@ -329,6 +383,7 @@ async function reload({ flashChanges = false } = {}) {
     state.next = after;
     state.loaded = true;
     state.total = total;
+    state.folders = folders;
     state.elsewhere = 0;
     clearTransient();
     state.moreFailed = false;
@@ -370,8 +425,9 @@ async function loadMore() {
   el.loadMore.disabled = true;
   el.loadMore.textContent = 'Loading…';
   try {
-    const res = await api.list({ prefix: state.filter, limit: MORE_SIZE, after: state.next });
+    const res = await api.list({ ...listQuery(), limit: MORE_SIZE, after: state.next });
     if (seq !== state.loadSeq) return;
+    if (res.folders?.length) state.folders = [...state.folders, ...res.folders];
     const known = state.pairs;
     for (const p of res.pairs || []) {
       const had = known.has(p.key);
@@ -454,6 +510,7 @@ function recountSoon() {
   countTimer = setTimeout(async () => {
     const seq = state.loadSeq;
     try {
+      if (state.search.text) return; // a search has no total
       const res = await api.list({ prefix: state.filter, limit: 1, count: true });
       if (seq === state.loadSeq && typeof res.total === 'number') {
         state.total = res.total;
@@ -647,9 +704,11 @@ function render() {
 
   renderCount();
   el.loadMore.hidden = state.next === null;
-  el.empty.hidden = !state.loaded || state.order.length > 0;
+  el.empty.hidden = !state.loaded || state.order.length > 0 || state.folders.length > 0;
   if (state.loaded && state.order.length === 0) {
-    el.empty.textContent = state.filter
+    el.empty.textContent = state.search.text
+      ? `No keys match “${state.search.text}”${state.filter ? ` among those starting with “${state.filter}”` : ''}.`
+      : state.filter
       ? `No keys start with “${state.filter}”.`
       : 'No pairs yet. Add a value above to create the first one.';
   }
@@ -663,13 +722,39 @@ function renderCount() {
   } else {
     const total = state.total ?? n;
     const what = state.filter ? plural(total, 'match', 'matches') : plural(total, 'pair', 'pairs');
-    el.count.textContent = state.next !== null ? `${what} · ${numberFormat.format(n)} loaded` : what;
+    if (state.search.text) {
+      el.count.textContent = state.next !== null ? `${plural(n, 'match', 'matches')} so far, searching on as you scroll` : plural(n, 'match', 'matches');
+    } else {
+      el.count.textContent = state.next !== null ? `${what} · ${numberFormat.format(n)} loaded` : what;
+    }
   }
+  renderFolders();
   el.elsewhere.hidden = state.elsewhere === 0;
   el.elsewhere.textContent = `${plural(state.elsewhere, 'change', 'changes')} elsewhere`;
   el.elsewhere.title = state.filter
     ? 'Changes to keys outside the filter or the loaded rows. Refresh to load the list again.'
     : 'Changes to keys beyond the loaded rows. Refresh to load the list again.';
+}
+
+/** The folder path (links up) and the folders below the prefix (links down). */
+function renderFolders() {
+  const sep = state.sep;
+  el.folderPath.hidden = !sep;
+  el.folderList.hidden = !sep || state.folders.length === 0;
+  if (!sep) return;
+  const key = JSON.stringify([sep, state.filter, state.folders.length, state.folders.at(-1)]);
+  if (el.folderList._shown === key) return;
+  el.folderList._shown = key;
+  const parts = state.filter.split(sep);
+  const crumbs = [h('a', { href: linkTo({ filter: '' }), dataset: { folder: '' }, text: 'All keys' })];
+  let at = '';
+  for (const part of parts.slice(0, -1)) {
+    at += part + sep;
+    crumbs.push(h('span', { 'aria-hidden': 'true', text: '›' }), h('a', { href: linkTo({ filter: at }), dataset: { folder: at }, text: part + sep }));
+  }
+  el.folderPath.replaceChildren(...crumbs);
+  el.folderList.replaceChildren(...state.folders.map((f) => h('li', {},
+    h('a', { href: linkTo({ filter: f }), dataset: { folder: f }, title: `Open the folder ${f}`, text: `📁 ${f.slice(state.filter.length)}` }))));
 }
 
 /** Loads the next page once the end of the loaded rows comes near the screen. */
@@ -909,14 +994,34 @@ function renderConflict(row, key, edit) {
 function linkTo({ key = null, filter = state.filter } = {}) {
   const q = new URLSearchParams();
   if (key !== null) q.set('key', key);
-  else if (filter) q.set('filter', filter);
+  else {
+    if (filter) q.set('filter', filter);
+    if (state.search.text) q.set('q', state.search.text);
+    if (state.search.text && state.search.glob) q.set('glob', '1');
+    if (state.search.text && state.search.ignoreCase) q.set('case', 'ignore');
+    if (state.sep) q.set('folders', state.sep);
+  }
   const text = q.toString();
   return text ? `?${text}` : location.pathname;
 }
 
 function readUrl() {
   const q = new URLSearchParams(location.search);
-  return { key: q.get('key'), filter: q.get('filter') ?? '' };
+  return {
+    key: q.get('key'),
+    filter: q.get('filter') ?? '',
+    search: { text: q.get('q') ?? '', glob: q.get('glob') === '1', ignoreCase: q.get('case') === 'ignore' },
+    sep: ['/', ':'].includes(q.get('folders')) ? q.get('folders') : '',
+  };
+}
+
+/** Puts the search and folder settings in the form. */
+function showListSettings() {
+  el.filter.value = state.filter;
+  el.search.value = state.search.text;
+  el.searchGlob.checked = state.search.glob;
+  el.searchCase.checked = state.search.ignoreCase;
+  el.folderSep.value = state.sep;
 }
 
 /** Shows what the URL says: one key on its own, or the list (with its filter). */
@@ -927,9 +1032,13 @@ function followUrl() {
     return;
   }
   closeKey();
-  if (filter !== state.filter) {
+  const { search, sep } = readUrl();
+  const same = filter === state.filter && sep === state.sep && JSON.stringify(search) === JSON.stringify(state.search);
+  if (!same) {
+    Object.assign(state, { search, sep });
     el.filter.value = filter;
     setFilter(filter, { push: false });
+    showListSettings();
   }
 }
 
@@ -1357,6 +1466,7 @@ el.clear.addEventListener('click', clearAll);
 
 function setFilter(filter, { push = true } = {}) {
   state.filter = filter;
+  state.folders = [];
   if (push) history.replaceState(null, '', linkTo({ filter }));
   state.pairs = new Map();
   state.order = [];
@@ -1374,6 +1484,28 @@ el.filter.addEventListener('input', () => {
   filterTimer = setTimeout(() => {
     if (el.filter.value !== state.filter) setFilter(el.filter.value);
   }, 200);
+});
+const onSearch = () => {
+  clearTimeout(filterTimer);
+  filterTimer = setTimeout(() => {
+    const search = { text: el.search.value, glob: el.searchGlob.checked, ignoreCase: el.searchCase.checked };
+    const sep = el.folderSep.value;
+    const same = JSON.stringify(search) === JSON.stringify(state.search) && sep === state.sep;
+    if (same && el.filter.value === state.filter) return;
+    Object.assign(state, { search, sep });
+    setFilter(el.filter.value); // the one timer may have taken over a prefix being typed
+  }, 250);
+};
+el.search.addEventListener('input', onSearch);
+for (const c of [el.searchGlob, el.searchCase, el.folderSep]) c.addEventListener('change', onSearch);
+// A folder link opens the folder: it becomes the prefix (the URL follows, so Back goes up).
+document.addEventListener('click', (ev) => {
+  const a = ev.target.closest('a[data-folder]');
+  if (!a || ev.ctrlKey || ev.metaKey || ev.shiftKey || ev.button !== 0) return;
+  ev.preventDefault();
+  history.pushState(null, '', linkTo({ filter: a.dataset.folder }));
+  el.filter.value = a.dataset.folder;
+  setFilter(a.dataset.folder, { push: false });
 });
 
 // Links to a key open it in place (the URL follows); Back and Forward follow the URL.
@@ -1537,9 +1669,9 @@ const live = new LiveConnection({
 
 async function start() {
   if (getToken()) el.tokenMenu.hidden = false;
-  const { filter } = readUrl();
-  state.filter = filter;
-  el.filter.value = filter;
+  const { filter, search, sep } = readUrl();
+  Object.assign(state, { filter, search, sep });
+  showListSettings();
   followUrl();
   api.node().then((n) => n && setNode(n.node_id)).catch((err) => {
     if (!(err instanceof ApiError && err.status === 0)) notifyError("Could not read the node's details.", err);

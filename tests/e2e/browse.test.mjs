@@ -130,6 +130,59 @@ describe('browsing keys', { concurrency: false }, () => {
     await context.close();
   });
 
+  test('search by substring or glob, with or without case, and a folder view', async () => {
+    const root = uniq('tree');
+    const keys = [`${root}/cfg`, `${root}/db/host`, `${root}/db/port`, `${root}/users/Alice`, `${root}/users/bob`];
+    for (const k of keys) assert.equal((await api1.put(k, [k])).status, 201);
+    const page = await openPageIn(browser, node1.url + '/', { errors: pageErrors, dialogs });
+    const shown = () => page.locator('#pairs-body tr.pair-row:not(.removing)').evaluateAll((rs) => rs.map((r) => r.dataset.key));
+    const waitShown = (want) => page.waitForFunction(
+      (w) => JSON.stringify([...document.querySelectorAll('#pairs-body tr.pair-row:not(.removing)')].map((r) => r.dataset.key)) === JSON.stringify(w),
+      want, { timeout: LIVE_TIMEOUT },
+    ).catch(async (e) => { throw new Error(`${e.message}; shown: ${JSON.stringify(await shown())}`); });
+
+    // Folders by "/": the prefix's own keys, and one link per folder.
+    await page.getByLabel('Filter by key prefix').fill(`${root}/`);
+    await page.getByLabel('Folders by').selectOption('/');
+    await waitShown([`${root}/cfg`]);
+    const folders = page.getByRole('list', { name: 'Folders' }).getByRole('link');
+    await page.waitForFunction(() => document.querySelectorAll('#folder-list a').length === 2, null, { timeout: LIVE_TIMEOUT });
+    assert.deepEqual((await folders.allTextContents()).map((t) => t.replace(/^\S+ /, '')), ['db/', 'users/']);
+    assert.equal(new URL(page.url()).searchParams.get('folders'), '/');
+    await folders.filter({ hasText: 'users/' }).click();
+    await waitShown([`${root}/users/Alice`, `${root}/users/bob`]);
+    assert.equal(new URL(page.url()).searchParams.get('filter'), `${root}/users/`);
+    await page.goBack();
+    await waitShown([`${root}/cfg`]);
+    await page.getByLabel('Folders by').selectOption('');
+    await waitShown(keys);
+
+    // Substring, case-sensitive, then not.
+    await page.getByLabel('Search keys').fill('ALICE');
+    await page.locator('#empty-state').filter({ hasText: 'No keys match “ALICE”' }).waitFor({ timeout: LIVE_TIMEOUT });
+    await page.getByLabel('Ignore case').check();
+    await waitShown([`${root}/users/Alice`]);
+    assert.equal(new URL(page.url()).searchParams.get('q'), 'ALICE');
+    // A live change that does not match is counted, not shown; one that does is shown.
+    await api2.put(`${root}/users/carol`, ['c']);
+    await page.locator('#elsewhere').filter({ hasText: '1 change elsewhere' }).waitFor({ timeout: LIVE_TIMEOUT });
+    await api2.put(`${root}/users/alice2`, ['a']);
+    await waitShown([`${root}/users/Alice`, `${root}/users/alice2`]);
+
+    // Glob over the whole key.
+    await page.getByLabel('Ignore case').uncheck();
+    await page.getByLabel('Glob (* and ?)').check();
+    await page.getByLabel('Search keys').fill('*/users/?ob');
+    await waitShown([`${root}/users/bob`]);
+    // The search is in the URL: a reload shows the same.
+    await page.reload();
+    await page.locator('#live-status[data-state="live"]').waitFor({ timeout: 30_000 });
+    await waitShown([`${root}/users/bob`]);
+    assert.equal(await page.getByLabel('Search keys').inputValue(), '*/users/?ob');
+    assert.ok(await page.getByLabel('Glob (* and ?)').isChecked());
+    await page.context().close();
+  });
+
   test('no script errors on any page', () => {
     assert.deepEqual(pageErrors, []);
     assert.deepEqual(dialogs, []);

@@ -612,6 +612,62 @@ impl Store {
         self.count(doc! { LIVE_KEY: { "$gte": "" } }).await
     }
 
+    /// Up to `limit` live keys in key order from `from` (inclusive: `$gte`, else `$gt`) and
+    /// before `end` if given: one step of a bounded search, which reads keys only (the
+    /// index), then the pairs that match with [`Self::get_many`].
+    pub async fn live_keys_between(
+        &self,
+        from: &str,
+        inclusive: bool,
+        end: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Key>, StoreError> {
+        self.bounded(async {
+            let mut range = if inclusive {
+                doc! { "$gte": from }
+            } else {
+                doc! { "$gt": from }
+            };
+            if let Some(end) = end {
+                range.insert("$lt", end);
+            }
+            let mut cursor = self
+                .pairs
+                .find(doc! { LIVE_KEY: range })
+                .sort(doc! { LIVE_KEY: 1 })
+                .projection(doc! { "_id": 1 })
+                .limit(limit as i64)
+                .await?;
+            let mut keys = Vec::with_capacity(limit.min(1024));
+            while let Some(d) = cursor.try_next().await? {
+                keys.push(decode_key(&d)?);
+            }
+            Ok(keys)
+        })
+        .await
+    }
+
+    /// The live pairs among `keys`, in key order.
+    pub async fn get_many(&self, keys: &[Key]) -> Result<Vec<StoredPair>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.bounded(async {
+            let ids: Vec<&str> = keys.iter().map(Key::as_str).collect();
+            let mut cursor = self
+                .pairs
+                .find(doc! { "_id": { "$in": ids }, "deleted": false })
+                .sort(doc! { "_id": 1 })
+                .await?;
+            let mut pairs = Vec::with_capacity(keys.len());
+            while let Some(d) = cursor.try_next().await? {
+                pairs.push(decode_pair(&d)?);
+            }
+            Ok(pairs)
+        })
+        .await
+    }
+
     /// Number of live pairs whose key starts with `prefix`: a count of a range of the
     /// live keys' index (keys sharing a prefix are contiguous in byte order).
     pub async fn count_live_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
@@ -842,7 +898,7 @@ impl Store {
 /// database as a node would have stored them.
 /// The least string greater than every string starting with `prefix` (its last character
 /// that can be, plus one: code point order is UTF-8 byte order); `None` for no bound.
-fn prefix_end(prefix: &str) -> Option<String> {
+pub fn prefix_end(prefix: &str) -> Option<String> {
     let mut chars: Vec<char> = prefix.chars().collect();
     while let Some(last) = chars.pop() {
         let mut next = last as u32 + 1;
