@@ -1289,7 +1289,9 @@ async function deletePair(key) {
   if (!pair) return;
   const ok = await confirmAction({
     title: 'Delete this pair?',
-    text: `“${key}” and its ${plural(pair.values.length, 'value', 'values')} will be deleted on every node.`,
+    text: pair.values.length
+      ? `“${key}” and its ${plural(pair.values.length, 'value', 'values')} will be deleted on every node.`
+      : `“${key}” (which has no values) will be deleted on every node.`,
     ok: 'Delete',
   });
   if (!ok) {

@@ -335,7 +335,7 @@ describe('kvsync web UI on two nodes', { concurrency: false }, () => {
       assert.ok(box && box.x >= 0 && box.x + box.width <= 375, `${name} fits the screen`);
     }
     const edit = await row(phone, key).locator('[data-action="edit"]').boundingBox();
-    assert.ok(edit && edit.x + edit.width <= 375 && edit.height >= 30, 'Edit button fits and is tappable');
+    assert.ok(edit && edit.x + edit.width <= 375 && edit.height >= 44, `Edit button fits and is tappable (${edit?.height} px high)`);
     await phone.getByLabel('Filter by key prefix').fill('');
     await phone.waitForFunction(() => document.querySelectorAll('#pairs-body tr.pair-row').length > 1);
     await screenshot(phone, 'phone-node1.png', { fullPage: false });

@@ -125,7 +125,8 @@ mod tests {
         assert_eq!(folder_of("a/b/", "a/", "/"), Some("a/b/"));
         assert_eq!(folder_of("x:1:2", "", ":"), Some("x:"));
         assert_eq!(folder_of("other", "a/", "/"), None);
-        assert_eq!(folder_of("a::b", "a", "::"), None);
+        assert_eq!(folder_of("a::b", "a", "::"), Some("a::"));
+        assert_eq!(folder_of("a", "a", "/"), None);
         assert_eq!(folder_of("a::b::c", "a::", "::"), Some("a::b::"));
     }
 }
