@@ -40,7 +40,8 @@ impl KeyMatch {
         let key: Vec<char> = fold(key, self.ignore_case).chars().collect();
         match self.kind {
             Kind::Contains => {
-                self.pattern.is_empty() || key.windows(self.pattern.len()).any(|w| w == self.pattern)
+                self.pattern.is_empty()
+                    || key.windows(self.pattern.len()).any(|w| w == self.pattern)
             }
             Kind::Glob => glob_match(&self.pattern, &key),
         }

@@ -372,7 +372,13 @@ async fn listing_searches_keys_and_shows_folders() {
     let v = get("glob=app%2F*%2F*&prefix=app%2F".into()).await;
     assert_eq!(
         keys(&v),
-        ["app/User/1", "app/db/host", "app/db/port", "app/user/3", "app/z/x/y"]
+        [
+            "app/User/1",
+            "app/db/host",
+            "app/db/port",
+            "app/user/3",
+            "app/z/x/y"
+        ]
     );
     assert_eq!(keys(&get("glob=logs%3A%3F".into()).await), ["logs:1"]);
     // Paging a search: limit, then on from `next`.
@@ -389,7 +395,10 @@ async fn listing_searches_keys_and_shows_folders() {
     // Folders: the keys directly below the prefix, and one entry per folder.
     let v = get("delimiter=%2F&prefix=app%2F&count=true".into()).await;
     assert_eq!(keys(&v), ["app/cfg"]);
-    assert_eq!(v["folders"], json!(["app/User/", "app/db/", "app/user/", "app/z/"]));
+    assert_eq!(
+        v["folders"],
+        json!(["app/User/", "app/db/", "app/user/", "app/z/"])
+    );
     assert_eq!(v["total"], json!(6));
     let v = get("delimiter=%2F".into()).await;
     assert_eq!(keys(&v), ["logs:1", "other"]);

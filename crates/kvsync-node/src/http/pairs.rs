@@ -251,10 +251,16 @@ async fn search(
     // Where to start: after the cursor (past the whole folder when it names one).
     let (mut from, mut inclusive) = match p.after.as_deref() {
         Some(after) if after >= prefix => match delimiter {
-            Some(d) if folder_of(after, prefix, d) == Some(after) => match kvsync_store::prefix_end(after) {
-                Some(past) => (past, true),
-                None => return Ok(json!({ "pairs": [], "folders": [], "next": null, "scanned": 0 })),
-            },
+            Some(d) if folder_of(after, prefix, d) == Some(after) => {
+                match kvsync_store::prefix_end(after) {
+                    Some(past) => (past, true),
+                    None => {
+                        return Ok(
+                            json!({ "pairs": [], "folders": [], "next": null, "scanned": 0 }),
+                        )
+                    }
+                }
+            }
             _ => (after.to_owned(), false),
         },
         _ => (prefix.to_owned(), true),
@@ -265,12 +271,18 @@ async fn search(
     let (mut scanned, mut steps) = (0usize, 0usize);
     let mut cursor: Option<String> = None;
     let mut exhausted = false;
-    'scan: while keys.len() + folders.len() < limit && scanned < SEARCH_SCAN && steps < FOLDER_STEPS {
+    'scan: while keys.len() + folders.len() < limit && scanned < SEARCH_SCAN && steps < FOLDER_STEPS
+    {
         steps += 1;
         let batch = ctx
             .app
             .store
-            .live_keys_between(&from, inclusive, end.as_deref(), step.min(SEARCH_SCAN - scanned))
+            .live_keys_between(
+                &from,
+                inclusive,
+                end.as_deref(),
+                step.min(SEARCH_SCAN - scanned),
+            )
             .await?;
         if batch.is_empty() {
             exhausted = true;
