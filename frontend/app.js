@@ -760,6 +760,7 @@ function renderFolders() {
 /** Loads the next page once the end of the loaded rows comes near the screen. */
 function loadMoreIfNear() {
   if (!state.loaded || state.next === null || loadingMore || state.moreFailed || state.busy > 0) return;
+  if (state.view !== null) return; // the list is hidden behind a key's own view
   if (el.body.getBoundingClientRect().bottom < window.innerHeight * 3) loadMore();
 }
 
