@@ -397,7 +397,12 @@ async function reload({ flashChanges = false } = {}) {
       if (edit.conflict || clashes(edit, cur)) noteRemoteChange(key, cur);
     }
   } catch (err) {
-    if (seq === state.loadSeq) notifyError('Could not load the pairs.', err);
+    if (seq === state.loadSeq) {
+      notifyError('Could not load the pairs.', err);
+      // A busy or briefly unreachable node: try again soon rather than stay empty.
+      const transient = err instanceof ApiError && (err.status === 0 || err.status >= 500);
+      if (transient) setTimeout(() => { if (seq === state.loadSeq) reload({ flashChanges }); }, 3000);
+    }
   } finally {
     state.busy -= 1;
     if (seq === state.loadSeq) el.refresh.disabled = false;

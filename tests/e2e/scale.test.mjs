@@ -220,7 +220,7 @@ describe('the web UI with many pairs', { concurrency: false }, () => {
   test(`${LARGE.toLocaleString('en-US')} more pairs: first rows quickly, scrolling and live changes stay fast`, async (t) => {
     const ms = await seed(node1.url, 'c:', LARGE);
     t.diagnostic(`seeded ${LARGE} pairs in ${ms} ms`);
-    // Live changes are timed once replication has caught up with the import.
+    // The page is opened, and live changes timed, once replication has caught up with the import.
     await eventually(async () => (await api2.list('?prefix=c%3A&count=true&limit=1')).json.total === LARGE, { timeout: 900_000, interval: 2000, what: 'node 2 to hold the pairs' });
     const started = Date.now();
     page = await openPage(node1.url + '/');

@@ -370,7 +370,8 @@ describe('kvsync web UI on two nodes', { concurrency: false }, () => {
     const key = uniq('notice');
     await api1.put(key, ['v']);
     await waitForRow(pageA, key, ['v']);
-    const heading = () => pageA.locator('#add-heading').evaluate((e) => e.getBoundingClientRect().top);
+    // Where the heading is in the page (a click may scroll the page; that is not a push).
+    const heading = () => pageA.locator('#add-heading').evaluate((e) => e.getBoundingClientRect().top + window.scrollY);
     await pageA.evaluate(() => document.querySelectorAll('#messages .msg').forEach((m) => m.remove()));
     const top = await heading();
     for (let i = 0; i < 2; i++) {
