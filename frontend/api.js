@@ -15,21 +15,35 @@ export class ApiError extends Error {
   }
 }
 
+// The token is kept for the tab (sessionStorage) and, unless asked not to, for the browser
+// session: a session cookie (no expiry, gone when the browser closes) that other tabs of
+// this node read. The node never reads the cookie; the page sends the token itself.
+const TOKEN_COOKIE = 'kvsync_token';
+
+function cookieToken() {
+  const m = document.cookie.split('; ').find((c) => c.startsWith(`${TOKEN_COOKIE}=`));
+  return m ? decodeURIComponent(m.slice(TOKEN_COOKIE.length + 1)) : '';
+}
+
 export function getToken() {
   try {
-    return sessionStorage.getItem(TOKEN_KEY) || '';
+    return sessionStorage.getItem(TOKEN_KEY) || cookieToken();
   } catch {
-    return '';
+    return cookieToken();
   }
 }
 
-export function setToken(token) {
+/** Keeps `token` (empty: forgets it everywhere); `tabOnly` keeps it out of other tabs. */
+export function setToken(token, { tabOnly = false } = {}) {
   try {
     if (token) sessionStorage.setItem(TOKEN_KEY, token);
     else sessionStorage.removeItem(TOKEN_KEY);
   } catch {
     /* storage unavailable: the token lives only as long as this call chain */
   }
+  document.cookie = token && !tabOnly
+    ? `${TOKEN_COOKIE}=${encodeURIComponent(token)}; SameSite=Strict`
+    : `${TOKEN_COOKIE}=; Max-Age=0; SameSite=Strict`;
 }
 
 // Called when the node answers 401; must resolve once a new token is stored (or reject).
@@ -193,11 +207,17 @@ export const api = {
   /** The members as this node sees them (GET /api/cluster); never asks for a token. */
   cluster: ({ timeoutMs = 0 } = {}) => request('GET', 'api/cluster', { prompt: false, timeoutMs }).then((r) => r.data),
 
-  list({ prefix = '', limit = 100, after = null } = {}) {
+  /** A page of pairs; with `count`, the answer's `total` is how many the prefix matches. */
+  list({ prefix = '', limit = 100, after = null, count = false, contains, glob, ignoreCase, delimiter } = {}) {
     const q = new URLSearchParams();
     if (prefix) q.set('prefix', prefix);
+    if (contains) q.set('contains', contains);
+    if (glob) q.set('glob', glob);
+    if (ignoreCase) q.set('ignore_case', 'true');
+    if (delimiter) q.set('delimiter', delimiter);
     q.set('limit', String(limit));
     if (after !== null && after !== undefined) q.set('after', after);
+    if (count) q.set('count', 'true');
     return request('GET', `api/pairs?${q}`).then((r) => r.data);
   },
 

@@ -1,13 +1,19 @@
 // kvsync web UI: lists pairs, edits them, and applies live changes from the node's event stream.
 // All data from the server is put on the page with textContent / attributes, never as HTML.
 
-import { api, ApiError, eventsUrl, onTokenNeeded, setToken } from './api.js';
+import { api, ApiError, eventsUrl, getToken, onTokenNeeded, setToken } from './api.js';
 import { LiveConnection } from './live.js';
 import { ClusterPanel } from './cluster.js';
 import { h } from './dom.js';
 
-const PAGE_SIZE = 100;
+const PAGE_SIZE = 100; // the first page: shown quickly
+const MORE_SIZE = 500; // each page loaded as the list is scrolled
 const MAX_PAGE = 1000;
+// Up to this many rows all are in the page; beyond, only those near the screen (windowing).
+const RENDER_ALL = 300;
+const OVERSCAN_PX = 800; // rows kept rendered above and below the screen
+const EST_ROW_PX = 46; // a row's height until one is measured
+const COUNT_EVERY_MS = 1000; // at most one recount of the total per second
 const MAX_KEY_BYTES = 512;
 const VALUES_SHOWN = 20;
 const FLASH_MS = 1600;
@@ -16,6 +22,15 @@ const FADE_MS = 600;
 const $ = (sel) => document.querySelector(sel);
 const el = {
   nodeId: $('#node-id'),
+  keyView: $('#key-view'),
+  keyViewKey: $('#key-view-key'),
+  keyViewMeta: $('#key-view-meta'),
+  keyViewValues: $('#key-view-values'),
+  keyViewMissing: $('#key-view-missing'),
+  keyBack: $('#key-back'),
+  copyKey: $('#copy-key'),
+  addCard: $('#add-card'),
+  pairsCard: $('#pairs-card'),
   live: $('#live-status'),
   liveText: $('#live-status .live-text'),
   messages: $('#messages'),
@@ -25,7 +40,14 @@ const el = {
   addSubmit: $('#add-submit'),
   addError: $('#add-error'),
   filter: $('#filter-input'),
+  search: $('#search-input'),
+  searchGlob: $('#search-glob'),
+  searchCase: $('#search-case'),
+  folderSep: $('#folder-sep'),
+  folderPath: $('#folder-path'),
+  folderList: $('#folder-list'),
   count: $('#pair-count'),
+  elsewhere: $('#elsewhere'),
   body: $('#pairs-body'),
   empty: $('#empty-state'),
   loadMore: $('#load-more'),
@@ -36,15 +58,34 @@ const el = {
   confirmText: $('#confirm-text'),
   confirmOk: $('#confirm-ok'),
   confirmCancel: $('#confirm-cancel'),
+  clearDialog: $('#clear-dialog'),
+  clearText: $('#clear-text'),
+  clearInput: $('#clear-input'),
+  clearOk: $('#clear-ok'),
   tokenDialog: $('#token-dialog'),
   tokenForm: $('#token-form'),
   tokenInput: $('#token-input'),
   tokenError: $('#token-error'),
+  tokenTabOnly: $('#token-tab-only'),
+  tokenMenu: $('#token-menu'),
+  tokenBtn: $('#token-btn'),
+  tokenItems: $('#token-items'),
+  tokenChange: $('#token-change'),
+  tokenForget: $('#token-forget'),
 };
 
 const state = {
   filter: '',
+  search: { text: '', glob: false, ignoreCase: false }, // a substring or glob, on the node
+  sep: '', // folder view: keys split at this separator ('' for none)
+  folders: [], // the folders found below the prefix, in key order
   pairs: new Map(), // key -> pair, the loaded slice of the store (all keys <= `next` matching the filter)
+  order: [], // the keys of `pairs` and `edits`, sorted: the rows, top to bottom
+  heights: new Map(), // key -> the row's measured height (px)
+  measured: { sum: 0, n: 0 }, // for the estimate of rows not measured yet
+  total: null, // live pairs matching the filter, as the node counted them
+  elsewhere: 0, // changes to keys this page does not show, since the last load
+  moreFailed: false, // loading more failed: scrolling does not retry until a reload or a click
   next: null, // cursor for "load more"; null once everything matching the filter is loaded
   loaded: false,
   loadSeq: 0,
@@ -58,6 +99,8 @@ const state = {
   flash: new Set(), // keys to highlight on the next render
   fade: new Set(), // keys deleted while shown: their rows fade out instead of vanishing
   nodeId: '',
+  view: null, // the key shown on its own (?key=), or null for the list
+  viewPair: undefined, // its pair: undefined while loading, null when there is none
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -80,7 +123,42 @@ function cmpKeys(a, b) {
   return 0;
 }
 
+/** Where `key` is, or would go, in `state.order`. */
+function orderIndex(key) {
+  const order = state.order;
+  let lo = 0;
+  let hi = order.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (cmpKeys(order[mid], key) < 0) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/** Brings `state.order` in line with whether `key` has a row (a pair or an editor). */
+function syncOrder(key) {
+  const i = orderIndex(key);
+  const present = state.order[i] === key;
+  const wanted = state.pairs.has(key) || state.edits.has(key);
+  if (wanted && !present) state.order.splice(i, 0, key);
+  else if (!wanted && present) state.order.splice(i, 1);
+}
+
+function setPair(key, pair) {
+  const fresh = !state.pairs.has(key);
+  state.pairs.set(key, pair);
+  if (fresh) syncOrder(key);
+}
+
+function dropPair(key) {
+  if (!state.pairs.delete(key)) return false;
+  syncOrder(key);
+  return true;
+}
+
 const encoder = new TextEncoder();
+const numberFormat = new Intl.NumberFormat('en-US');
 
 function keyProblem(key) {
   if (key.length === 0) return 'Enter a key.';
@@ -92,7 +170,7 @@ function keyProblem(key) {
 }
 
 function plural(n, one, many) {
-  return `${n} ${n === 1 ? one : many}`;
+  return `${numberFormat.format(n)} ${n === 1 ? one : many}`;
 }
 
 function formatTime(value) {
@@ -103,11 +181,13 @@ function formatTime(value) {
   if (Number.isNaN(d.getTime())) return { text: String(value), iso: '' };
   const now = new Date();
   const sameDay = d.toDateString() === now.toDateString();
-  const text = sameDay
-    ? d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' })
-    : d.toLocaleString([], { year: 'numeric', month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
+  // Formatters made once: making one per row costs more than the rest of the row.
+  const text = (sameDay ? timeFormat : dateFormat).format(d);
   return { text, iso: d.toISOString() };
 }
+
+const timeFormat = new Intl.DateTimeFormat([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+const dateFormat = new Intl.DateTimeFormat([], { year: 'numeric', month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
 
 /** Whether two pairs show the same: a merge of an older write keeps the version, so the values count too. */
 function samePair(a, b) {
@@ -128,16 +208,33 @@ function messageOf(err) {
 // ---------------------------------------------------------------------------------------------
 // Messages
 
-function notify(text, kind = 'info', { timeout } = {}) {
+/**
+ * Shows a notice. The same notice again replaces the one shown; a `transient` one (the node
+ * could not be reached) goes by itself once the node is back.
+ */
+function notify(text, kind = 'info', { timeout, transient = false } = {}) {
   const ms = timeout ?? (kind === 'error' ? 0 : 4000);
+  for (const old of el.messages.querySelectorAll(`.msg-${kind}`)) {
+    if (old.querySelector('.msg-text').textContent === text) old.remove();
+  }
   const close = h('button', { type: 'button', class: 'msg-close', 'aria-label': 'Dismiss message', text: '×' });
-  const box = h('div', { class: `msg msg-${kind}`, role: kind === 'error' ? 'alert' : 'status' },
+  const box = h('div', { class: `msg msg-${kind}`, role: kind === 'error' ? 'alert' : 'status', dataset: transient ? { transient: '' } : {} },
     h('span', { class: 'msg-text', text }), close);
   close.addEventListener('click', () => box.remove());
   el.messages.prepend(box);
   while (el.messages.children.length > 4) el.messages.lastElementChild.remove();
   if (ms > 0) setTimeout(() => box.remove(), ms);
   return box;
+}
+
+/** An error notice; one about reaching the node goes once the node is back. */
+function notifyError(text, err) {
+  const unreachable = err instanceof ApiError && (err.status === 0 || err.status >= 500 || err.status === 401);
+  return notify(`${text} ${messageOf(err)}`, 'error', { transient: unreachable });
+}
+
+function clearTransient() {
+  el.messages.querySelectorAll('.msg[data-transient]').forEach((m) => m.remove());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -155,34 +252,45 @@ function confirmAction({ title, text, ok }) {
   });
 }
 
-let tokenDeclined = false;
+let tokenDeclined = false; // the person said no: the page is locked until they give one
 
-onTokenNeeded((rejected) => new Promise((resolve, reject) => {
-  // After "no" (Esc), don't nag on every background retry; "Refresh" asks again.
-  if (tokenDeclined) {
-    reject(new ApiError('This node needs an access token. Use "Refresh" to enter it.', { status: 401 }));
-    return;
-  }
-  el.tokenError.hidden = !rejected;
-  el.tokenError.textContent = rejected ? 'That token was not accepted. Check it and try again.' : '';
-  el.tokenInput.value = '';
-  const onClose = () => {
-    el.tokenDialog.removeEventListener('close', onClose);
-    const token = el.tokenInput.value.trim();
-    if (el.tokenDialog.returnValue === 'ok' && token) {
-      setToken(token);
-      resolve();
-      live.reconnectNow();
-    } else {
-      tokenDeclined = true;
-      reject(new ApiError('This node needs an access token. Use "Refresh" to enter it.', { status: 401 }));
-    }
-  };
-  el.tokenDialog.returnValue = '';
-  el.tokenDialog.addEventListener('close', onClose);
-  if (!el.tokenDialog.open) el.tokenDialog.showModal();
-  el.tokenInput.focus();
-}));
+const lockedError = () => new ApiError('This node needs an access token. Use "Token" → "Change token" to enter it.', { status: 401 });
+
+/** Asks for the token; resolves once one is kept, rejects when the person declines. */
+function askToken(rejected) {
+  return new Promise((resolve, reject) => {
+    el.tokenMenu.hidden = false; // the node wants a token: offer to change or forget it
+    el.tokenError.hidden = !rejected;
+    el.tokenError.textContent = rejected ? 'That token was not accepted. Check it and try again.' : '';
+    el.tokenInput.value = '';
+    const onClose = () => {
+      el.tokenDialog.removeEventListener('close', onClose);
+      const token = el.tokenInput.value.trim();
+      if (el.tokenDialog.returnValue === 'ok' && token) {
+        setToken(token, { tabOnly: el.tokenTabOnly.checked });
+        setLocked(false);
+        resolve();
+        live.restart();
+      } else {
+        setLocked(true);
+        reject(lockedError());
+      }
+    };
+    el.tokenDialog.returnValue = '';
+    el.tokenDialog.addEventListener('close', onClose);
+    if (!el.tokenDialog.open) el.tokenDialog.showModal();
+    el.tokenInput.focus();
+  });
+}
+
+// After "no" (Esc), don't nag on every background retry; "Change token" asks again.
+onTokenNeeded((rejected) => (tokenDeclined ? Promise.reject(lockedError()) : askToken(rejected)));
+
+function setLocked(locked) {
+  tokenDeclined = locked;
+  if (locked) showStatus('locked');
+  else if (live.state) showStatus(live.state, {});
+}
 
 // ---------------------------------------------------------------------------------------------
 // The list
@@ -191,7 +299,53 @@ onTokenNeeded((rejected) => new Promise((resolve, reject) => {
 function inView(key) {
   if (!state.loaded) return false;
   if (!key.startsWith(state.filter)) return false;
+  if (!matchesSearch(key)) return false;
+  if (state.sep && !state.search.text && key.indexOf(state.sep, state.filter.length) >= 0) return false; // in a sub-folder
   return state.next === null || cmpKeys(key, state.next) <= 0;
+}
+
+/**
+ * Loads the list again: as far as it was loaded (page by page), so a refresh or reconnect
+ * keeps every row loaded and the scroll position; the first load reads one short page.
+ */
+/** Whether `key` matches the search as the node does (see the API's contains and glob). */
+function matchesSearch(key) {
+  const { text, glob, ignoreCase } = state.search;
+  if (!text) return true;
+  const k = ignoreCase ? key.toLowerCase() : key;
+  const t = ignoreCase ? text.toLowerCase() : text;
+  if (!glob) return k.includes(t);
+  const p = [...t];
+  const s = [...k];
+  let pi = 0;
+  let si = 0;
+  let star = -1;
+  let mark = 0;
+  while (si < s.length) {
+    if (pi < p.length && (p[pi] === '?' || (p[pi] !== '*' && p[pi] === s[si]))) {
+      pi += 1;
+      si += 1;
+    } else if (pi < p.length && p[pi] === '*') {
+      star = pi++;
+      mark = si;
+    } else if (star >= 0) {
+      pi = star + 1;
+      si = ++mark;
+    } else {
+      return false;
+    }
+  }
+  while (pi < p.length && p[pi] === '*') pi += 1;
+  return pi === p.length;
+}
+
+/** The list request's query for the prefix, the search and the folder view. */
+function listQuery() {
+  const q = { prefix: state.filter };
+  const { text, glob, ignoreCase } = state.search;
+  if (text) Object.assign(q, glob ? { glob: text } : { contains: text }, ignoreCase ? { ignoreCase: true } : {});
+  if (state.sep && !text) q.delimiter = state.sep;
+  return q;
 }
 
 async function reload({ flashChanges = false } = {}) {
@@ -199,15 +353,40 @@ async function reload({ flashChanges = false } = {}) {
   state.busy += 1;
   el.refresh.disabled = true;
   try {
-    const limit = Math.min(MAX_PAGE, Math.max(PAGE_SIZE, state.loaded ? state.pairs.size : 0));
-    const res = await api.list({ prefix: state.filter, limit });
-    if (seq !== state.loadSeq) return;
+    const wasLoaded = state.loaded;
+    const until = state.next; // null: everything was loaded
+    const want = wasLoaded ? state.pairs.size : 0;
+    const pages = [];
+    let fetched = 0;
+    let after = null;
+    let total = null;
+    const folders = [];
+    const query = listQuery();
+    for (;;) {
+      const limit = Math.min(MAX_PAGE, Math.max(PAGE_SIZE, want - fetched));
+      const res = await api.list({ ...query, limit, after, count: after === null && !state.search.text });
+      if (seq !== state.loadSeq) return;
+      if (after === null && typeof res.total === 'number') total = res.total;
+      pages.push(res.pairs || []);
+      folders.push(...(res.folders || []));
+      fetched += (res.pairs || []).length;
+      after = res.next ?? null;
+      if (after === null || !wasLoaded) break;
+      if (until !== null ? cmpKeys(after, until) >= 0 : fetched >= want + MAX_PAGE) break;
+    }
     const before = state.pairs;
     state.pairs = new Map();
     state.conflicts = new Map();
-    addLoaded(res.pairs, before);
-    state.next = res.next ?? null;
+    for (const page of pages) addLoaded(page, before);
+    state.order = [...state.pairs.keys()]; // pages come in key order
+    for (const key of state.edits.keys()) syncOrder(key);
+    state.next = after;
     state.loaded = true;
+    state.total = total;
+    state.folders = folders;
+    state.elsewhere = 0;
+    clearTransient();
+    state.moreFailed = false;
     if (flashChanges) {
       for (const [key, p] of state.pairs) if (before.get(key) !== p) state.flash.add(key);
       for (const key of before.keys()) if (!state.pairs.has(key)) state.fade.add(key);
@@ -218,7 +397,12 @@ async function reload({ flashChanges = false } = {}) {
       if (edit.conflict || clashes(edit, cur)) noteRemoteChange(key, cur);
     }
   } catch (err) {
-    if (seq === state.loadSeq) notify(`Could not load the pairs. ${messageOf(err)}`, 'error');
+    if (seq === state.loadSeq) {
+      notifyError('Could not load the pairs.', err);
+      // A busy or briefly unreachable node: try again soon rather than stay empty.
+      const transient = err instanceof ApiError && (err.status === 0 || err.status >= 500);
+      if (transient) setTimeout(() => { if (seq === state.loadSeq) reload({ flashChanges }); }, 3000);
+    }
   } finally {
     state.busy -= 1;
     if (seq === state.loadSeq) el.refresh.disabled = false;
@@ -236,20 +420,32 @@ function addLoaded(pairs = [], before = state.pairs) {
   }
 }
 
+let loadingMore = false;
+
 async function loadMore() {
-  if (state.next === null) return;
+  if (state.next === null || loadingMore) return;
   const seq = state.loadSeq;
+  loadingMore = true;
   state.busy += 1;
   el.loadMore.disabled = true;
   el.loadMore.textContent = 'Loading…';
   try {
-    const res = await api.list({ prefix: state.filter, limit: PAGE_SIZE, after: state.next });
+    const res = await api.list({ ...listQuery(), limit: MORE_SIZE, after: state.next });
     if (seq !== state.loadSeq) return;
-    addLoaded(res.pairs);
+    if (res.folders?.length) state.folders = [...state.folders, ...res.folders];
+    const known = state.pairs;
+    for (const p of res.pairs || []) {
+      const had = known.has(p.key);
+      addLoaded([p]);
+      if (!had) syncOrder(p.key);
+    }
     state.next = res.next ?? null;
+    state.moreFailed = false;
   } catch (err) {
-    notify(`Could not load more pairs. ${messageOf(err)}`, 'error');
+    state.moreFailed = true;
+    notifyError('Could not load more pairs.', err);
   } finally {
+    loadingMore = false;
     state.busy -= 1;
     el.loadMore.disabled = false;
     el.loadMore.textContent = 'Load more';
@@ -283,18 +479,54 @@ function applyChange(change) {
   if (pair) {
     if (known && samePair(known, pair)) return; // already shown (e.g. our own save)
     if (known || inView(key)) {
-      state.pairs.set(key, pair);
+      if (!known && state.total !== null) state.total += 1; // in the loaded slice: a new key
+      setPair(key, pair);
       state.flash.add(key);
+    } else {
+      noteElsewhere();
     }
   } else if (known) {
-    state.pairs.delete(key);
+    dropPair(key);
+    if (state.total !== null) state.total = Math.max(0, state.total - 1);
     state.conflicts.delete(key);
     state.fade.add(key);
+  } else if (!inView(key)) {
+    noteElsewhere();
   }
 
   const edit = state.edits.get(key);
   if (edit && !edit.saving && (edit.conflict || clashes(edit, pair))) noteRemoteChange(key, pair);
+  if (key === state.view && (!state.viewPair || olderThan(state.viewPair.version, change.version))) {
+    state.viewPair = pair;
+    renderKeyView();
+  }
   scheduleRender();
+}
+
+/** A change this page does not show: counted, and the total counted again soon. */
+function noteElsewhere() {
+  state.elsewhere += 1;
+  recountSoon();
+}
+
+let countTimer = null;
+function recountSoon() {
+  if (countTimer !== null || !state.loaded) return;
+  countTimer = setTimeout(async () => {
+    const seq = state.loadSeq;
+    try {
+      if (state.search.text) return; // a search has no total
+      const res = await api.list({ prefix: state.filter, limit: 1, count: true });
+      if (seq === state.loadSeq && typeof res.total === 'number') {
+        state.total = res.total;
+        scheduleRender();
+      }
+    } catch {
+      /* the next load counts again */
+    } finally {
+      countTimer = null;
+    }
+  }, COUNT_EVERY_MS);
 }
 
 /** Shows a conflict the node settled (a concurrent write lost) on the key's row. */
@@ -320,35 +552,79 @@ function adopt(key, pair, { show = state.pairs.has(key) || inView(key) } = {}) {
   const known = state.pairs.get(key);
   if (!pair) {
     if (known) {
-      state.pairs.delete(key);
+      dropPair(key);
       state.fade.add(key);
     }
     return;
   }
   if (!show || (known && !olderThan(known.version, pair.version))) return;
-  state.pairs.set(key, pair);
+  setPair(key, pair);
   state.flash.add(key);
 }
 
+// Changes that arrive together (a burst of events, a scroll) make one render per frame.
 let renderQueued = false;
 function scheduleRender() {
   if (renderQueued) return;
   renderQueued = true;
-  queueMicrotask(() => {
-    renderQueued = false;
-    render();
+  requestAnimationFrame(() => {
+    if (renderQueued) render();
   });
+}
+
+const padTop = h('tr', { class: 'pad-row', 'aria-hidden': 'true' }, h('td', { colspan: '4' }));
+const padBottom = h('tr', { class: 'pad-row', 'aria-hidden': 'true' }, h('td', { colspan: '4' }));
+
+function rowHeight(key, est) {
+  return state.heights.get(key) ?? est;
+}
+
+/**
+ * The rows to put in the page: all of them up to RENDER_ALL, else those near the screen,
+ * with the height of the others above and below (from measured rows, or an estimate).
+ */
+function visibleWindow() {
+  const order = state.order;
+  const n = order.length;
+  if (n <= RENDER_ALL) return { start: 0, end: n, above: 0, below: 0 };
+  const est = state.measured.n ? state.measured.sum / state.measured.n : EST_ROW_PX;
+  const top = el.body.getBoundingClientRect().top; // where the first row goes, on screen
+  const from = -top - OVERSCAN_PX;
+  const to = -top + window.innerHeight + OVERSCAN_PX;
+  let y = 0;
+  let i = 0;
+  for (; i < n; i++) {
+    const rh = rowHeight(order[i], est);
+    if (y + rh > from) break;
+    y += rh;
+  }
+  const start = i;
+  const above = y;
+  for (; i < n && y < to; i++) y += rowHeight(order[i], est);
+  const end = i;
+  let below = 0;
+  for (; i < n; i++) below += rowHeight(order[i], est);
+  return { start, end, above, below };
 }
 
 /** Brings the table in line with `state`, touching only rows that changed. */
 function render() {
-  const keys = new Set(state.pairs.keys());
-  for (const key of state.edits.keys()) keys.add(key);
-  const ordered = [...keys].sort(cmpKeys);
+  renderQueued = false;
+  if (padTop.parentNode !== el.body) el.body.prepend(padTop);
+  if (padBottom.parentNode !== el.body) el.body.append(padBottom);
+  const win = visibleWindow();
+  const ordered = state.order.slice(win.start, win.end);
+  const keys = new Set(ordered);
 
-  // Rows that disappeared fade out briefly, then go.
+  // Rows that disappeared fade out briefly, then go; rows scrolled away just go (an
+  // editor keeps its element, and so its draft, for when it is back).
   for (const [key, row] of state.rows) {
     if (keys.has(key)) continue;
+    if (state.pairs.has(key) || state.edits.has(key)) {
+      row.remove();
+      if (!state.edits.has(key)) state.rows.delete(key);
+      continue;
+    }
     state.rows.delete(key);
     if (!state.fade.has(key) || !row.isConnected) {
       row.remove();
@@ -362,14 +638,16 @@ function render() {
   }
 
   // First bring each row up to date (in place), then put the rows in key order.
+  const fresh = new Map(); // rows new in the page: to measure
   const wanted = ordered.map((key) => {
     let row = state.rows.get(key);
     const edit = state.edits.get(key);
     if (edit) {
       if (!row || !row.classList.contains('editing')) {
-        const fresh = editorRow(key, edit);
-        if (row) row.replaceWith(fresh);
-        row = fresh;
+        const made = editorRow(key, edit);
+        if (row) row.replaceWith(made);
+        row = made;
+        fresh.set(key, row);
         state.rows.set(key, row);
         focusEditor(row);
       }
@@ -379,24 +657,27 @@ function render() {
       const notes = state.conflicts.get(key);
       const busy = state.restoring.has(key);
       if (!row || row.classList.contains('editing') || row._pair !== pair || row._notes !== notes || row._busy !== busy) {
-        const fresh = viewRow(pair, notes, busy);
+        const made = viewRow(pair, notes, busy);
         if (row) {
           const hadFocus = row.contains(document.activeElement) ? document.activeElement.dataset.action : null;
-          row.replaceWith(fresh);
-          if (hadFocus) (fresh.querySelector(`[data-action="${hadFocus}"]`) || fresh.querySelector('[data-action="edit"]')).focus();
+          row.replaceWith(made);
+          if (hadFocus) (made.querySelector(`[data-action="${hadFocus}"]`) || made.querySelector('[data-action="edit"]')).focus();
         }
-        row = fresh;
+        row = made;
+        fresh.set(key, row);
         state.rows.set(key, row);
       }
     }
     return [key, row];
   });
 
-  let cursor = el.body.firstElementChild;
+  let cursor = padTop.nextElementSibling;
   for (const [key, row] of wanted) {
     while (cursor && state.fading.has(cursor)) cursor = cursor.nextElementSibling;
-    if (row !== cursor) el.body.insertBefore(row, cursor);
-    else cursor = cursor.nextElementSibling;
+    if (row !== cursor) {
+      el.body.insertBefore(row, cursor);
+      fresh.set(key, row);
+    } else cursor = cursor.nextElementSibling;
 
     if (state.flash.has(key)) {
       row.classList.remove('flash');
@@ -408,40 +689,123 @@ function render() {
   }
   state.flash.clear();
   state.fade.clear();
+  padTop.firstElementChild.style.height = `${win.above}px`;
+  padBottom.firstElementChild.style.height = `${win.below}px`;
+  padTop.hidden = win.above === 0;
+  padBottom.hidden = win.below === 0;
 
+  // Heights of the rows just put in, for the place of the others (one layout pass).
+  if (state.order.length > RENDER_ALL / 2) {
+    for (const [key, row] of fresh) {
+      const rh = row.offsetHeight;
+      if (rh <= 0) continue;
+      if (!state.heights.has(key)) {
+        state.measured.sum += rh;
+        state.measured.n += 1;
+      }
+      state.heights.set(key, rh);
+    }
+  }
+
+  renderCount();
+  el.loadMore.hidden = state.next === null;
+  el.empty.hidden = !state.loaded || state.order.length > 0 || state.folders.length > 0;
+  if (state.loaded && state.order.length === 0) {
+    el.empty.textContent = state.search.text
+      ? `No keys match “${state.search.text}”${state.filter ? ` among those starting with “${state.filter}”` : ''}.`
+      : state.filter
+      ? `No keys start with “${state.filter}”.`
+      : 'No pairs yet. Add a value above to create the first one.';
+  }
+  loadMoreIfNear();
+}
+
+function renderCount() {
   const n = state.pairs.size;
   if (!state.loaded) {
     el.count.textContent = '';
   } else {
-    el.count.textContent = state.next !== null ? `${n} shown, more available` : plural(n, 'pair', 'pairs');
+    const total = state.total ?? n;
+    const what = state.filter ? plural(total, 'match', 'matches') : plural(total, 'pair', 'pairs');
+    if (state.search.text) {
+      el.count.textContent = state.next !== null ? `${plural(n, 'match', 'matches')} so far, searching on as you scroll` : plural(n, 'match', 'matches');
+    } else {
+      el.count.textContent = state.next !== null ? `${what} · ${numberFormat.format(n)} loaded` : what;
+    }
   }
-  el.loadMore.hidden = state.next === null;
-  el.empty.hidden = !state.loaded || ordered.length > 0;
-  if (state.loaded && ordered.length === 0) {
-    el.empty.textContent = state.filter
-      ? `No keys start with “${state.filter}”.`
-      : 'No pairs yet. Add a value above to create the first one.';
-  }
+  renderFolders();
+  el.elsewhere.hidden = state.elsewhere === 0;
+  el.elsewhere.textContent = `${plural(state.elsewhere, 'change', 'changes')} elsewhere`;
+  el.elsewhere.title = state.filter
+    ? 'Changes to keys outside the filter or the loaded rows. Refresh to load the list again.'
+    : 'Changes to keys beyond the loaded rows. Refresh to load the list again.';
 }
 
-function valuesList(values, { limit = VALUES_SHOWN } = {}) {
+/** The folder path (links up) and the folders below the prefix (links down). */
+function renderFolders() {
+  const sep = state.sep;
+  el.folderPath.hidden = !sep;
+  el.folderList.hidden = !sep || state.folders.length === 0;
+  if (!sep) return;
+  const key = JSON.stringify([sep, state.filter, state.folders.length, state.folders.at(-1)]);
+  if (el.folderList._shown === key) return;
+  el.folderList._shown = key;
+  const parts = state.filter.split(sep);
+  const crumbs = [h('a', { href: linkTo({ filter: '' }), dataset: { folder: '' }, text: 'All keys' })];
+  let at = '';
+  for (const part of parts.slice(0, -1)) {
+    at += part + sep;
+    crumbs.push(h('span', { 'aria-hidden': 'true', text: '›' }), h('a', { href: linkTo({ filter: at }), dataset: { folder: at }, text: part + sep }));
+  }
+  el.folderPath.replaceChildren(...crumbs);
+  el.folderList.replaceChildren(...state.folders.map((f) => h('li', {},
+    h('a', { href: linkTo({ filter: f }), dataset: { folder: f }, title: `Open the folder ${f}`, text: `📁 ${f.slice(state.filter.length)}` }))));
+}
+
+/** Loads the next page once the end of the loaded rows comes near the screen. */
+function loadMoreIfNear() {
+  if (!state.loaded || state.next === null || loadingMore || state.moreFailed || state.busy > 0) return;
+  if (state.view !== null) return; // the list is hidden behind a key's own view
+  if (el.body.getBoundingClientRect().bottom < window.innerHeight * 3) loadMore();
+}
+
+function valuesList(values, { limit = VALUES_SHOWN, key = null } = {}) {
   const list = h('ol', { class: 'values' });
   values.slice(0, limit).forEach((v) => {
+    // Long values show their first lines; a click shows them whole.
+    const long = v.length > 240 || v.split('\n').length > 4;
     list.append(v === ''
       ? h('li', { class: 'value value-empty', title: 'Empty string', text: '∅ empty' })
-      : h('li', { class: 'value', text: v }));
+      : h('li', { class: long ? 'value clipped' : 'value', title: long ? 'Click to show it all' : null, text: v }));
   });
-  if (values.length > limit) list.append(h('li', { class: 'value value-more', text: `+${values.length - limit} more` }));
+  if (values.length > limit) {
+    const more = `+${values.length - limit} more`;
+    list.append(h('li', { class: 'value value-more' }, key === null
+      ? more
+      : h('a', { class: 'value-more', href: linkTo({ key }), dataset: { open: key }, text: more })));
+  }
   if (values.length === 0) list.append(h('li', { class: 'value value-none', text: 'no values' }));
   return list;
+}
+
+/** A mark for spaces at either end of a key, which would not show otherwise. */
+function keyFlag(key) {
+  const start = /^\s/.test(key);
+  const end = /\s$/.test(key);
+  if (!start && !end) return null;
+  const text = start && end ? 'spaces at both ends' : start ? 'starts with a space' : 'ends with a space';
+  return h('span', { class: 'key-flag', title: `This key ${start && end ? 'has spaces at both ends' : text}.`, text });
 }
 
 function viewRow(pair, notes, busy) {
   const when = formatTime(pair.updated_at);
   const origin = pair.origin ? String(pair.origin) : '';
   const row = h('tr', { class: 'pair-row', dataset: { key: pair.key, version: String(pair.version) } },
-    h('th', { scope: 'row', class: 'key-cell' }, h('span', { class: 'key-text', text: pair.key })),
-    h('td', { class: 'values-cell' }, valuesList(pair.values), notes?.length ? mergeNotes(pair, notes, busy) : null),
+    h('th', { scope: 'row', class: 'key-cell' },
+      h('a', { class: 'key-link', href: linkTo({ key: pair.key }), dataset: { open: pair.key }, title: 'Open this key on its own' },
+        h('span', { class: 'key-text', text: pair.key })),
+      keyFlag(pair.key)),
+    h('td', { class: 'values-cell' }, valuesList(pair.values, { key: pair.key }), notes?.length ? mergeNotes(pair, notes, busy) : null),
     h('td', { class: 'meta-cell' },
       origin ? h('span', { class: 'origin', title: 'Node where this change was made', text: origin }) : null,
       when.text ? h('time', { datetime: when.iso || null, title: when.iso || null, text: when.text }) : null),
@@ -630,6 +994,143 @@ function renderConflict(row, key, edit) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The address: the filter and an open key live in the URL (?filter=, ?key=), so a view can be
+// bookmarked, shared and reloaded.
+
+function linkTo({ key = null, filter = state.filter } = {}) {
+  const q = new URLSearchParams();
+  if (key !== null) q.set('key', key);
+  else {
+    if (filter) q.set('filter', filter);
+    if (state.search.text) q.set('q', state.search.text);
+    if (state.search.text && state.search.glob) q.set('glob', '1');
+    if (state.search.text && state.search.ignoreCase) q.set('case', 'ignore');
+    if (state.sep) q.set('folders', state.sep);
+  }
+  const text = q.toString();
+  return text ? `?${text}` : location.pathname;
+}
+
+function readUrl() {
+  const q = new URLSearchParams(location.search);
+  return {
+    key: q.get('key'),
+    filter: q.get('filter') ?? '',
+    search: { text: q.get('q') ?? '', glob: q.get('glob') === '1', ignoreCase: q.get('case') === 'ignore' },
+    sep: ['/', ':'].includes(q.get('folders')) ? q.get('folders') : '',
+  };
+}
+
+/** Puts the search and folder settings in the form. */
+function showListSettings() {
+  el.filter.value = state.filter;
+  el.search.value = state.search.text;
+  el.searchGlob.checked = state.search.glob;
+  el.searchCase.checked = state.search.ignoreCase;
+  el.folderSep.value = state.sep;
+}
+
+/** Shows what the URL says: one key on its own, or the list (with its filter). */
+function followUrl() {
+  const { key, filter } = readUrl();
+  if (key !== null && key !== '') {
+    openKey(key, { push: false });
+    return;
+  }
+  closeKey();
+  const { search, sep } = readUrl();
+  const same = filter === state.filter && sep === state.sep && JSON.stringify(search) === JSON.stringify(state.search);
+  if (!same) {
+    Object.assign(state, { search, sep });
+    el.filter.value = filter;
+    setFilter(filter, { push: false });
+    showListSettings();
+  }
+}
+
+function openKey(key, { push = true } = {}) {
+  if (push) history.pushState(null, '', linkTo({ key }));
+  state.view = key;
+  state.viewPair = state.pairs.get(key);
+  el.keyView.hidden = false;
+  el.addCard.hidden = true;
+  el.pairsCard.hidden = true;
+  document.title = `${key} · kvsync`;
+  renderKeyView();
+  el.keyViewKey.closest('section').querySelector('h2').focus();
+  api.get(key).then((pair) => {
+    if (state.view !== key) return;
+    if (!state.viewPair || !pair || olderThan(state.viewPair.version, pair.version)) state.viewPair = pair;
+    renderKeyView();
+  }, (err) => notifyError(`Could not load “${key}”.`, err));
+}
+
+function closeKey() {
+  if (state.view === null) return;
+  state.view = null;
+  el.keyView.hidden = true;
+  el.addCard.hidden = false;
+  el.pairsCard.hidden = false;
+  document.title = state.nodeId ? `kvsync · ${state.nodeId}` : 'kvsync';
+  scheduleRender();
+}
+
+/** The value as indented JSON, if it is a JSON object or array; else null. */
+function prettyJson(value) {
+  const t = value.trim();
+  if (!(t.startsWith('{') || t.startsWith('['))) return null;
+  try {
+    return JSON.stringify(JSON.parse(t), null, 2);
+  } catch {
+    return null;
+  }
+}
+
+async function copyText(text, what) {
+  try {
+    await navigator.clipboard.writeText(text);
+    notify(`Copied the ${what}.`, 'success', { timeout: 2000 });
+  } catch {
+    notify(`Could not copy the ${what}: the browser did not allow it.`, 'error');
+  }
+}
+
+function renderKeyView() {
+  const key = state.view;
+  if (key === null) return;
+  const pair = state.viewPair;
+  el.keyViewKey.textContent = key;
+  el.keyViewKey.parentElement.querySelector('.key-flag')?.remove();
+  const flag = keyFlag(key);
+  if (flag) el.keyViewKey.after(flag);
+  el.keyViewMissing.hidden = pair !== null;
+  if (!pair) {
+    el.keyViewValues.replaceChildren();
+    el.keyViewMeta.textContent = pair === undefined ? 'Loading…' : '';
+    return;
+  }
+  const when = formatTime(pair.updated_at);
+  el.keyViewMeta.textContent = `${plural(pair.values.length, 'value', 'values')} · ${encoder.encode(pair.values.join('')).length.toLocaleString('en-US')} bytes · last change ${when.text}${pair.origin ? ` on ${pair.origin}` : ''}`;
+  el.keyViewValues.replaceChildren(...pair.values.map((v, i) => {
+    const pretty = prettyJson(v);
+    const pre = h('pre', { class: 'key-value-text', text: v });
+    const toggle = pretty === null ? null : h('button', { type: 'button', class: 'btn btn-small btn-ghost', 'aria-pressed': 'false', text: 'Pretty JSON' });
+    toggle?.addEventListener('click', () => {
+      const on = toggle.getAttribute('aria-pressed') !== 'true';
+      toggle.setAttribute('aria-pressed', String(on));
+      pre.textContent = on ? pretty : v;
+    });
+    const copy = h('button', { type: 'button', class: 'btn btn-small btn-secondary', 'aria-label': `Copy value ${i + 1}`, text: 'Copy' });
+    copy.addEventListener('click', () => copyText(v, `value ${i + 1}`));
+    return h('li', { class: 'key-value' },
+      h('div', { class: 'key-value-head' },
+        h('span', { text: `Value ${i + 1} · ${encoder.encode(v).length.toLocaleString('en-US')} bytes` }),
+        h('span', { class: 'spacer' }), toggle, copy),
+      pre);
+  }));
+}
+
+// ---------------------------------------------------------------------------------------------
 // Actions
 
 function startEdit(key) {
@@ -642,6 +1143,7 @@ function startEdit(key) {
 
 function stopEdit(key, { focus = true } = {}) {
   state.edits.delete(key);
+  syncOrder(key);
   render();
   if (focus) state.rows.get(key)?.querySelector('[data-action="edit"]')?.focus();
 }
@@ -714,6 +1216,7 @@ async function save(key, row, { overwrite = false } = {}) {
     }
     if (res.pair) {
       state.edits.delete(key);
+      syncOrder(key);
       adopt(key, res.pair);
       render();
       state.rows.get(key)?.querySelector('[data-action="edit"]')?.focus();
@@ -792,7 +1295,9 @@ async function deletePair(key) {
   if (!pair) return;
   const ok = await confirmAction({
     title: 'Delete this pair?',
-    text: `“${key}” and its ${plural(pair.values.length, 'value', 'values')} will be deleted on every node.`,
+    text: pair.values.length
+      ? `“${key}” and its ${plural(pair.values.length, 'value', 'values')} will be deleted on every node.`
+      : `“${key}” (which has no values) will be deleted on every node.`,
     ok: 'Delete',
   });
   if (!ok) {
@@ -808,7 +1313,10 @@ async function deletePair(key) {
       notify(`“${key}” was changed elsewhere after you loaded it, so it was not deleted. Its newest values are shown now.`, 'error');
       return;
     }
-    if (state.pairs.delete(key)) state.fade.add(key);
+    if (dropPair(key)) {
+      state.fade.add(key);
+      if (state.total !== null) state.total = Math.max(0, state.total - 1);
+    }
     state.conflicts.delete(key);
     render();
     notify(res.existed ? `Deleted “${key}”.` : `“${key}” was already deleted elsewhere.`, 'success');
@@ -819,12 +1327,39 @@ async function deletePair(key) {
   }
 }
 
-async function clearAll() {
-  const ok = await confirmAction({
-    title: 'Clear the whole database?',
-    text: 'Every pair will be deleted on every node. This cannot be undone.',
-    ok: 'Clear database',
+/** Asks to type "clear", saying how many pairs a clear deletes (as counted just now). */
+async function confirmClear() {
+  let total = null;
+  try {
+    total = (await api.list({ limit: 1, count: true })).total ?? null;
+  } catch (err) {
+    notifyError('Could not count the pairs.', err);
+    return false;
+  }
+  el.clearText.textContent = typeof total === 'number'
+    ? `All ${plural(total, 'pair', 'pairs')} will be deleted on every node. This cannot be undone.`
+    : 'Every pair will be deleted on every node. This cannot be undone.';
+  el.clearInput.value = '';
+  el.clearOk.disabled = true;
+  el.clearDialog.returnValue = '';
+  return new Promise((resolve) => {
+    el.clearDialog.addEventListener('close', () => resolve(el.clearDialog.returnValue === 'ok' && el.clearInput.value.trim().toLowerCase() === 'clear'), { once: true });
+    el.clearDialog.showModal();
+    el.clearInput.focus();
   });
+}
+
+el.clearInput.addEventListener('input', () => {
+  el.clearOk.disabled = el.clearInput.value.trim().toLowerCase() !== 'clear';
+});
+el.clearInput.addEventListener('keydown', (ev) => {
+  if (ev.key !== 'Enter') return;
+  ev.preventDefault(); // the form's first button is Cancel
+  if (!el.clearOk.disabled) el.clearDialog.close('ok');
+});
+
+async function clearAll() {
+  const ok = await confirmClear();
   if (!ok) {
     el.clear.focus();
     return;
@@ -847,7 +1382,7 @@ async function clearAll() {
     progress?.remove();
     notify(`Could not clear the database. ${messageOf(err)}`, 'error');
   } finally {
-    el.clear.disabled = false;
+    el.clear.disabled = el.live.dataset.state === 'reconnecting' || el.live.dataset.state === 'locked';
   }
 }
 
@@ -881,7 +1416,7 @@ async function addValue(ev) {
     el.addError.textContent = `Could not add the value. ${messageOf(err)}`;
     el.addError.hidden = false;
   } finally {
-    el.addSubmit.disabled = false;
+    el.addSubmit.disabled = el.live.dataset.state === 'reconnecting' || el.live.dataset.state === 'locked';
   }
 }
 
@@ -889,26 +1424,116 @@ async function addValue(ev) {
 // Wiring
 
 el.addForm.addEventListener('submit', addValue);
-el.loadMore.addEventListener('click', loadMore);
-el.refresh.addEventListener('click', () => {
+for (const input of [el.addKey, el.addValue]) {
+  input.addEventListener('input', () => { el.addError.hidden = true; });
+}
+
+el.tokenBtn.addEventListener('click', () => {
+  const open = el.tokenItems.hidden;
+  el.tokenItems.hidden = !open;
+  el.tokenBtn.setAttribute('aria-expanded', String(open));
+  if (open) el.tokenChange.focus();
+});
+const closeTokenMenu = () => {
+  el.tokenItems.hidden = true;
+  el.tokenBtn.setAttribute('aria-expanded', 'false');
+};
+document.addEventListener('click', (ev) => {
+  if (!el.tokenMenu.contains(ev.target)) closeTokenMenu();
+});
+el.tokenChange.addEventListener('click', () => {
+  closeTokenMenu();
   tokenDeclined = false;
+  askToken(false).then(() => reload(), () => {});
+});
+el.tokenForget.addEventListener('click', () => {
+  closeTokenMenu();
+  setToken('');
+  setLocked(false);
+  notify('The access token was forgotten in every tab opened from now on.', 'info');
+  live.restart(); // the stream still runs on the old token
+});
+el.loadMore.addEventListener('click', () => {
+  state.moreFailed = false;
+  loadMore();
+});
+el.elsewhere.addEventListener('click', () => reload({ flashChanges: true }));
+// Scrolling brings other rows into the window, and nears the end of the loaded ones.
+const onScroll = () => {
+  if (state.order.length > RENDER_ALL) scheduleRender();
+  else loadMoreIfNear();
+};
+window.addEventListener('scroll', onScroll, { passive: true });
+window.addEventListener('resize', onScroll, { passive: true });
+el.refresh.addEventListener('click', () => {
+  setLocked(false);
   if (live.state !== 'live') live.reconnectNow();
   reload({ flashChanges: true });
 });
 el.clear.addEventListener('click', clearAll);
 
+function setFilter(filter, { push = true } = {}) {
+  state.filter = filter;
+  state.folders = [];
+  if (push) history.replaceState(null, '', linkTo({ filter }));
+  state.pairs = new Map();
+  state.order = [];
+  for (const key of state.edits.keys()) syncOrder(key);
+  state.next = null;
+  state.loaded = false;
+  state.total = null;
+  window.scrollTo({ top: Math.min(window.scrollY, el.body.getBoundingClientRect().top + window.scrollY - 200) });
+  reload();
+}
+
 let filterTimer = null;
 el.filter.addEventListener('input', () => {
   clearTimeout(filterTimer);
   filterTimer = setTimeout(() => {
-    if (el.filter.value === state.filter) return;
-    state.filter = el.filter.value;
-    state.pairs = new Map();
-    state.next = null;
-    state.loaded = false;
-    reload();
+    if (el.filter.value !== state.filter) setFilter(el.filter.value);
   }, 200);
 });
+const onSearch = () => {
+  clearTimeout(filterTimer);
+  filterTimer = setTimeout(() => {
+    const search = { text: el.search.value, glob: el.searchGlob.checked, ignoreCase: el.searchCase.checked };
+    const sep = el.folderSep.value;
+    const same = JSON.stringify(search) === JSON.stringify(state.search) && sep === state.sep;
+    if (same && el.filter.value === state.filter) return;
+    Object.assign(state, { search, sep });
+    setFilter(el.filter.value); // the one timer may have taken over a prefix being typed
+  }, 250);
+};
+el.search.addEventListener('input', onSearch);
+for (const c of [el.searchGlob, el.searchCase, el.folderSep]) c.addEventListener('change', onSearch);
+// A folder link opens the folder: it becomes the prefix (the URL follows, so Back goes up).
+document.addEventListener('click', (ev) => {
+  const a = ev.target.closest('a[data-folder]');
+  if (!a || ev.ctrlKey || ev.metaKey || ev.shiftKey || ev.button !== 0) return;
+  ev.preventDefault();
+  history.pushState(null, '', linkTo({ filter: a.dataset.folder }));
+  el.filter.value = a.dataset.folder;
+  setFilter(a.dataset.folder, { push: false });
+});
+
+// Links to a key open it in place (the URL follows); Back and Forward follow the URL.
+document.addEventListener('click', (ev) => {
+  const a = ev.target.closest('a[data-open]');
+  if (a && !ev.ctrlKey && !ev.metaKey && !ev.shiftKey && ev.button === 0) {
+    ev.preventDefault();
+    openKey(a.dataset.open);
+    return;
+  }
+  const v = ev.target.closest('#pairs-body .value.clipped');
+  if (v) v.classList.toggle('expanded');
+});
+el.keyBack.addEventListener('click', (ev) => {
+  ev.preventDefault();
+  history.pushState(null, '', linkTo({}));
+  closeKey();
+});
+el.copyKey.addEventListener('click', () => copyText(state.view ?? '', 'key'));
+window.addEventListener('popstate', followUrl);
 
 el.body.addEventListener('click', (ev) => {
   const btn = ev.target.closest('button[data-action]');
@@ -987,7 +1612,40 @@ const LIVE_TEXT = {
   connecting: 'Connecting…',
   live: 'Live',
   reconnecting: 'Reconnecting…',
+  locked: 'Locked: needs an access token',
 };
+
+let countdown = null;
+
+/** Shows the connection's state; while the node cannot be reached, writes are off. */
+function showStatus(s, info = {}) {
+  if (tokenDeclined && s !== 'live') s = 'locked';
+  clearInterval(countdown);
+  countdown = null;
+  el.live.dataset.state = s;
+  document.body.dataset.live = s;
+  const offline = s === 'reconnecting' || s === 'locked';
+  el.addSubmit.disabled = offline;
+  el.clear.disabled = offline;
+  el.live.title = s === 'live'
+    ? 'Changes made on any node appear here as they happen.'
+    : s === 'locked'
+      ? 'This node needs an access token: use "Token" to enter it.'
+      : 'The node cannot be reached: nothing can be written until it is back. The list reloads then.';
+  if (s === 'reconnecting' && info.delay) {
+    const at = Date.now() + info.delay;
+    const tick = () => {
+      const left = Math.ceil((at - Date.now()) / 1000);
+      el.liveText.textContent = left > 0 ? `Reconnecting… (retry in ${left} s)` : LIVE_TEXT.reconnecting;
+      if (left <= 0) clearInterval(countdown);
+    };
+    tick();
+    countdown = setInterval(tick, 250);
+  } else {
+    el.liveText.textContent = LIVE_TEXT[s] || s;
+  }
+  if (s === 'live') clearTransient();
+}
 
 const cluster = new ClusterPanel({ root: $('#cluster') });
 
@@ -1004,13 +1662,7 @@ const live = new LiveConnection({
   onResync() {
     reload({ flashChanges: true });
   },
-  onStatus(s, info) {
-    el.live.dataset.state = s;
-    let text = LIVE_TEXT[s] || s;
-    if (s === 'reconnecting' && info.delay) text = `Reconnecting… (retry in ${Math.max(1, Math.round(info.delay / 1000))} s)`;
-    el.liveText.textContent = text;
-    el.live.title = s === 'live' ? 'Changes made on any node appear here as they happen.' : 'Live updates are paused; the list reloads when the connection is back.';
-  },
+  onStatus: showStatus,
   async onDrop() {
     cluster.refresh(); // shows at once whether the node still answers
     // If the stream failed because a token is needed, asking the API brings up the prompt.
@@ -1024,8 +1676,13 @@ const live = new LiveConnection({
 });
 
 async function start() {
+  if (getToken()) el.tokenMenu.hidden = false;
+  const { filter, search, sep } = readUrl();
+  Object.assign(state, { filter, search, sep });
+  showListSettings();
+  followUrl();
   api.node().then((n) => n && setNode(n.node_id)).catch((err) => {
-    if (!(err instanceof ApiError && err.status === 0)) notify(`Could not read the node's details. ${messageOf(err)}`, 'error');
+    if (!(err instanceof ApiError && err.status === 0)) notifyError("Could not read the node's details.", err);
   });
   live.start();
   cluster.start();

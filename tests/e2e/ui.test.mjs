@@ -42,6 +42,14 @@ function row(page, key) {
   return page.locator(rowSel(key));
 }
 
+/** "Clear database…", then "clear" typed and the dialog's button. */
+async function clearThroughPage(page) {
+  await page.getByRole('button', { name: 'Clear database…' }).click();
+  const dialog = page.locator('#clear-dialog');
+  await dialog.getByLabel('Type clear to confirm').fill('clear');
+  await dialog.getByRole('button', { name: 'Clear database' }).click();
+}
+
 before(async () => {
   cluster = await startCluster({ nodes: 2 });
   [node1, node2] = cluster.info.nodes;
@@ -327,11 +335,52 @@ describe('kvsync web UI on two nodes', { concurrency: false }, () => {
       assert.ok(box && box.x >= 0 && box.x + box.width <= 375, `${name} fits the screen`);
     }
     const edit = await row(phone, key).locator('[data-action="edit"]').boundingBox();
-    assert.ok(edit && edit.x + edit.width <= 375 && edit.height >= 30, 'Edit button fits and is tappable');
+    assert.ok(edit && edit.x + edit.width <= 375 && edit.height >= 44, `Edit button fits and is tappable (${edit?.height} px high)`);
     await phone.getByLabel('Filter by key prefix').fill('');
     await phone.waitForFunction(() => document.querySelectorAll('#pairs-body tr.pair-row').length > 1);
     await screenshot(phone, 'phone-node1.png', { fullPage: false });
     await context.close();
+  });
+
+  test('the add form: a validation message goes after a good add, long keys and spaces at the ends are flagged', async () => {
+    await pageA.getByLabel('Key', { exact: true }).fill('');
+    await pageA.getByLabel('Value', { exact: true }).fill('v');
+    await pageA.getByRole('button', { name: 'Add value', exact: true }).click();
+    await pageA.locator('#add-error').filter({ hasText: 'Enter a key.' }).waitFor();
+    const key = uniq('valid');
+    await addThroughForm(pageA, key, 'v');
+    await waitForRow(pageA, key, ['v']);
+    assert.ok(await pageA.locator('#add-error').isHidden(), 'the message went');
+
+    // A key over 512 bytes is refused with its length, not cut short.
+    const long = uniq('long') + 'k'.repeat(600);
+    await addThroughForm(pageA, long, 'v');
+    await pageA.locator('#add-error').filter({ hasText: /is \d+ bytes long; keys can be at most 512 bytes/ }).waitFor();
+    assert.equal((await api1.list(`?prefix=${encodeURIComponent(long.slice(0, 20))}`)).json.pairs.length, 0, 'nothing written');
+
+    // Spaces at the start or end of a key are visible on its row.
+    const spaced = ` ${uniq('spaced')} `;
+    await addThroughForm(pageA, spaced, 'v');
+    await waitForRow(pageA, spaced, ['v']);
+    await row(pageA, spaced).locator('.key-flag').filter({ hasText: /space/ }).waitFor();
+    assert.equal(await row(pageA, spaced.trim()).count(), 0);
+  });
+
+  test('notices float over the page and identical ones do not stack', async () => {
+    const key = uniq('notice');
+    await api1.put(key, ['v']);
+    await waitForRow(pageA, key, ['v']);
+    // Where the heading is in the page (a click may scroll the page; that is not a push).
+    const heading = () => pageA.locator('#add-heading').evaluate((e) => e.getBoundingClientRect().top + window.scrollY);
+    await pageA.evaluate(() => document.querySelectorAll('#messages .msg').forEach((m) => m.remove()));
+    const top = await heading();
+    for (let i = 0; i < 2; i++) {
+      await row(pageA, key).locator('[data-action="edit"]').click();
+      await row(pageA, key).getByRole('button', { name: 'Save' }).click();
+      await pageA.getByText(`Nothing was changed in “${key}”`).first().waitFor();
+    }
+    assert.equal(await pageA.getByText(`Nothing was changed in “${key}”`).count(), 1, 'one notice for two identical ones');
+    assert.equal(await heading(), top, 'the page did not move');
   });
 
   test('reconnects after the connection drops and reloads the list, missing nothing', async () => {
@@ -363,8 +412,24 @@ describe('kvsync web UI on two nodes', { concurrency: false }, () => {
         && (await api2.get(changed)).json.values[0] === 'new', { what: 'the changes to reach node 2' });
       assert.deepEqual(await rowValues(page, changed), ['old'], 'no update while disconnected');
 
+      // The dead node is obvious: writes are off and the retry countdown ticks.
+      assert.ok(await page.locator('#add-submit').isDisabled(), 'no adding while the node cannot be reached');
+      assert.ok(await page.locator('#clear-btn').isDisabled(), 'no clearing while the node cannot be reached');
+      const seconds = async () => Number(/retry in (\d+) s/.exec(await page.locator('#live-status').textContent())?.[1] ?? -1);
+      await eventually(async () => (await seconds()) >= 3, { timeout: 30_000, what: 'a retry 3 s or more away' });
+      const first = await seconds();
+      await eventually(async () => {
+        const now = await seconds();
+        return now >= 1 && now < first;
+      }, { timeout: 2500, interval: 100, what: `the countdown to tick down from ${first} s` });
+      // An error while away goes once the node is back.
+      await page.getByRole('button', { name: 'Refresh' }).click();
+      await page.locator('#messages .msg-error').first().waitFor({ timeout: LIVE_TIMEOUT });
+
       proxy.restore();
       await page.locator('#live-status[data-state="live"]').waitFor({ timeout: 30_000 });
+      await page.locator('#messages .msg-error').first().waitFor({ state: 'detached', timeout: LIVE_TIMEOUT });
+      assert.ok(await page.locator('#add-submit').isEnabled(), 'adding again once live');
       await waitForRow(page, changed, ['new']);
       await waitForRow(page, created, ['fresh']);
       await waitForRow(page, deleted, null);
@@ -426,6 +491,33 @@ describe('kvsync web UI on two nodes', { concurrency: false }, () => {
       assert.deepEqual(later.filter((r) => r.status === 401), [], `no call after the token was entered was refused: ${JSON.stringify(seen)}`);
       assert.equal(await page.evaluate(() => sessionStorage.getItem('kvsync.token')), TOKEN);
       assert.ok(await dialog.isHidden(), 'asked only until a good token was given');
+
+      // A new tab in the same browser session does not ask again.
+      const tab = await context.newPage();
+      tab.on('pageerror', (err) => pageErrors.push(`token tab: ${err.message}`));
+      await tab.goto(base + '/');
+      await tab.locator('#live-status[data-state="live"]').waitFor({ timeout: 30_000 });
+      await waitForRow(tab, key, ['authorized', 'live']);
+      assert.ok(await tab.locator('#token-dialog').isHidden(), 'the new tab did not ask');
+
+      // "Forget token" forgets it; declining the prompt then locks the page, it does not "reconnect".
+      await tab.getByRole('button', { name: 'Token', exact: true }).click();
+      await tab.getByRole('menuitem', { name: 'Forget token' }).click();
+      await tab.locator('#token-dialog').waitFor({ timeout: LIVE_TIMEOUT });
+      await tab.keyboard.press('Escape');
+      await tab.locator('#live-status[data-state="locked"]').waitFor({ timeout: LIVE_TIMEOUT });
+      assert.match(await tab.locator('#live-status').textContent(), /Locked/);
+      assert.doesNotMatch(await tab.locator('#live-status').textContent(), /Reconnecting/);
+      const third = await context.newPage();
+      await third.goto(base + '/');
+      await third.locator('#token-dialog').waitFor({ timeout: LIVE_TIMEOUT }); // forgotten for new tabs too
+      await third.close();
+      // "Change token" asks again and the page unlocks with a good one.
+      await tab.getByRole('button', { name: 'Token', exact: true }).click();
+      await tab.getByRole('menuitem', { name: 'Change token' }).click();
+      await tab.locator('#token-dialog').getByLabel('API token').fill(TOKEN);
+      await tab.locator('#token-dialog').getByRole('button', { name: 'Continue' }).click();
+      await tab.locator('#live-status[data-state="live"]').waitFor({ timeout: 30_000 });
     } finally {
       await context.close();
       await secured.stop();
@@ -437,14 +529,19 @@ describe('kvsync web UI on two nodes', { concurrency: false }, () => {
     await pageA.waitForFunction(() => document.querySelectorAll('#pairs-body tr.pair-row').length > 0);
     await screenshot(pageA, 'before-clear-node1.png', { fullPage: true });
 
-    // Cancelling keeps everything.
+    // The dialog says how many pairs go, and wants "clear" typed; cancelling keeps everything.
+    const total = (await api1.list('?limit=1&count=true')).json.total;
     await pageA.getByRole('button', { name: 'Clear database…' }).click();
-    await pageA.locator('#confirm-dialog').getByRole('button', { name: 'Cancel' }).click();
+    const dialog = pageA.locator('#clear-dialog');
+    await dialog.getByText(`All ${total.toLocaleString('en-US')} ${total === 1 ? 'pair' : 'pairs'} will be deleted on every node.`).waitFor();
+    assert.ok(await dialog.getByRole('button', { name: 'Clear database' }).isDisabled(), 'nothing typed yet');
+    await dialog.getByLabel('Type clear to confirm').fill('clea');
+    assert.ok(await dialog.getByRole('button', { name: 'Clear database' }).isDisabled(), 'not the word yet');
+    await dialog.getByRole('button', { name: 'Cancel' }).click();
     const listed = await api2.list();
     assert.ok(listed.json.pairs.length > 0, 'cancel did not clear');
 
-    await pageA.getByRole('button', { name: 'Clear database…' }).click();
-    await pageA.locator('#confirm-dialog').getByRole('button', { name: 'Clear database' }).click();
+    await clearThroughPage(pageA);
     await pageA.getByText('The database was cleared').waitFor();
     await pageA.waitForFunction(() => document.querySelectorAll('#pairs-body tr.pair-row:not(.removing)').length === 0, null, { timeout: LIVE_TIMEOUT });
     await pageB.waitForFunction(() => document.querySelectorAll('#pairs-body tr.pair-row:not(.removing)').length === 0, null, { timeout: LIVE_TIMEOUT });
@@ -467,10 +564,9 @@ describe('kvsync web UI on two nodes', { concurrency: false }, () => {
     await pageA.goto(urlA);
     await pageB.goto(urlB);
     await pageA.waitForFunction(() => document.querySelectorAll('#pairs-body tr.pair-row').length > 0);
-    await pageA.getByRole('button', { name: 'Clear database…' }).click();
-    await pageA.locator('#confirm-dialog').getByRole('button', { name: 'Clear database' }).click();
+    await clearThroughPage(pageA);
     await pageA.getByText(/Clearing the database… \d+ pairs deleted so far/).waitFor({ timeout: LIVE_TIMEOUT });
-    await pageA.getByText('The database was cleared (1100 pairs deleted).').waitFor({ timeout: LIVE_TIMEOUT });
+    await pageA.getByText('The database was cleared (1,100 pairs deleted).').waitFor({ timeout: LIVE_TIMEOUT });
     assert.equal(await pageA.getByText(/deleted so far/).count(), 0, 'the progress note is gone once done');
     // 1,100 replicated deletes, while two pages animate them on a small machine: give
     // replication its time (this checks that it completes, not how fast).

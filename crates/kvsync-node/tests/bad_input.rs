@@ -575,6 +575,35 @@ fn cases(other_version: &str) -> Vec<Case> {
         list("limit empty", "limit=", "invalid_query"),
         list("limit twice", "limit=1&limit=2", "invalid_query"),
         list("unknown parameter", "sort=desc", "invalid_query"),
+        list("count not a boolean", "count=yes", "invalid_query"),
+        // Listing: search and folders.
+        list("contains and glob", "contains=a&glob=a*", "invalid_query"),
+        list("contains empty", "contains=", "invalid_query"),
+        list("glob empty", "glob=", "invalid_query"),
+        list(
+            "glob over 512 bytes",
+            &format!("glob={}", "k".repeat(513)),
+            "invalid_query",
+        ),
+        list("ignore_case alone", "ignore_case=true", "invalid_query"),
+        list(
+            "ignore_case not a boolean",
+            "contains=a&ignore_case=1",
+            "invalid_query",
+        ),
+        list(
+            "count with a search",
+            "contains=a&count=true",
+            "invalid_query",
+        ),
+        list("delimiter empty", "delimiter=", "invalid_query"),
+        list("delimiter too long", "delimiter=123456789", "invalid_query"),
+        list("delimiter control", "delimiter=%0A", "invalid_query"),
+        list(
+            "delimiter with a search",
+            "delimiter=%2F&contains=a",
+            "invalid_query",
+        ),
         // Listing: prefix and cursor follow the key rules.
         list("prefix not UTF-8", "prefix=%FF", "invalid_query"),
         list("prefix with NUL", "prefix=a%00", "invalid_query"),

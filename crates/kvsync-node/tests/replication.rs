@@ -317,6 +317,116 @@ async fn listing_is_sorted_filtered_and_paginated() {
         page("limit=2&after=b%2F2").await,
         (vec!["c".into(), "ä".into()], json!(null))
     );
+
+    // `count=true` adds the number of live pairs the prefix matches (whatever the page).
+    let total = |q: &'static str| {
+        let a = a.clone();
+        async move { a.get_json(&format!("/api/pairs?{q}")).await.unwrap()["total"].clone() }
+    };
+    assert_eq!(total("count=true&limit=1").await, json!(5));
+    assert_eq!(total("count=true&prefix=b%2F&limit=1").await, json!(2));
+    assert_eq!(total("count=true&prefix=b").await, json!(2));
+    assert_eq!(total("count=true&prefix=%C3%A4").await, json!(1));
+    assert_eq!(total("count=true&prefix=zz").await, json!(0));
+    assert_eq!(total("prefix=b").await, json!(null), "only when asked");
+}
+
+#[tokio::test]
+async fn listing_searches_keys_and_shows_folders() {
+    let c = cluster(1).await;
+    let a = c.nodes[0].client();
+    for k in [
+        "app/User/1",
+        "app/user/2",
+        "app/cfg",
+        "app/db/host",
+        "app/db/port",
+        "app/z/x/y",
+        "logs:1",
+        "other",
+    ] {
+        a.put(k, &[k]).await.unwrap();
+    }
+    a.delete("app/user/2").await.unwrap();
+    a.put("app/user/3", &["x"]).await.unwrap();
+    let get = |q: String| {
+        let a = a.clone();
+        async move { a.get_json(&format!("/api/pairs?{q}")).await.unwrap() }
+    };
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        v["pairs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["key"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Substring, with and without case; deleted keys are not found.
+    let v = get("contains=user".into()).await;
+    assert_eq!(keys(&v), ["app/user/3"]);
+    assert_eq!(v["next"], json!(null));
+    let v = get("contains=USER&ignore_case=true".into()).await;
+    assert_eq!(keys(&v), ["app/User/1", "app/user/3"]);
+    assert_eq!(v["pairs"][0]["values"], json!(["app/User/1"]));
+    // Glob over the whole key, within a prefix.
+    let v = get("glob=app%2F*%2F*&prefix=app%2F".into()).await;
+    assert_eq!(
+        keys(&v),
+        [
+            "app/User/1",
+            "app/db/host",
+            "app/db/port",
+            "app/user/3",
+            "app/z/x/y"
+        ]
+    );
+    assert_eq!(keys(&get("glob=logs%3A%3F".into()).await), ["logs:1"]);
+    // Paging a search: limit, then on from `next`.
+    let v = get("contains=app&limit=2".into()).await;
+    assert_eq!(keys(&v), ["app/User/1", "app/cfg"]);
+    let next = v["next"].as_str().unwrap().to_owned();
+    let v = get(format!("contains=app&limit=10&after={}", urlencode(&next))).await;
+    assert_eq!(
+        keys(&v),
+        ["app/db/host", "app/db/port", "app/user/3", "app/z/x/y"]
+    );
+    assert_eq!(v["next"], json!(null));
+
+    // Folders: the keys directly below the prefix, and one entry per folder.
+    let v = get("delimiter=%2F&prefix=app%2F&count=true".into()).await;
+    assert_eq!(keys(&v), ["app/cfg"]);
+    assert_eq!(
+        v["folders"],
+        json!(["app/User/", "app/db/", "app/user/", "app/z/"])
+    );
+    assert_eq!(v["total"], json!(6));
+    let v = get("delimiter=%2F".into()).await;
+    assert_eq!(keys(&v), ["logs:1", "other"]);
+    assert_eq!(v["folders"], json!(["app/"]));
+    let v = get("delimiter=%3A".into()).await;
+    assert_eq!(v["folders"], json!(["logs:"]));
+    // A page that ends on a folder goes on past it.
+    let v = get("delimiter=%2F&prefix=app%2F&limit=2".into()).await;
+    assert_eq!(v["folders"], json!(["app/User/"]));
+    assert_eq!(keys(&v), ["app/cfg"]);
+    assert_eq!(v["next"], json!("app/cfg"));
+    let v = get("delimiter=%2F&prefix=app%2F&limit=1&after=app%2FUser%2F".into()).await;
+    assert_eq!(keys(&v), ["app/cfg"]);
+    let v = get("delimiter=%2F&prefix=app%2F&limit=2&after=app%2Fcfg".into()).await;
+    assert_eq!(v["folders"], json!(["app/db/", "app/user/"]));
+    assert_eq!(v["next"], json!("app/user/"));
+    let v = get("delimiter=%2F&prefix=app%2F&after=app%2Fuser%2F".into()).await;
+    assert_eq!(v["folders"], json!(["app/z/"]));
+    assert_eq!(v["next"], json!(null));
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[tokio::test]

@@ -612,6 +612,72 @@ impl Store {
         self.count(doc! { LIVE_KEY: { "$gte": "" } }).await
     }
 
+    /// Up to `limit` live keys in key order from `from` (inclusive: `$gte`, else `$gt`) and
+    /// before `end` if given: one step of a bounded search, which reads keys only (the
+    /// index), then the pairs that match with [`Self::get_many`].
+    pub async fn live_keys_between(
+        &self,
+        from: &str,
+        inclusive: bool,
+        end: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Key>, StoreError> {
+        self.bounded(async {
+            let mut range = if inclusive {
+                doc! { "$gte": from }
+            } else {
+                doc! { "$gt": from }
+            };
+            if let Some(end) = end {
+                range.insert("$lt", end);
+            }
+            let mut cursor = self
+                .pairs
+                .find(doc! { LIVE_KEY: range })
+                .sort(doc! { LIVE_KEY: 1 })
+                .projection(doc! { "_id": 1 })
+                .limit(limit as i64)
+                .await?;
+            let mut keys = Vec::with_capacity(limit.min(1024));
+            while let Some(d) = cursor.try_next().await? {
+                keys.push(decode_key(&d)?);
+            }
+            Ok(keys)
+        })
+        .await
+    }
+
+    /// The live pairs among `keys`, in key order.
+    pub async fn get_many(&self, keys: &[Key]) -> Result<Vec<StoredPair>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.bounded(async {
+            let ids: Vec<&str> = keys.iter().map(Key::as_str).collect();
+            let mut cursor = self
+                .pairs
+                .find(doc! { "_id": { "$in": ids }, "deleted": false })
+                .sort(doc! { "_id": 1 })
+                .await?;
+            let mut pairs = Vec::with_capacity(keys.len());
+            while let Some(d) = cursor.try_next().await? {
+                pairs.push(decode_pair(&d)?);
+            }
+            Ok(pairs)
+        })
+        .await
+    }
+
+    /// Number of live pairs whose key starts with `prefix`: a count of a range of the
+    /// live keys' index (keys sharing a prefix are contiguous in byte order).
+    pub async fn count_live_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
+        let mut range = doc! { "$gte": prefix };
+        if let Some(end) = prefix_end(prefix) {
+            range.insert("$lt", end);
+        }
+        self.bounded(self.count(doc! { LIVE_KEY: range })).await
+    }
+
     /// Documents matching `query`, with the `count` command rather than
     /// `count_documents`, whose aggregation nx-27017 runs over every document in Python
     /// (seconds for 100 000 documents, where the command over an index takes
@@ -830,6 +896,23 @@ impl Store {
 /// The document this store keeps for `key` in `state` at revision `rev`, without outbox
 /// mark or conflicts: for tools and benchmarks that write pairs straight into the
 /// database as a node would have stored them.
+/// The least string greater than every string starting with `prefix` (its last character
+/// that can be, plus one: code point order is UTF-8 byte order); `None` for no bound.
+pub fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let mut next = last as u32 + 1;
+        if (0xD800..=0xDFFF).contains(&next) {
+            next = 0xE000;
+        }
+        if let Some(c) = char::from_u32(next) {
+            chars.push(c);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
 pub fn stored_document(key: &Key, state: &PairState, rev: i64) -> Document {
     let mut d = doc! { "_id": key.as_str() };
     d.extend(state_fields(key, state));
@@ -978,4 +1061,20 @@ fn decode_outbox(d: &Document) -> Result<Event, StoreError> {
         // An import's mark: its version is fresh, newer than the state.
         republished: outbox.get_bool("rep").unwrap_or(false),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_bounds_every_key_with_the_prefix() {
+        assert_eq!(prefix_end("b/").as_deref(), Some("b0"));
+        assert_eq!(prefix_end("a\u{D7FF}").as_deref(), Some("a\u{E000}"));
+        assert_eq!(prefix_end("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_end("\u{10FFFF}"), None);
+        assert_eq!(prefix_end(""), None);
+        let end = prefix_end("ключ").unwrap();
+        assert!("ключ\u{10FFFF}zz" < end.as_str() && "ключ" < end.as_str());
+    }
 }

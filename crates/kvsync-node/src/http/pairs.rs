@@ -10,7 +10,7 @@ use axum::{
     Json,
 };
 use futures::StreamExt;
-use kvsync_core::{Key, Values, Version};
+use kvsync_core::{folder_of, Key, KeyMatch, Values, Version};
 use kvsync_store::StoredPair;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -289,15 +289,155 @@ pub struct ListParams {
     /// Pairs per page, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// Adds `total`: how many live pairs the prefix matches (a count over an index).
+    #[serde(default)]
+    count: bool,
+    /// Search: keys containing this text...
+    contains: Option<String>,
+    /// ...or keys this glob matches (`*`, `?`).
+    glob: Option<String>,
+    /// The search ignores case.
+    #[serde(default)]
+    ignore_case: bool,
+    /// Folder view: keys with this separator after the prefix are grouped into folders.
+    delimiter: Option<String>,
+}
+
+/// Keys a search or folder listing examines per request at most; it answers with what it
+/// found and a `next` cursor to go on from.
+pub const SEARCH_SCAN: usize = 5000;
+/// Index reads a folder listing makes per request at most (one per folder skipped).
+const FOLDER_STEPS: usize = 200;
+const MAX_DELIMITER_BYTES: usize = 8;
+
+/// One page of a search (`contains`/`glob`) or a folder listing (`delimiter`): scans at most
+/// [`SEARCH_SCAN`] live keys of the prefix's range, reading keys only, then the pairs found.
+async fn search(
+    ctx: &Ctx,
+    p: &ListParams,
+    limit: usize,
+    matcher: Option<KeyMatch>,
+) -> Result<PageBody, ApiError> {
+    let prefix = p.prefix.as_str();
+    let delimiter = p.delimiter.as_deref();
+    let end = kvsync_store::prefix_end(prefix);
+    // Where to start: after the cursor (past the whole folder when it names one).
+    let (mut from, mut inclusive) = match p.after.as_deref() {
+        Some(after) if after >= prefix => match delimiter {
+            Some(d) if folder_of(after, prefix, d) == Some(after) => {
+                match kvsync_store::prefix_end(after) {
+                    Some(past) => (past, true),
+                    None => {
+                        return Ok(PageBody {
+                            folders: Some(Vec::new()),
+                            scanned: Some(0),
+                            ..PageBody::default()
+                        })
+                    }
+                }
+            }
+            _ => (after.to_owned(), false),
+        },
+        _ => (prefix.to_owned(), true),
+    };
+    let step = if delimiter.is_some() { 100 } else { 1000 };
+    let mut keys: Vec<Key> = Vec::new();
+    let mut folders: Vec<String> = Vec::new();
+    let (mut scanned, mut steps) = (0usize, 0usize);
+    let mut cursor: Option<String> = None;
+    let mut exhausted = false;
+    'scan: while keys.len() + folders.len() < limit && scanned < SEARCH_SCAN && steps < FOLDER_STEPS
+    {
+        steps += 1;
+        let batch = ctx
+            .app
+            .store
+            .live_keys_between(
+                &from,
+                inclusive,
+                end.as_deref(),
+                step.min(SEARCH_SCAN - scanned),
+            )
+            .await?;
+        if batch.is_empty() {
+            exhausted = true;
+            break;
+        }
+        for key in &batch {
+            scanned += 1;
+            let k = key.as_str();
+            if let Some(folder) = delimiter.and_then(|d| folder_of(k, prefix, d)) {
+                folders.push(folder.to_owned());
+                cursor = Some(folder.to_owned());
+                match kvsync_store::prefix_end(folder) {
+                    Some(past) => (from, inclusive) = (past, true),
+                    None => {
+                        exhausted = true;
+                        break 'scan;
+                    }
+                }
+                continue 'scan; // skip the folder's keys: read on from past it
+            }
+            if matcher.as_ref().is_none_or(|m| m.matches(k)) {
+                keys.push(key.clone());
+            }
+            cursor = Some(k.to_owned());
+            if keys.len() + folders.len() == limit {
+                break 'scan;
+            }
+        }
+        from = cursor.clone().unwrap_or(from);
+        inclusive = false;
+    }
+    let pairs: Vec<PairBody> = ctx
+        .app
+        .store
+        .get_many(&keys)
+        .await?
+        .iter()
+        .map(PairBody::from)
+        .collect();
+    let next = if exhausted { None } else { cursor };
+    Ok(PageBody {
+        pairs,
+        next,
+        total: None,
+        folders: delimiter.is_some().then_some(folders),
+        scanned: Some(scanned),
+    })
+}
+
+fn check_pattern(name: &str, text: &str) -> Result<(), ApiError> {
+    if text.is_empty() || text.len() > kvsync_core::key::MAX_KEY_BYTES {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!(
+                "{name} must be 1 to {} bytes",
+                kvsync_core::key::MAX_KEY_BYTES
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// One page of pairs, in key order.
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, ToSchema, Default)]
 #[schema(as = PairPage)]
 pub struct PageBody {
     pub pairs: Vec<PairBody>,
     /// The `after` of the next page; null on the last page.
     pub next: Option<String>,
+    /// With `count=true`: how many live pairs the prefix matches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    /// With `delimiter`: the folders found on this page (keys up to and including the
+    /// separator), in key order among the pairs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub folders: Option<Vec<String>>,
+    /// With `contains`, `glob` or `delimiter`: how many keys this request examined (at most
+    /// 5,000).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scanned: Option<usize>,
 }
 
 /// Lists live pairs in key order, a page at a time.
@@ -330,6 +470,38 @@ pub async fn list(State(ctx): State<Ctx>, Q(p): Q<ListParams>) -> Result<Respons
         Key::parse(p.prefix.as_str())
             .map_err(|e| ApiError::bad_request("invalid_query", format!("prefix: {e}")))?;
     }
+    let bad = |detail: &str| Err(ApiError::bad_request("invalid_query", detail.to_owned()));
+    let matcher = match (&p.contains, &p.glob) {
+        (Some(_), Some(_)) => return bad("contains and glob cannot be used together"),
+        (Some(text), None) => {
+            check_pattern("contains", text)?;
+            Some(KeyMatch::contains(text, p.ignore_case))
+        }
+        (None, Some(pattern)) => {
+            check_pattern("glob", pattern)?;
+            Some(KeyMatch::glob(pattern, p.ignore_case))
+        }
+        (None, None) if p.ignore_case => return bad("ignore_case needs contains or glob"),
+        (None, None) => None,
+    };
+    if let Some(d) = &p.delimiter {
+        if d.is_empty() || d.len() > MAX_DELIMITER_BYTES || d.chars().any(char::is_control) {
+            return bad("delimiter must be 1 to 8 bytes, without control characters");
+        }
+        if matcher.is_some() {
+            return bad("delimiter cannot be used with contains or glob");
+        }
+    }
+    if matcher.is_some() || p.delimiter.is_some() {
+        if p.count && matcher.is_some() {
+            return bad("count counts a prefix; it cannot be used with contains or glob");
+        }
+        let mut body = search(&ctx, &p, limit, matcher).await?;
+        if p.count {
+            body.total = Some(ctx.app.store.count_live_prefix(&p.prefix).await?);
+        }
+        return Ok(Json(body).into_response());
+    }
     let (page, more) = ctx
         .app
         .store
@@ -337,11 +509,15 @@ pub async fn list(State(ctx): State<Ctx>, Q(p): Q<ListParams>) -> Result<Respons
         .await?;
     let next = more.then(|| page.last().map(|p| p.key.as_str().to_owned()));
     let pairs: Vec<PairBody> = page.iter().map(PairBody::from).collect();
-    Ok(Json(PageBody {
+    let mut body = PageBody {
         pairs,
         next: next.flatten(),
-    })
-    .into_response())
+        ..PageBody::default()
+    };
+    if p.count {
+        body.total = Some(ctx.app.store.count_live_prefix(&p.prefix).await?);
+    }
+    Ok(Json(body).into_response())
 }
 
 /// `?min_version=V&timeout_ms=T` on a read: wait until this node holds the key at
