@@ -499,7 +499,12 @@ async fn watching(c: &mut Cluster, u1: &str, u2: &str) {
         .ok();
     c.nodes[0].restart().await.unwrap();
     c.nodes[0].wait_ready(T).await.unwrap();
-    wait_for_keys(&c.nodes[0].client(), "watched/", &["watched/a", "watched/b"]).await;
+    wait_for_keys(
+        &c.nodes[0].client(),
+        "watched/",
+        &["watched/a", "watched/b"],
+    )
+    .await;
     assert_eq!(
         values_of(&c.nodes[0].client(), "watched/a").await,
         Some(vec!["three".to_owned()])
