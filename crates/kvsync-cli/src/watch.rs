@@ -49,7 +49,8 @@ pub async fn run(api: &Api, out: &Out, prefix: &str) -> Result<(), Error> {
                 let lost = follow(api, out, response, prefix, &mut state).await?;
                 format!("lost the event stream ({lost}); reconnecting")
             }
-            Err(e @ Error::Unreachable { .. }) if state.connected => {
+            // A connection reset while asking (a proxy in between) is an outage too.
+            Err(e @ (Error::Unreachable { .. } | Error::BadAnswer(_))) if state.connected => {
                 format!("cannot reconnect ({e}); trying again")
             }
             // Busy (too many streams) or shutting down: worth another try.
