@@ -292,7 +292,7 @@ async fn tokens_that_cannot_resume_get_resync_and_the_query_form_works() {
     drop(resumed);
 
     // Tokens this node cannot resume from: another node's, another store's, garbage.
-    let epoch_of = |id: &str| id.rsplitn(3, '.').nth(1).unwrap().to_owned();
+    let epoch_of = |id: &str| id.rsplit('.').nth(1).unwrap().to_owned();
     let foreign = [
         format!("node9.{}.{}", epoch_of(&start), seq_of(&start)),
         format!("node1.not-this-store.{}", seq_of(&start)),
