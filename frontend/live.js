@@ -1,4 +1,5 @@
-// Live connection to the node's Server-Sent Events stream, reconnecting with backoff.
+// Live connection to the node's Server-Sent Events stream, reconnecting with backoff and
+// resuming after the last event seen (the node then sends what changed meanwhile).
 
 const MIN_DELAY_MS = 500;
 const MAX_DELAY_MS = 10_000;
@@ -21,6 +22,8 @@ export class LiveConnection {
     this.timer = null;
     this.everConnected = false;
     this.state = 'idle';
+    // Id of the last event that had one: where a new stream resumes.
+    this.lastId = '';
   }
 
   start() {
@@ -42,8 +45,13 @@ export class LiveConnection {
     if (this.es) this.es.close();
     this.setState(this.everConnected ? 'reconnecting' : 'connecting', { attempt: this.attempt });
 
-    const es = new EventSource(this.o.url());
+    const es = new EventSource(this.streamUrl());
     this.es = es;
+    // Remember every id (a browser sends it by itself only on its own reconnects).
+    const track = (ev) => {
+      if (this.es === es && ev.lastEventId) this.lastId = ev.lastEventId;
+    };
+    for (const name of ['hello', 'change', 'resync']) es.addEventListener(name, track);
 
     es.addEventListener('hello', (ev) => {
       if (this.es !== es) return;
@@ -75,6 +83,14 @@ export class LiveConnection {
       this.scheduleReconnect();
       if (this.o.onDrop) Promise.resolve(this.o.onDrop()).catch(() => {});
     };
+  }
+
+  /** The stream URL, resuming after the last event seen, if any. */
+  streamUrl() {
+    const url = this.o.url();
+    if (!this.lastId) return url;
+    const sep = url.includes('?') ? '&' : '?';
+    return `${url}${sep}last_event_id=${encodeURIComponent(this.lastId)}`;
   }
 
   scheduleReconnect() {

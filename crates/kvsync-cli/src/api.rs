@@ -371,11 +371,19 @@ impl Api {
     }
 
     /// `GET /api/events`: the Server-Sent Events stream, open.
-    pub async fn events(&self, prefix: &str) -> Result<Response, Error> {
-        let r = self
+    /// `last_event_id`: resume after that event (sent as `Last-Event-ID`).
+    pub async fn events(
+        &self,
+        prefix: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<Response, Error> {
+        let mut r = self
             .request(Method::GET, "/api/events")
             .query(&[("prefix", prefix)])
             .header(header::ACCEPT, "text/event-stream");
+        if let Some(id) = last_event_id {
+            r = r.header("Last-Event-ID", id);
+        }
         self.send_streamed(r).await
     }
 

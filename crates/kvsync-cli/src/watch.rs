@@ -1,5 +1,7 @@
 //! `watch`: follows the node's Server-Sent Events feed, reconnecting after a
-//! disconnection with a growing delay.
+//! disconnection with a growing delay, and resuming where it left off (the id of the
+//! last event, as `Last-Event-ID`): the node first sends the final state of every key
+//! changed meanwhile.
 
 use std::time::Duration;
 
@@ -30,6 +32,8 @@ struct State {
     /// an error (a wrong URL, most likely), after it an outage to wait out.
     connected: bool,
     delay: Duration,
+    /// The id of the last event with one: where to resume.
+    last_id: Option<String>,
 }
 
 /// Runs until interrupted, or until the node refuses the stream for good (4xx).
@@ -37,14 +41,16 @@ pub async fn run(api: &Api, out: &Out, prefix: &str) -> Result<(), Error> {
     let mut state = State {
         connected: false,
         delay: FIRST_DELAY,
+        last_id: None,
     };
     loop {
-        let note = match api.events(prefix).await {
+        let note = match api.events(prefix, state.last_id.as_deref()).await {
             Ok(response) => {
                 let lost = follow(api, out, response, prefix, &mut state).await?;
                 format!("lost the event stream ({lost}); reconnecting")
             }
-            Err(e @ Error::Unreachable { .. }) if state.connected => {
+            // A connection reset while asking (a proxy in between) is an outage too.
+            Err(e @ (Error::Unreachable { .. } | Error::BadAnswer(_))) if state.connected => {
                 format!("cannot reconnect ({e}); trying again")
             }
             // Busy (too many streams) or shutting down: worth another try.
@@ -76,13 +82,21 @@ async fn follow(
             Ok(e) => e,
             Err(e) => return Ok(e.to_string()),
         };
+        let resuming = state.last_id.is_some();
+        if !event.id.is_empty() {
+            state.last_id = Some(event.id.clone());
+        }
         match event.event.as_str() {
             "hello" => {
                 let node = serde_json::from_str::<serde_json::Value>(&event.data)
                     .ok()
                     .and_then(|v| v["node"].as_str().map(str::to_owned))
                     .unwrap_or_else(|| api.base().to_owned());
-                if state.connected {
+                if state.connected && resuming {
+                    eprintln!(
+                        "kvsync: reconnected to {node}; changes made while disconnected follow"
+                    );
+                } else if state.connected {
                     eprintln!(
                         "kvsync: reconnected to {node}; changes made while disconnected are not shown"
                     );
@@ -107,7 +121,7 @@ async fn follow(
                 }
             }
             "resync" => eprintln!(
-                "kvsync: this client fell behind and missed changes; list the pairs again to catch up"
+                "kvsync: the node cannot send what changed since this client's last event (another node or database, or deletes it has forgotten); list the pairs again to catch up"
             ),
             _ => {}
         }

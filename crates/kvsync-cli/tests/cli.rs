@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kvsync_testkit::{free_port, wait_until, Client, Cluster, ClusterOptions};
+use kvsync_testkit::{free_port, wait_until, Client, Cluster, ClusterOptions, Cut, Proxy};
 use serde_json::{json, Value};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
@@ -455,7 +455,13 @@ async fn line_with(rx: &mut mpsc::UnboundedReceiver<String>, needle: &str) -> Ve
 }
 
 async fn watching(c: &mut Cluster, u1: &str, u2: &str) {
-    let mut watch: Child = command(u1, Some(TOKEN), &["watch", "watched/", "--json"])
+    // Through a proxy, so that the test decides when the watch can reconnect.
+    let proxy = Proxy::start(([127, 0, 0, 1], c.nodes[0].spec.http_port).into())
+        .await
+        .unwrap();
+    let via = format!("http://127.0.0.1:{}", proxy.port);
+    assert_ne!(via, u1);
+    let mut watch: Child = command(&via, Some(TOKEN), &["watch", "watched/", "--json"])
         .spawn()
         .unwrap();
     let mut out = lines_of(watch.stdout.take().unwrap());
@@ -475,17 +481,52 @@ async fn watching(c: &mut Cluster, u1: &str, u2: &str) {
     kvsync(u2, &["rm", "watched/a"]).await.ok();
     let change: Value = serde_json::from_str(&line_with(&mut out, "watched/a").await[0]).unwrap();
     assert_eq!(change["deleted"], true, "{change}");
+    kvsync(u2, &["put", "watched/c", "c"]).await.ok();
+    line_with(&mut out, "watched/c").await;
 
-    // The watched node restarts: the watch says so, waits, and follows the new stream.
-    c.nodes[0].terminate(T).await.unwrap();
+    // The watch loses its stream, the watched node restarts, and its peer changes keys
+    // meanwhile (one several times, one deleted). Once the watch gets through again, it
+    // shows the final state of each changed key, once, and then follows the live stream.
+    proxy.cut(watch.id().unwrap(), Cut::Reset);
     line_with(&mut err, "lost the event stream").await;
-    c.nodes[0].restart().await.unwrap();
-    line_with(&mut err, "reconnected to node1").await;
-    c.nodes[0].wait_ready(T).await.unwrap();
+    c.nodes[0].terminate(T).await.unwrap();
+    for v in ["two", "three"] {
+        kvsync(u2, &["put", "watched/a", v]).await.ok();
+    }
+    kvsync(u2, &["rm", "watched/c"]).await.ok();
     kvsync(u2, &["put", "watched/b", "after the restart"])
         .await
         .ok();
-    let seen = line_with(&mut out, "watched/b").await;
+    c.nodes[0].restart().await.unwrap();
+    c.nodes[0].wait_ready(T).await.unwrap();
+    wait_for_keys(
+        &c.nodes[0].client(),
+        "watched/",
+        &["watched/a", "watched/b"],
+    )
+    .await;
+    assert_eq!(
+        values_of(&c.nodes[0].client(), "watched/a").await,
+        Some(vec!["three".to_owned()])
+    );
+    proxy.heal();
+    line_with(&mut err, "reconnected to node1").await;
+    let mut caught_up: Vec<Value> = Vec::new();
+    while !["watched/a", "watched/b", "watched/c"]
+        .iter()
+        .all(|k| caught_up.iter().any(|c| c["key"] == *k))
+    {
+        let line = line_with(&mut out, "watched/").await.pop().unwrap();
+        caught_up.push(serde_json::from_str(&line).unwrap());
+    }
+    assert_eq!(caught_up.len(), 3, "each key once: {caught_up:#?}");
+    let of = |k: &str| caught_up.iter().find(|c| c["key"] == k).unwrap().clone();
+    assert_eq!(of("watched/a")["values"], json!(["three"]));
+    assert_eq!(of("watched/b")["values"], json!(["after the restart"]));
+    assert_eq!(of("watched/c")["deleted"], true);
+
+    kvsync(u2, &["put", "watched/d", "live"]).await.ok();
+    let seen = line_with(&mut out, "watched/d").await;
     assert_eq!(seen.len(), 1, "{seen:#?}");
     assert!(
         watch.try_wait().unwrap().is_none(),

@@ -8,6 +8,7 @@ pub mod clock;
 pub mod cluster;
 pub mod digest;
 pub mod event;
+pub mod feed;
 pub mod key;
 pub mod keymatch;
 pub mod merge;

@@ -119,7 +119,7 @@ pub struct Change {
 }
 
 impl Change {
-    fn of(key: &Key, state: &PairState, origin: &NodeId) -> Self {
+    pub(crate) fn of(key: &Key, state: &PairState, origin: &NodeId) -> Self {
         let live = state.is_live();
         let version = state.version();
         let elements = live.then(|| elements(state));
@@ -163,6 +163,21 @@ impl ConflictNote {
             conflict,
             at: rfc3339(at_ms),
         }
+    }
+}
+
+/// A feed item with the number of the write that made it (see `kvsync_store::Sequencer`).
+#[derive(Debug)]
+pub struct Fed {
+    pub seq: i64,
+    pub item: FeedItem,
+}
+
+impl std::ops::Deref for Fed {
+    type Target = FeedItem;
+
+    fn deref(&self) -> &FeedItem {
+        &self.item
     }
 }
 
@@ -238,7 +253,7 @@ pub struct App {
     /// Set at start-up when this node was away for longer than the tombstone horizon: its
     /// state was dropped (pending changes kept) and it joins from its peers' state.
     rejoin: std::sync::atomic::AtomicBool,
-    feed: broadcast::Sender<Arc<FeedItem>>,
+    feed: broadcast::Sender<Arc<Fed>>,
     outbox: mpsc::Sender<Event>,
     /// Recent states with their revisions: a write starts from them instead of a read.
     cache: StateCache,
@@ -273,7 +288,7 @@ impl App {
         }
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<FeedItem>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Fed>> {
         self.feed.subscribe()
     }
 
@@ -295,6 +310,7 @@ impl App {
                 if let Some(ts) = self.store.max_timestamp().await? {
                     self.observe(ts);
                 }
+                self.store.init_feed().await?;
                 // Away longer than the horizon: peers may have collected tombstones of
                 // keys this state still holds, which its repairs would bring back. Drop
                 // what was published (pending changes stay) and join from the peers.
@@ -303,6 +319,8 @@ impl App {
                     let away = now.saturating_sub(alive);
                     if away > self.tombstone_horizon_ms {
                         let dropped = self.store.discard_published().await?;
+                        // Feed clients cannot resume across the state dropped.
+                        self.store.new_feed_epoch().await?;
                         tracing::warn!(away_ms = away, horizon_ms = self.tombstone_horizon_ms, dropped, "away longer than the tombstone horizon: dropped this node's published state; joining from the peers' state");
                         self.rejoin.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
@@ -376,7 +394,7 @@ impl App {
                 .write_local(key, rev, &event.state, event.id, &event.version)
                 .await
             {
-                Ok(()) => {
+                Ok(ticket) => {
                     let pair = StoredPair {
                         key: key.clone(),
                         state: event.state.clone(),
@@ -388,7 +406,8 @@ impl App {
                     };
                     let created = live.is_none();
                     self.cache.put(pair.clone());
-                    self.committed(event);
+                    self.committed(event, ticket.seq());
+                    // The ticket is dropped, done with, only after the feed was told.
                     return Ok(Written {
                         pair,
                         created,
@@ -574,12 +593,13 @@ impl App {
                 return Err(e);
             }
         };
+        // The ticket (in `applied`) lives to the end: done with after the feed was told.
+        let seq = applied.ticket.as_ref().map_or(0, |t| t.seq());
         if applied.outcome == Outcome::Applied {
-            self.announce(FeedItem::Change(Change::of(
-                &event.key,
-                &applied.pair.state,
-                &event.origin,
-            )));
+            self.announce(
+                seq,
+                FeedItem::Change(Change::of(&event.key, &applied.pair.state, &event.origin)),
+            );
         }
         self.cache.put(applied.pair);
         for conflict in applied.conflicts {
@@ -591,9 +611,10 @@ impl App {
                 won = %conflict.won_version,
                 "concurrent writes: one lost"
             );
-            self.announce(FeedItem::Conflict(ConflictNote::new(
-                &event.key, conflict, now,
-            )));
+            self.announce(
+                seq,
+                FeedItem::Conflict(ConflictNote::new(&event.key, conflict, now)),
+            );
         }
         Ok(applied.outcome)
     }
@@ -618,7 +639,8 @@ impl App {
                 id: event.id,
                 ..Event::republish(event.key, event.version, applied.pair.state.clone())
             };
-            self.committed(published);
+            let seq = applied.ticket.as_ref().map_or(0, |t| t.seq());
+            self.committed(published, seq);
         }
         self.cache.put(applied.pair);
         Ok(applied.outcome)
@@ -717,12 +739,11 @@ impl App {
     }
 
     /// After a local change is durable: tell the feed and hand it to the relay.
-    fn committed(&self, event: Event) {
-        self.announce(FeedItem::Change(Change::of(
-            &event.key,
-            &event.state,
-            &self.node,
-        )));
+    fn committed(&self, event: Event, seq: i64) {
+        self.announce(
+            seq,
+            FeedItem::Change(Change::of(&event.key, &event.state, &self.node)),
+        );
         self.metrics.local_writes.inc();
         // The outbox mark is durable; the relay publishes right away. If its queue is
         // full, it finds the change with a scan of the outbox instead.
@@ -731,8 +752,8 @@ impl App {
         }
     }
 
-    fn announce(&self, item: FeedItem) {
+    fn announce(&self, seq: i64, item: FeedItem) {
         // No subscribers is fine.
-        let _ = self.feed.send(Arc::new(item));
+        let _ = self.feed.send(Arc::new(Fed { seq, item }));
     }
 }

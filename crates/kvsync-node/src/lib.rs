@@ -11,6 +11,7 @@ pub mod clock_watch;
 pub mod cluster;
 pub mod config;
 mod fault;
+pub mod feed;
 pub mod http;
 pub mod members;
 pub mod metrics;

@@ -5,6 +5,7 @@
 //!   rev: <int>,                      // bumped by every write: the compare-and-swap token
 //!   ver: <version text>, deleted: bool, values: [..], fp: <hex>,   // derived, for queries
 //!   live_key: <key>,                 // derived too, present only while the pair is live
+//!   seq: <int>,                      // when this node last changed the state: see `seq`
 //!   outbox: { id, ver, rep? },       // present while a local change awaits publication
 //!                                    // (rep: an import, published as a re-publication)
 //!   conflicts: [..] }                // the last conflicts this node settled for the key
@@ -23,7 +24,9 @@
 //! publication, and no multi-document transaction is needed. The relay publishes the
 //! key's state as it is then: a newer state includes every change before it.
 
-use std::time::Duration;
+mod seq;
+
+use std::{sync::Arc, time::Duration};
 
 use futures::{StreamExt, TryStreamExt};
 use kvsync_core::{
@@ -38,9 +41,13 @@ use mongodb::{
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use seq::{Sequencer, Ticket};
+
 const COLLECTION: &str = "pairs";
 /// Facts about this node's database itself (when it was last alive).
 const META: &str = "meta";
+/// The `meta` document of the change feed: `{ epoch, collected }` (see [`Store::init_feed`]).
+const FEED: &str = "feed";
 /// The field holding the key of a live pair, absent from tombstones.
 const LIVE_KEY: &str = "live_key";
 /// Documents a batch of the start-up conversion, or of tombstone collection, handles.
@@ -140,6 +147,8 @@ pub struct Applied {
     pub pair: StoredPair,
     /// Conflicts settled by this merge and not recorded for the key before.
     pub conflicts: Vec<Conflict>,
+    /// The number of the write, if one was made: done with when dropped (see [`Sequencer`]).
+    pub ticket: Option<Ticket>,
 }
 
 #[derive(Clone)]
@@ -148,6 +157,7 @@ pub struct Store {
     db: Database,
     pairs: Collection<Document>,
     timeout: Duration,
+    seqs: Arc<Sequencer>,
 }
 
 impl Store {
@@ -168,6 +178,7 @@ impl Store {
             db,
             pairs,
             timeout,
+            seqs: Arc::default(),
         })
     }
 
@@ -212,6 +223,15 @@ impl Store {
             .await?;
         self.pairs
             .create_index(IndexModel::builder().keys(doc! { "ver": 1 }).build())
+            .await?;
+        // The change feed's replay, and the numbering's start-up read.
+        self.pairs
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "seq": 1 })
+                    .options(sparse())
+                    .build(),
+            )
             .await?;
         // Live pairs only, in key order: see the module's documentation.
         self.pairs
@@ -340,7 +360,8 @@ impl Store {
     }
 
     /// Writes a local change if the document is still at `expected` (`None`: no document
-    /// at all), together with the outbox mark of the change's event.
+    /// at all), together with the outbox mark of the change's event and its number,
+    /// whose ticket it returns.
     pub async fn write_local(
         &self,
         key: &Key,
@@ -348,14 +369,17 @@ impl Store {
         state: &PairState,
         event_id: Uuid,
         version: &Version,
-    ) -> Result<(), CasError> {
+    ) -> Result<Ticket, CasError> {
         self.bounded(async {
             let mut set = state_fields(key, state);
             set.insert(
                 "outbox",
                 doc! { "id": event_id.to_string(), "ver": version.to_string() },
             );
-            self.swap(key, expected, set).await
+            // Taken after the caller read the pair: see the `seq` module.
+            let ticket = self.seqs.begin();
+            set.insert("seq", ticket.seq());
+            self.swap(key, expected, set).await.map(|()| ticket)
         })
         .await
     }
@@ -450,9 +474,16 @@ impl Store {
                         conflicts: recorded,
                     },
                     conflicts,
+                    ticket: None,
                 });
             }
             let mut set = state_fields(&event.key, &state);
+            // Taken after the pair was read, for each attempt: see the `seq` module. A
+            // write that only records conflicts keeps the pair's number.
+            let ticket = self.seqs.begin();
+            if changed {
+                set.insert("seq", ticket.seq());
+            }
             if publish && changed {
                 set.insert(
                     "outbox",
@@ -484,6 +515,7 @@ impl Store {
                             conflicts: recorded,
                         },
                         conflicts,
+                        ticket: Some(ticket),
                     })
                 }
                 Err(CasError::Conflict) => continue,
@@ -718,27 +750,32 @@ impl Store {
                 return Ok(collected);
             }
             let batch = left.min(BATCH);
-            let keys: Vec<Bson> = self
+            let (keys, max_seq): (Vec<Bson>, i64) = self
                 .bounded(async {
                     let mut cursor = self
                         .pairs
                         .find(collectable.clone())
-                        .projection(doc! { "_id": 1 })
+                        .projection(doc! { "_id": 1, "seq": 1 })
                         .limit(batch as i64)
                         .await?;
                     let mut keys = Vec::with_capacity(batch);
+                    let mut max_seq = 0;
                     while let Some(mut d) = cursor.try_next().await? {
+                        max_seq = max_seq.max(decode_int(&d, "seq").unwrap_or(0));
                         if let Some(id) = d.remove("_id") {
                             keys.push(id);
                         }
                     }
-                    Ok::<_, StoreError>(keys)
+                    Ok::<_, StoreError>((keys, max_seq))
                 })
                 .await?;
             let found = keys.len();
             if found == 0 {
                 return Ok(collected);
             }
+            // Recorded first: a feed client from before these deletes must be told it
+            // missed them, even if this node stops right after deleting.
+            self.raise_collected(max_seq).await?;
             let mut filter = collectable.clone();
             filter.insert("_id", doc! { "$in": keys });
             let deleted = self
@@ -871,6 +908,106 @@ impl Store {
                 .projection(doc! { "_id": 1 })
                 .await?
                 .is_none())
+        })
+        .await
+    }
+
+    /// The numbering of this store's changes (see [`Sequencer`]).
+    pub fn sequencer(&self) -> &Arc<Sequencer> {
+        &self.seqs
+    }
+
+    /// Reads the change feed's epoch and collected point (drawing an epoch for a new
+    /// database), and starts the numbering after every number stored or collected.
+    /// Run before the first write.
+    pub async fn init_feed(&self) -> Result<(), StoreError> {
+        let meta = self.db.collection::<Document>(META);
+        let found = self
+            .bounded(async { Ok::<_, StoreError>(meta.find_one(doc! { "_id": FEED }).await?) })
+            .await?;
+        let (epoch, collected) = match found {
+            Some(d) => (
+                d.get_str("epoch")
+                    .map_err(|_| corrupt(&d, "epoch is not a string"))?
+                    .to_owned(),
+                decode_int(&d, "collected").unwrap_or(0),
+            ),
+            None => (self.new_feed_epoch().await?, 0),
+        };
+        let max = self
+            .bounded(async {
+                let found = self
+                    .pairs
+                    .find_one(doc! { "seq": { "$gte": 0_i64 } })
+                    .sort(doc! { "seq": -1 })
+                    .projection(doc! { "_id": 1, "seq": 1 })
+                    .await?;
+                found.map(|d| decode_int(&d, "seq")).transpose()
+            })
+            .await?
+            .unwrap_or(0);
+        self.seqs.start(epoch, collected, max.max(collected));
+        Ok(())
+    }
+
+    /// Draws a new epoch for the change feed, so no client resumes from a position of
+    /// the state before: for a new database, or state dropped to rejoin.
+    pub async fn new_feed_epoch(&self) -> Result<String, StoreError> {
+        let epoch = Uuid::new_v4().simple().to_string()[..12].to_owned();
+        self.bounded(async {
+            self.db
+                .collection::<Document>(META)
+                .update_one(
+                    doc! { "_id": FEED },
+                    doc! { "$set": { "epoch": &epoch, "collected": 0_i64 } },
+                )
+                .upsert(true)
+                .await?;
+            Ok::<_, StoreError>(())
+        })
+        .await?;
+        self.seqs.set_epoch(epoch.clone());
+        Ok(epoch)
+    }
+
+    /// Records that tombstones numbered up to `seq` are being collected.
+    async fn raise_collected(&self, seq: i64) -> Result<(), StoreError> {
+        if seq <= self.seqs.epoch_and_collected().1 {
+            return Ok(());
+        }
+        self.bounded(async {
+            self.db
+                .collection::<Document>(META)
+                .update_one(doc! { "_id": FEED }, doc! { "$set": { "collected": seq } })
+                .await?;
+            Ok::<_, StoreError>(())
+        })
+        .await?;
+        self.seqs.set_collected(seq);
+        Ok(())
+    }
+
+    /// Up to `limit` pairs (tombstones included, conflicts not read) whose number is
+    /// after `after` and at most `upto`, in number order, with their numbers.
+    pub async fn changed_since(
+        &self,
+        after: i64,
+        upto: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, StoredPair)>, StoreError> {
+        self.bounded(async {
+            let mut cursor = self
+                .pairs
+                .find(doc! { "seq": { "$gt": after, "$lte": upto } })
+                .sort(doc! { "seq": 1 })
+                .projection(doc! { "conflicts": 0, "values": 0 })
+                .limit(limit as i64)
+                .await?;
+            let mut out = Vec::with_capacity(limit.min(1024));
+            while let Some(d) = cursor.try_next().await? {
+                out.push((decode_int(&d, "seq")?, decode_pair(&d)?));
+            }
+            Ok(out)
         })
         .await
     }

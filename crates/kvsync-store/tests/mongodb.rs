@@ -217,11 +217,10 @@ async fn local_writes_are_compare_and_swap_and_leave_an_outbox_mark() {
         .write_local(&key("k"), Some(rev - 1), &state, first.id, &v)
         .await;
     assert!(matches!(stale, Err(CasError::Conflict)));
-    assert!(matches!(
-        s.write_local(&key("fresh"), None, &state, first.id, &v)
-            .await,
-        Ok(())
-    ));
+    assert!(s
+        .write_local(&key("fresh"), None, &state, first.id, &v)
+        .await
+        .is_ok());
     assert!(matches!(
         s.write_local(&key("fresh"), None, &state, first.id, &v)
             .await,
@@ -530,4 +529,40 @@ async fn old_tombstones_are_collected_unless_their_deletion_awaits_publication()
         "nothing is older"
     );
     assert_eq!(s.list("", None, 10).await.unwrap().0.len(), 2);
+}
+
+/// Changes are numbered in the write that makes them, read back in number order, and a
+/// store opened again (a restart) numbers after everything stored, in the same epoch.
+#[tokio::test]
+async fn changes_are_numbered_and_numbering_survives_a_reopen() {
+    let f = fixture().await;
+    let s = &f.store;
+    s.init_feed().await.unwrap();
+    let (epoch, _) = s.sequencer().epoch_and_collected();
+    assert!(!epoch.is_empty());
+    apply(s, &put("a", 10, "n2", &["1"])).await;
+    let b = put("b", 11, "n2", &["2"]);
+    apply(s, &b).await;
+    apply(s, &put("a", 12, "n2", &["3"])).await;
+    // An event already held writes nothing, and takes no number.
+    assert_eq!(apply(s, &b).await, Outcome::Stale);
+    let last = s.sequencer().last();
+    let changed = s.changed_since(0, last, 10).await.unwrap();
+    let keys: Vec<&str> = changed.iter().map(|(_, p)| p.key.as_str()).collect();
+    assert_eq!(keys, ["b", "a"], "one per key, in number order");
+    assert!(changed[0].0 < changed[1].0);
+    assert!(s
+        .changed_since(changed[0].0, last, 10)
+        .await
+        .unwrap()
+        .iter()
+        .all(|(_, p)| p.key.as_str() == "a"));
+
+    let again = Store::connect(&f._mongo.uri(), "test", Duration::from_secs(5))
+        .await
+        .unwrap();
+    again.init_feed().await.unwrap();
+    assert_eq!(again.sequencer().epoch_and_collected().0, epoch);
+    assert!(again.sequencer().last() >= changed[1].0);
+    assert!(again.sequencer().begin().seq() > changed[1].0);
 }

@@ -1,16 +1,15 @@
-//! `/api/events`: the change feed as Server-Sent Events.
+//! `/api/events`: the change feed as Server-Sent Events, resumable (see `crate::feed`).
 
 use std::convert::Infallible;
 
 use axum::{
     extract::State,
+    http::HeaderMap,
     response::sse::{Event, KeepAlive, Sse},
 };
 use futures::{Stream, StreamExt};
 use secrecy::SecretString;
 use serde::Deserialize;
-use serde_json::json;
-use tokio::sync::broadcast::error::RecvError;
 
 use super::{error::ApiError, extract::Q, Ctx};
 
@@ -21,6 +20,9 @@ pub struct EventsParams {
     /// Only changes of keys that start with this.
     #[serde(default)]
     prefix: String,
+    /// Where to resume, for clients that cannot send `Last-Event-ID` (which wins).
+    #[serde(default)]
+    last_event_id: Option<String>,
     /// Accepted (and checked by the auth layer) because EventSource cannot send headers.
     /// Held as a secret, so no `Debug` of it can show the token.
     #[serde(default, rename = "access_token")]
@@ -29,13 +31,18 @@ pub struct EventsParams {
 }
 
 /// `hello` on connect, then one `change` per change applied on this node (local or
-/// replicated) whose key has the prefix, and one `conflict` per conflict settled here. `resync` tells a client that fell too far
-/// behind to reload, since it missed changes. At most `KVSYNC_MAX_EVENT_STREAMS` at once.
+/// replicated) whose key has the prefix, and one `conflict` per conflict settled here.
+/// Each `change` has an id; given one back (`Last-Event-ID` or `last_event_id`), the
+/// stream first sends the final state of every key changed since, or `resync` if it
+/// cannot. At most `KVSYNC_MAX_EVENT_STREAMS` at once.
 #[utoipa::path(
     get,
     path = "/api/events",
     tag = "feed",
-    params(EventsParams),
+    params(
+        EventsParams,
+        ("Last-Event-ID" = Option<String>, Header, description = "Where to resume: the id of the last event received (wins over `last_event_id`)"),
+    ),
     security(("bearer" = []), ("access_token" = [])),
     responses(
         (status = 200, description = super::openapi::EVENTS, body = String, content_type = "text/event-stream"),
@@ -45,28 +52,29 @@ pub struct EventsParams {
 )]
 pub async fn events(
     State(ctx): State<Ctx>,
+    headers: HeaderMap,
     Q(params): Q<EventsParams>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let slot = ctx.limits.event_stream()?;
-    let mut rx = ctx.app.subscribe();
-    let hello = Event::default()
-        .event("hello")
-        .data(json!({ "node": ctx.app.node.as_str() }).to_string());
-    let prefix = params.prefix;
+    // The header is what a browser sends on its own reconnects, with the query of the
+    // stream's first request: the header is the newer.
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(params.last_event_id);
+    let feed = crate::feed::follow(ctx.app.clone(), params.prefix, resume);
     let changes = async_stream::stream! {
         // The stream's place under the cap, given back when the stream ends or its client
         // goes away.
         let _slot = slot;
-        yield Ok(hello);
-        loop {
-            match rx.recv().await {
-                Ok(item) if item.key().starts_with(&prefix) => {
-                    yield Ok(Event::default().event(item.name()).data(item.json()));
-                }
-                Ok(_) => {}
-                Err(RecvError::Lagged(_)) => yield Ok(Event::default().event("resync").data("{}")),
-                Err(RecvError::Closed) => break,
+        let mut feed = std::pin::pin!(feed);
+        while let Some(sent) = feed.next().await {
+            let mut event = Event::default().event(sent.name).data(sent.data);
+            if let Some(id) = sent.id {
+                event = event.id(id);
             }
+            yield Ok(event);
         }
     };
     // End the stream at shutdown, or graceful shutdown would wait for it forever.

@@ -20,12 +20,16 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{auth, backup, error::ErrorBody, events, ops, pairs, Ctx};
 
-pub(super) const EVENTS: &str = "Server-Sent Events. `hello` (data `{\"node\": id}`) on \
-connect; then one `change` per change applied on this node (local or replicated) whose key \
-has the prefix, with data `{\"key\", \"values\" (null when deleted), \"elements\" (null when \
-deleted), \"deleted\", \"version\", \"origin\", \"updated_at\"}`; one `conflict` (data: a \
-`ConflictNote`) per conflict settled here; `resync` (data `{}`) when this client fell behind \
-and missed changes (reload). Comments keep the connection alive.";
+pub(super) const EVENTS: &str = "Server-Sent Events. `hello` (data `{\"node\": id}`, id: the \
+position the stream starts from) on connect; then one `change` per change applied on this node \
+(local or replicated) whose key has the prefix, with id `<node>.<epoch>.<seq>` (increasing) and \
+data `{\"key\", \"values\" (null when deleted), \"elements\" (null when deleted), \"deleted\", \
+\"version\", \"origin\", \"updated_at\"}`; one `conflict` (data: a `ConflictNote`, no id) per \
+conflict settled here. Given a position (`Last-Event-ID` or `last_event_id`), the stream first \
+sends the final state of every key changed after it, once each, then live changes; `resync` \
+(data `{\"reason\"}`) when it cannot resume from that position (another node or store, \
+malformed, ahead, or older than collected tombstones): reload. Comments keep the connection \
+alive.";
 
 #[derive(OpenApi)]
 #[openapi(
