@@ -134,12 +134,7 @@ pub async fn run(target: &TargetArgs, args: &PeersArgs, machine: Machine) -> Res
             "kvsync" => {
                 let t = Target::open(target).await?;
                 let sys = probe::kvsync(&t.nodes, t.procs.clone());
-                let v = t.a.node_info().await.ok();
-                let version = v
-                    .as_ref()
-                    .and_then(|v| v["version"].as_str())
-                    .unwrap_or("")
-                    .to_owned();
+                let version = machine.kvsync_commit.clone();
                 systems.push((
                     sys,
                     version,
