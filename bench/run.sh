@@ -12,12 +12,15 @@
 #   bench/run.sh tombstones --out DIR --requests 500   # with `kvsync-bench tombstones` flags
 #   bench/run.sh wait            # PUT ?wait=all beside a plain PUT, 2 and 3 nodes (~1 minute)
 #   bench/run.sh join            # a third node joins by replay and from state (see bench/README.md)
+#   bench/run.sh peers           # kvsync beside etcd and Redis (installs them from Debian, ~4 minutes)
+#   bench/run.sh scale           # 2, 3 and 5 nodes: delay, maximum, 60 s at 80 % of it (~8 minutes)
+#   bench/run.sh fetch-wait      # replication delay against CPU for fetch waits of 1, 2, 5, 10 ms
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 command=all
 case "${1:-}" in
-  all | latency | floor | throughput | tombstones | wait | join) command=$1; shift ;;
+  all | latency | floor | throughput | tombstones | wait | join | peers | scale | fetch-wait) command=$1; shift ;;
 esac
 args=()
 for arg in "$@"; do
@@ -27,6 +30,6 @@ for arg in "$@"; do
   esac
 done
 
-scripts/install-deps.sh
+if [ "$command" = peers ]; then scripts/install-deps.sh --peers; else scripts/install-deps.sh; fi
 cargo build --release --locked -p kvsync-bench -p kvsync-node
 exec target/release/kvsync-bench "$command" "${args[@]}"

@@ -5,6 +5,8 @@
 #   scripts/install-deps.sh            # broker + MongoDB-protocol server
 #   scripts/install-deps.sh --browser  # also Chromium, chromedriver and playwright-core
 #   scripts/install-deps.sh --compose  # also docker-compose (for validating compose files)
+#   scripts/install-deps.sh --peers    # also etcd and Redis from Debian (the benchmark's
+#                                      # peers: about 10 s on a fresh machine)
 set -euo pipefail
 
 TOOLS="${KVSYNC_TOOLS:-$HOME/.cache/kvsync-tools}"
@@ -15,11 +17,13 @@ mkdir -p "$TOOLS"
 
 want_browser=0
 want_compose=0
+want_peers=0
 for arg in "$@"; do
   case "$arg" in
     --browser) want_browser=1 ;;
     --compose) want_compose=1 ;;
-    --all) want_browser=1; want_compose=1 ;;
+    --peers) want_peers=1 ;;
+    --all) want_browser=1; want_compose=1; want_peers=1 ;;
     *) echo "unknown flag: $arg" >&2; exit 2 ;;
   esac
 done
@@ -77,6 +81,12 @@ fi
 
 if [ $want_compose -eq 1 ]; then
   apt_install docker-compose
+fi
+
+if [ $want_peers -eq 1 ]; then
+  # Debian starts neither (no init system here, or policy-rc.d); the benchmark runs its own
+  # on free loopback ports.
+  apt_install etcd-server redis-server
 fi
 
 log "ok: tools in $TOOLS"

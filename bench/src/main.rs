@@ -6,8 +6,11 @@
 mod floor;
 mod join;
 mod latency;
+mod peers;
+mod probe;
 mod progress;
 mod report;
+mod scale;
 mod sse;
 mod stats;
 mod target;
@@ -109,6 +112,36 @@ enum Cmd {
         #[command(flatten)]
         out: OutArgs,
     },
+    /// The same probe against kvsync (2 nodes), etcd (3 members) and Redis (primary and
+    /// replica), in interleaved rounds; kvsync's figures as ratios to theirs.
+    Peers {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        peers: peers::PeersArgs,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Replication delay and throughput with 2, 3 and 5 nodes, writes spread over all
+    /// nodes; a sustained run at a share of the measured maximum, and the lag after it.
+    Scale {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        scale: scale::ScaleArgs,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Replication delay against broker and node CPU for several fetch waits
+    /// (KVSYNC_KAFKA_FETCH_WAIT_MS).
+    FetchWait {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        fetch: scale::FetchWaitArgs,
+        #[command(flatten)]
+        out: OutArgs,
+    },
     /// Floor, latency and throughput on one cluster; writes report.md, report.json and
     /// latency.svg to bench/results/<date>-<machine tag>/ (or --out).
     All {
@@ -200,6 +233,33 @@ async fn main() -> Result<()> {
         Cmd::Tombstones { tombstones, out } => {
             // A report of its own: none of the cluster's figures apply.
             let result = tombstones::run(&tombstones, report.machine).await?;
+            print!("{}", result.markdown());
+            if let Some(dir) = out.out {
+                result.write(&dir)?;
+                eprintln!("report written to {}", dir.display());
+            }
+            return Ok(());
+        }
+        Cmd::Peers { target, peers, out } => {
+            let result = peers::run(&target, &peers, report.machine).await?;
+            print!("{}", result.markdown());
+            if let Some(dir) = out.out {
+                result.write(&dir)?;
+                eprintln!("report written to {}", dir.display());
+            }
+            return Ok(());
+        }
+        Cmd::Scale { target, scale, out } => {
+            let result = scale::run_scale(&target, &scale, report.machine).await?;
+            print!("{}", result.markdown());
+            if let Some(dir) = out.out {
+                result.write(&dir)?;
+                eprintln!("report written to {}", dir.display());
+            }
+            return Ok(());
+        }
+        Cmd::FetchWait { target, fetch, out } => {
+            let result = scale::run_fetch_wait(&target, &fetch, report.machine).await?;
             print!("{}", result.markdown());
             if let Some(dir) = out.out {
                 result.write(&dir)?;

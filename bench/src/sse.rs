@@ -36,6 +36,18 @@ pub struct Feed {
     task: JoinHandle<()>,
 }
 
+impl Feed {
+    /// A feed filled by `task` through the sender of `arrivals` (another system's
+    /// change notifications; see `peers`).
+    pub fn from_task(arrivals: mpsc::UnboundedReceiver<Arrival>, task: JoinHandle<()>) -> Self {
+        Self {
+            arrivals,
+            resyncs: Default::default(),
+            task,
+        }
+    }
+}
+
 impl Drop for Feed {
     fn drop(&mut self) {
         self.task.abort();

@@ -120,6 +120,11 @@ fn a_short_tombstone_run_lists_the_live_pairs_throughout() {
 
 /// Runs `kvsync-bench` with `args` and `--out` a new directory; returns its report.json.
 fn report_of(args: &[&str]) -> Value {
+    json_of(args, "report.json")
+}
+
+/// Runs `kvsync-bench` with `args` and `--out` a new directory; returns its `file`.
+fn json_of(args: &[&str], file: &str) -> Value {
     let (exe, node) = binaries();
     let out = tempfile::tempdir().unwrap();
     let run = Command::new(&exe)
@@ -134,7 +139,7 @@ fn report_of(args: &[&str]) -> Value {
         run.status.success(),
         "kvsync-bench {args:?} failed: {stderr}"
     );
-    serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(out.path().join(file)).unwrap()).unwrap()
 }
 
 #[test]
@@ -174,4 +179,57 @@ fn a_tiny_join_run_times_a_replay_and_a_join_from_state() {
     assert!(replay["events_applied"].as_u64().unwrap() >= 120, "{join}");
     assert!(state["events_applied"].as_u64().unwrap() < 120, "{join}");
     assert_eq!(state["snapshots_served"], 1, "{join}");
+}
+
+/// Needs etcd and redis-server (scripts/install-deps.sh --peers, which --all includes).
+#[test]
+fn a_tiny_peers_run_measures_kvsync_etcd_and_redis_alike() {
+    let _serial = serial();
+    let json = json_of(&["peers", "--quick", "--rounds", "1"], "peers.json");
+    let systems = json["systems"].as_array().unwrap();
+    let names: Vec<&str> = systems
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["kvsync", "etcd", "Redis"], "{json}");
+    for s in systems {
+        for set in s["sets"].as_array().unwrap() {
+            assert_eq!(set["errors"], 0, "{set}");
+            assert_eq!(set["replication"]["count"], 10, "{set}");
+        }
+        assert!(s["replication"]["p50_ms"].as_f64().unwrap() > 0.0, "{s}");
+        assert!(s["throughput"]["acknowledged"].as_u64().unwrap() > 0, "{s}");
+        assert_eq!(s["throughput"]["errors"], 0, "{s}");
+        assert!(!s["promise"].as_str().unwrap().is_empty(), "{s}");
+    }
+}
+
+#[test]
+fn tiny_scale_and_fetch_wait_runs_spread_writes_and_measure_cpu() {
+    let _serial = serial();
+    let json = json_of(&["scale", "--quick", "--nodes", "3"], "scale.json");
+    let row = &json["rows"][0];
+    assert_eq!(row["nodes"], 3, "{json}");
+    assert_eq!(row["latency_errors"], 0, "{row}");
+    assert_eq!(row["replication"]["count"], 10, "{row}");
+    assert!(row["max"]["acknowledged"].as_u64().unwrap() > 0, "{row}");
+    assert!(
+        row["sustained"]["acknowledged"].as_u64().unwrap() > 0,
+        "{row}"
+    );
+    assert!(row["lag_at_end_ms"].as_f64().is_some(), "{row}");
+    let cpu = row["sustained"]["cpu"].as_array().unwrap();
+    assert!(cpu.iter().any(|c| c["process"] == "kvsync-node 3"), "{row}");
+
+    let json = json_of(
+        &["fetch-wait", "--quick", "--waits", "2"],
+        "fetch-wait.json",
+    );
+    let row = &json["rows"][0];
+    assert_eq!(row["fetch_wait_ms"], 2, "{json}");
+    assert_eq!(row["errors"], 0, "{row}");
+    assert!(
+        row["cpu_busy"]["broker (tansu)"].as_f64().is_some(),
+        "{row}"
+    );
 }
