@@ -29,8 +29,8 @@ pub struct TargetArgs {
     #[arg(long)]
     pub mongodb_uri: Option<String>,
     /// fetch.wait.max.ms for the local cluster's nodes and the floor's consumer (the
-    /// node's KVSYNC_KAFKA_FETCH_WAIT_MS; its default is 10).
-    #[arg(long, default_value_t = 10)]
+    /// node's KVSYNC_KAFKA_FETCH_WAIT_MS; its default is 5).
+    #[arg(long, default_value_t = 5)]
     pub fetch_wait_ms: u32,
     /// Partitions of the floor's topic (the node creates its topic with 3).
     #[arg(long, default_value_t = 3)]

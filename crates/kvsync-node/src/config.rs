@@ -61,7 +61,7 @@ pub struct Config {
     /// Longest time the broker may hold a fetch open (fetch.wait.max.ms). Lower means
     /// lower replication latency on brokers that always wait this long, at the cost of
     /// more idle fetches.
-    #[arg(long, env = "KVSYNC_KAFKA_FETCH_WAIT_MS", default_value_t = 10)]
+    #[arg(long, env = "KVSYNC_KAFKA_FETCH_WAIT_MS", default_value_t = 5)]
     pub kafka_fetch_wait_ms: u32,
 
     /// How long the broker keeps events (retention.ms of the data topic, set when this
