@@ -251,6 +251,12 @@ describe('kvsync web UI on two nodes', { concurrency: false }, () => {
     for (let i = 0; i < keys.length; i += 15) {
       await Promise.all(keys.slice(i, i + 15).map((k) => api2.put(k, ['v'])));
     }
+    // Filter only once node 1 holds them all: keys that replicate after the first page
+    // loaded arrive live and are added, so the page would never show exactly one page.
+    await eventually(
+      async () => (await api1.list(`?prefix=${encodeURIComponent(prefix)}&count=true`)).json.total === keys.length,
+      { what: 'node 1 to hold the 105 pairs', timeout: 60_000 },
+    );
     await pageA.getByLabel('Filter by key prefix').fill(prefix);
     await pageA.waitForFunction(
       (p) => {
