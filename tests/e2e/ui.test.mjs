@@ -268,7 +268,11 @@ describe('kvsync web UI on two nodes', { concurrency: false }, () => {
     );
     const shown = await pageA.locator('#pairs-body tr.pair-row').evaluateAll((rs) => rs.map((r) => r.dataset.key));
     assert.deepEqual(shown, keys.slice(0, 100), 'first page, sorted by key');
-    await pageA.getByRole('button', { name: 'Load more' }).click();
+    // Scrolling the button into view loads the next page by itself and hides the button,
+    // so a click may find nothing to click: click it only while it is still shown.
+    await pageA.locator('#load-more').evaluate((b) => {
+      if (!b.hidden && b.offsetParent !== null) b.click();
+    });
     await pageA.waitForFunction(() => document.querySelectorAll('#pairs-body tr.pair-row').length === 105, null, { timeout: LIVE_TIMEOUT });
     assert.ok(await pageA.locator('#load-more').isHidden(), 'no more pages');
     const all = await pageA.locator('#pairs-body tr.pair-row').evaluateAll((rs) => rs.map((r) => r.dataset.key));
