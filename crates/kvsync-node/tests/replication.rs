@@ -21,14 +21,7 @@ async fn cluster(nodes: usize) -> Cluster {
 
 /// Waits until `client` holds `key` with exactly `values` (None: absent).
 async fn wait_for(client: &Client, key: &str, values: Option<&[&str]>) {
-    let want: Option<Vec<String>> = values.map(|v| v.iter().map(|s| s.to_string()).collect());
-    let what = format!("{} to hold {key:?} = {want:?}", client.base());
-    wait_until(T, &what, || async {
-        let got = client.get(key).await.ok().map(|p| p.map(|p| p.values));
-        got.as_ref() == Some(&want)
-    })
-    .await
-    .unwrap();
+    client.wait_for_values(key, values, T).await.unwrap();
 }
 
 /// Identical live pairs (keys, values, versions, origins) and identical digests

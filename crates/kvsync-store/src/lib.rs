@@ -618,25 +618,10 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Key>, StoreError> {
-        self.bounded(async {
-            let range = match after {
-                Some(after) => doc! { "$gt": after },
-                None => doc! { "$gte": "" },
-            };
-            let mut cursor = self
-                .pairs
-                .find(doc! { LIVE_KEY: range })
-                .sort(doc! { LIVE_KEY: 1 })
-                .projection(doc! { "_id": 1 })
-                .limit(limit as i64)
-                .await?;
-            let mut keys = Vec::with_capacity(limit.min(1024));
-            while let Some(d) = cursor.try_next().await? {
-                keys.push(decode_key(&d)?);
-            }
-            Ok(keys)
-        })
-        .await
+        match after {
+            Some(after) => self.live_keys_between(after, false, None, limit).await,
+            None => self.live_keys_between("", true, None, limit).await,
+        }
     }
 
     /// Number of live pairs: a count of the live keys' index.

@@ -53,6 +53,22 @@ fn path_key(key: &str) -> String {
 }
 
 impl Client {
+    /// Waits until this node holds `key` with exactly `values` (None: absent).
+    pub async fn wait_for_values(
+        &self,
+        key: &str,
+        values: Option<&[&str]>,
+        timeout: std::time::Duration,
+    ) -> Result<()> {
+        let want: Option<Vec<String>> = values.map(|v| v.iter().map(|s| s.to_string()).collect());
+        let what = format!("{} to hold {key:?} = {want:?}", self.base());
+        crate::wait_until(timeout, &what, || async {
+            let got = self.get(key).await.ok().map(|p| p.map(|p| p.values));
+            got.as_ref() == Some(&want)
+        })
+        .await
+    }
+
     pub fn new(base: &str) -> Self {
         Self {
             base: base.trim_end_matches('/').to_owned(),
