@@ -65,9 +65,9 @@ pub struct ThroughputResult {
     /// CPU seconds each process of the local cluster (and the benchmark) used during
     /// the writes, and that as a share of the machine's cores over the run.
     pub cpu: Vec<CpuUse>,
-    /// The same writers inserting new keys with `Store::write_local` directly on
-    /// a dedicated MongoDB-protocol server (no HTTP, no node): what the database alone
-    /// sustains.
+    /// The same writers inserting new keys, each with one driver call of its own (the
+    /// document and outbox mark a local write stores), on a dedicated MongoDB-protocol
+    /// server (no HTTP, no node, no group commit): what the database alone sustains.
     pub db_alone_writes_per_s: Option<f64>,
     pub rss_before: Option<Rss>,
     pub rss_after: Option<Rss>,
@@ -296,21 +296,27 @@ pub async fn run(target: &Target, args: &ThroughputArgs) -> Result<ThroughputRes
 }
 
 /// Writes/s of `args.writers` concurrent single-document writes (an insert of a new key
-/// with its outbox mark, the least a local write costs) on a dedicated server.
+/// with its outbox mark, the least a local write costs) on a dedicated server, each its
+/// own driver call as any client of the database would make it: not through the store,
+/// whose group commit would put several in one command.
 async fn db_alone(server: &FloorMongo, args: &ThroughputArgs, duration: Duration) -> Result<f64> {
     use kvsync_core::{Event, Key, NodeId, Op, Timestamp, Values, Version};
     let (mongo, _dir) = server.start().await?;
     let store =
         kvsync_store::Store::connect(&mongo.uri(), "kvsync", Duration::from_secs(5)).await?;
     store.ensure_indexes().await?;
+    let client = mongodb::Client::with_uri_str(mongo.uri()).await?;
+    let pairs = client
+        .database("kvsync")
+        .collection::<mongodb::bson::Document>("pairs");
     let node = NodeId::parse("bench-db")?;
     let counter = Arc::new(AtomicU64::new(0));
     let acked = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut handles = Vec::new();
     for _ in 0..args.writers {
-        let (store, node, counter, acked) =
-            (store.clone(), node.clone(), counter.clone(), acked.clone());
+        let (pairs, node, counter, acked) =
+            (pairs.clone(), node.clone(), counter.clone(), acked.clone());
         let bytes = args.value_bytes;
         handles.push(tokio::spawn(async move {
             let mut rng = fastrand::Rng::new();
@@ -326,11 +332,13 @@ async fn db_alone(server: &FloorMongo, args: &ThroughputArgs, duration: Duration
                     node.clone(),
                 );
                 let event = Event::new(key, version, Op::Put(values));
-                if store
-                    .write_local(&event.key, None, &event.state, event.id, &event.version)
-                    .await
-                    .is_ok()
-                {
+                let mut document = kvsync_store::stored_document(&event.key, &event.state, 1);
+                document.insert(
+                    "outbox",
+                    mongodb::bson::doc! { "id": event.id.to_string(), "ver": event.version.to_string() },
+                );
+                document.insert("seq", i as i64);
+                if pairs.insert_one(document).await.is_ok() {
                     acked.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -341,6 +349,7 @@ async fn db_alone(server: &FloorMongo, args: &ThroughputArgs, duration: Duration
         h.await??;
     }
     let rate = acked.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    client.shutdown().await;
     store.shutdown().await;
     Ok(rate)
 }

@@ -24,6 +24,7 @@
 //! publication, and no multi-document transaction is needed. The relay publishes the
 //! key's state as it is then: a newer state includes every change before it.
 
+mod batch;
 mod seq;
 
 use std::{sync::Arc, time::Duration};
@@ -34,13 +35,14 @@ use kvsync_core::{
 };
 use mongodb::{
     bson::{doc, Bson, Document},
-    error::{ErrorKind, WriteFailure},
+    error::ErrorKind,
     options::{ClientOptions, IndexOptions},
     Client, Collection, Database, IndexModel,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use batch::BatchStats;
 pub use seq::{Sequencer, Ticket};
 
 const COLLECTION: &str = "pairs";
@@ -88,13 +90,6 @@ impl From<mongodb::error::Error> for StoreError {
     }
 }
 
-fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
-    match &*e.kind {
-        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
-        ErrorKind::Command(c) => c.code == DUPLICATE_KEY,
-        _ => false,
-    }
-}
 
 /// One document of a scan: its id, and the pair it holds (or why it cannot be read).
 pub type Scanned = (String, Result<StoredPair, StoreError>);
@@ -158,6 +153,7 @@ pub struct Store {
     pairs: Collection<Document>,
     timeout: Duration,
     seqs: Arc<Sequencer>,
+    batcher: batch::Batcher,
 }
 
 impl Store {
@@ -173,12 +169,14 @@ impl Store {
         let client = Client::with_options(options)?;
         let db = client.database(database);
         let pairs = db.collection(COLLECTION);
+        let batcher = batch::Batcher::start(db.clone());
         Ok(Self {
             client,
             db,
             pairs,
             timeout,
             seqs: Arc::default(),
+            batcher,
         })
     }
 
@@ -385,36 +383,22 @@ impl Store {
     }
 
     /// One compare-and-swap: insert when `expected` is `None`, else update at that rev.
+    /// Concurrent ones share a database command (see the `batch` module).
     async fn swap(
         &self,
         key: &Key,
         expected: Option<i64>,
         mut set: Document,
     ) -> Result<(), CasError> {
-        match expected {
-            None => {
-                set.insert("_id", key.as_str());
-                set.insert("rev", 1_i64);
-                match self.pairs.insert_one(set).await {
-                    Ok(_) => Ok(()),
-                    Err(e) if is_duplicate_key(&e) => Err(CasError::Conflict),
-                    Err(e) => Err(StoreError::from(e).into()),
-                }
-            }
-            Some(rev) => {
-                set.insert("rev", rev + 1);
-                let result = self
-                    .pairs
-                    .update_one(doc! { "_id": key.as_str(), "rev": rev }, update_of(set))
-                    .await
-                    .map_err(StoreError::from)?;
-                if result.matched_count == 1 {
-                    Ok(())
-                } else {
-                    Err(CasError::Conflict)
-                }
-            }
-        }
+        set.insert("rev", expected.map_or(1, |rev| rev + 1));
+        self.batcher
+            .swap(key.as_str(), expected, update_of(set))
+            .await
+    }
+
+    /// Write commands sent for conditional writes, and the writes they held.
+    pub fn write_batches(&self) -> &Arc<BatchStats> {
+        self.batcher.stats()
     }
 
     /// Merges a peer's state into the key's: read, merge, conditional write, again if
@@ -1015,9 +999,6 @@ impl Store {
     }
 }
 
-/// The document this store keeps for `key` in `state` at revision `rev`, without outbox
-/// mark or conflicts: for tools and benchmarks that write pairs straight into the
-/// database as a node would have stored them.
 /// The least string greater than every string starting with `prefix` (its last character
 /// that can be, plus one: code point order is UTF-8 byte order); `None` for no bound.
 pub fn prefix_end(prefix: &str) -> Option<String> {
@@ -1035,6 +1016,9 @@ pub fn prefix_end(prefix: &str) -> Option<String> {
     None
 }
 
+/// The document this store keeps for `key` in `state` at revision `rev`, without outbox
+/// mark or conflicts: for tools and benchmarks that write pairs straight into the
+/// database as a node would have stored them.
 pub fn stored_document(key: &Key, state: &PairState, rev: i64) -> Document {
     let mut d = doc! { "_id": key.as_str() };
     d.extend(state_fields(key, state));

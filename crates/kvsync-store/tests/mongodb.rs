@@ -566,3 +566,73 @@ async fn changes_are_numbered_and_numbering_survives_a_reopen() {
     assert!(again.sequencer().last() >= changed[1].0);
     assert!(again.sequencer().begin().seq() > changed[1].0);
 }
+
+/// Group commit: writes made at the same time share database commands, and each writer
+/// still hears its own outcome: a new key inserts, a key written meanwhile conflicts, and
+/// of several writers racing on one revision exactly one wins.
+#[tokio::test]
+async fn concurrent_writes_share_commands_and_each_hears_its_own_outcome() {
+    let f = fixture().await;
+    let s = &f.store;
+    let held = write(s, "held", 10, |st, at| {
+        st.replace(vec!["a".into()], at, 1).unwrap()
+    })
+    .await;
+    let rev = s.get(&key("held")).await.unwrap().unwrap().rev;
+    let (commands, writes) = (s.write_batches().commands(), s.write_batches().writes());
+
+    let new_keys = (0..48).map(|i| {
+        let event = put(&format!("new/{i:02}"), 20, "n1", &[&format!("v{i}")]);
+        async move {
+            s.write_local(&event.key, None, &event.state, event.id, &event.version)
+                .await
+        }
+    });
+    let racers = (0..8).map(|i| {
+        let event = put("held", 30 + i, "n1", &[&format!("racer {i}")]);
+        async move {
+            s.write_local(&event.key, Some(rev), &event.state, event.id, &event.version)
+                .await
+        }
+    });
+    let taken_for_new = async {
+        let event = put("held", 40, "n1", &["not new"]);
+        s.write_local(&event.key, None, &event.state, event.id, &event.version)
+            .await
+    };
+    let (new_keys, racers, taken_for_new) = tokio::join!(
+        futures::future::join_all(new_keys),
+        futures::future::join_all(racers),
+        taken_for_new
+    );
+
+    assert!(new_keys.iter().all(Result::is_ok), "{new_keys:?}");
+    for i in 0..48 {
+        assert_eq!(
+            values(s, &format!("new/{i:02}")).await.unwrap(),
+            [format!("v{i}")]
+        );
+    }
+    let won: Vec<usize> = (0..racers.len()).filter(|&i| racers[i].is_ok()).collect();
+    assert_eq!(won.len(), 1, "{racers:?}");
+    assert!(racers
+        .iter()
+        .filter(|r| r.is_err())
+        .all(|r| matches!(r, Err(CasError::Conflict))));
+    assert_eq!(
+        values(s, "held").await.unwrap(),
+        [format!("racer {}", won[0])]
+    );
+    assert!(matches!(taken_for_new, Err(CasError::Conflict)));
+    let pair = s.get(&key("held")).await.unwrap().unwrap();
+    assert_eq!(pair.rev, rev + 1);
+    assert_ne!(pair.state, held.state);
+
+    let commands = s.write_batches().commands() - commands;
+    let writes = s.write_batches().writes() - writes;
+    assert_eq!(writes, 57);
+    assert!(
+        commands < writes / 2,
+        "{writes} concurrent writes took {commands} commands"
+    );
+}

@@ -1,0 +1,260 @@
+//! Group commit: conditional writes that arrive while earlier ones are in flight go to
+//! the database together, as the statements of one `update` command.
+//!
+//! Each write is a compare-and-swap on the document's `rev`, written as an upsert: a
+//! document still at the expected revision is updated; otherwise the server tries to
+//! insert a document with the same `_id` and fails with a duplicate key (11000) for that
+//! statement alone, which is the conflict. A write of a key not stored yet expects a
+//! revision no document has, so it inserts, or conflicts with one written meanwhile.
+//! Statements are unordered (`ordered: false`): each succeeds or fails alone, and two
+//! writes of one key in a batch are settled by their revisions like any other race.
+//!
+//! A lone write goes out at once, so batching costs a single writer nothing; under
+//! concurrency the database answers one command for many writes, which on a server
+//! that handles one request at a time is most of the cost of a write. The acknowledgement
+//! is unchanged: each caller hears back only after the command that held its write
+//! returned.
+
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
+
+use mongodb::{
+    bson::{doc, Bson, Document},
+    Database,
+};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::{CasError, StoreError, COLLECTION, DUPLICATE_KEY};
+
+/// Statements in one command at most.
+const MAX_STATEMENTS: usize = 128;
+/// Bytes of statements in one command at most (a command may hold 16 MiB; one state
+/// may hold 4 MiB, so a batch always has room for at least one).
+const MAX_BYTES: usize = 8 << 20;
+/// Commands in flight at once: while one is out, the next batch gathers. A second keeps
+/// a server that overlaps requests busy during each round trip.
+const IN_FLIGHT: usize = 2;
+/// The `rev` a write of a new key expects: no stored document has it (revisions start
+/// at 1), so such a write inserts or conflicts.
+const NO_REV: i64 = 0;
+
+/// How many commands and writes went to the database: for metrics and tests.
+#[derive(Debug, Default)]
+pub struct BatchStats {
+    commands: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl BatchStats {
+    /// Write commands sent.
+    pub fn commands(&self) -> u64 {
+        self.commands.load(Ordering::Relaxed)
+    }
+
+    /// Conditional writes sent in them.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+}
+
+struct Pending {
+    statement: Document,
+    bytes: usize,
+    done: oneshot::Sender<Result<(), CasError>>,
+}
+
+#[derive(Clone)]
+pub(crate) struct Batcher {
+    tx: mpsc::UnboundedSender<Pending>,
+    stats: Arc<BatchStats>,
+}
+
+impl Batcher {
+    /// Starts the task that sends the batches; it ends when every handle is dropped.
+    pub(crate) fn start(db: Database) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(BatchStats::default());
+        tokio::spawn(run(db, rx, stats.clone()));
+        Self { tx, stats }
+    }
+
+    pub(crate) fn stats(&self) -> &Arc<BatchStats> {
+        &self.stats
+    }
+
+    /// Writes `update` to `key`'s document if it is at revision `expected` (`None`: no
+    /// document), inserting it when there is none.
+    pub(crate) async fn swap(
+        &self,
+        key: &str,
+        expected: Option<i64>,
+        update: Document,
+    ) -> Result<(), CasError> {
+        let statement = doc! {
+            "q": { "_id": key, "rev": expected.unwrap_or(NO_REV) },
+            "u": update,
+            "upsert": true,
+        };
+        let bytes = mongodb::bson::to_vec(&statement)
+            .map_err(|e| StoreError::Backend(format!("cannot encode a write of {key:?}: {e}")))?
+            .len();
+        let (done, answer) = oneshot::channel();
+        self.tx
+            .send(Pending {
+                statement,
+                bytes,
+                done,
+            })
+            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?
+    }
+}
+
+async fn run(db: Database, mut rx: mpsc::UnboundedReceiver<Pending>, stats: Arc<BatchStats>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut held: Option<Pending> = None;
+    loop {
+        let first = match held.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        // Waiting for a slot is when writes gather.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut bytes = first.bytes;
+        let mut batch = vec![first];
+        while batch.len() < MAX_STATEMENTS {
+            match rx.try_recv() {
+                Ok(p) if bytes + p.bytes > MAX_BYTES => {
+                    held = Some(p);
+                    break;
+                }
+                Ok(p) => {
+                    bytes += p.bytes;
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        stats.commands.fetch_add(1, Ordering::Relaxed);
+        stats
+            .writes
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let db = db.clone();
+        tokio::spawn(async move {
+            send(&db, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Sends one batch and answers each of its writers.
+async fn send(db: &Database, batch: Vec<Pending>) {
+    let (statements, waiting): (Vec<Document>, Vec<_>) =
+        batch.into_iter().map(|p| (p.statement, p.done)).unzip();
+    let command = doc! { "update": COLLECTION, "updates": statements, "ordered": false };
+    let outcomes = match db.run_command(command).await {
+        Ok(reply) => outcomes(&reply, waiting.len()),
+        Err(e) => {
+            let e = StoreError::from(e);
+            (0..waiting.len()).map(|_| Err(copy(&e).into())).collect()
+        }
+    };
+    for (done, outcome) in waiting.into_iter().zip(outcomes) {
+        // A writer that gave up waiting has dropped its receiver: nothing to tell.
+        let _ = done.send(outcome);
+    }
+}
+
+/// Each statement's outcome from an `update` command's reply.
+fn outcomes(reply: &Document, n: usize) -> Vec<Result<(), CasError>> {
+    let mut out: Vec<Result<(), CasError>> = (0..n).map(|_| Ok(())).collect();
+    if let Ok(e) = reply.get_document("writeConcernError") {
+        let message = format!("write concern not satisfied: {e}");
+        return (0..n)
+            .map(|_| Err(StoreError::Backend(message.clone()).into()))
+            .collect();
+    }
+    let Ok(errors) = reply.get_array("writeErrors") else {
+        return out;
+    };
+    for error in errors {
+        let Bson::Document(error) = error else {
+            continue;
+        };
+        let Some(index) = int(error.get("index")).and_then(|i| usize::try_from(i).ok()) else {
+            continue;
+        };
+        let Some(slot) = out.get_mut(index) else {
+            continue;
+        };
+        *slot = if int(error.get("code")) == Some(i64::from(DUPLICATE_KEY)) {
+            Err(CasError::Conflict)
+        } else {
+            Err(StoreError::Backend(format!(
+                "write refused: {}",
+                error.get_str("errmsg").unwrap_or("no message")
+            ))
+            .into())
+        };
+    }
+    out
+}
+
+/// Lenient: servers answer numbers as 32 or 64 bits, or as doubles.
+fn int(b: Option<&Bson>) -> Option<i64> {
+    match b? {
+        Bson::Int32(i) => Some(i64::from(*i)),
+        Bson::Int64(i) => Some(*i),
+        Bson::Double(d) => Some(*d as i64),
+        _ => None,
+    }
+}
+
+/// One failure told to each writer of a batch.
+fn copy(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        StoreError::Backend(m) => StoreError::Backend(m.clone()),
+        StoreError::Corrupt { key, reason } => StoreError::Corrupt {
+            key: key.clone(),
+            reason: reason.clone(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_gives_each_statement_its_outcome() {
+        let reply = doc! {
+            "ok": 1, "n": 2,
+            "writeErrors": [
+                { "index": 0, "code": 11000, "errmsg": "duplicate key" },
+                { "index": 3_i64, "code": 2, "errmsg": "bad update" },
+            ],
+        };
+        let got = outcomes(&reply, 4);
+        assert!(matches!(got[0], Err(CasError::Conflict)));
+        assert!(got[1].is_ok() && got[2].is_ok());
+        assert!(
+            matches!(&got[3], Err(CasError::Store(StoreError::Backend(m))) if m.contains("bad update"))
+        );
+    }
+
+    #[test]
+    fn a_write_concern_error_fails_every_statement() {
+        let reply = doc! { "ok": 1, "n": 2, "writeConcernError": { "code": 64, "errmsg": "timeout" } };
+        assert!(outcomes(&reply, 2).iter().all(Result::is_err));
+    }
+}
