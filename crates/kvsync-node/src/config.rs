@@ -42,6 +42,12 @@ pub struct Config {
     #[arg(long, env = "KVSYNC_MONGODB_TIMEOUT_MS", default_value_t = 2000)]
     pub mongodb_timeout_ms: u64,
 
+    /// Conditional writes sent to MongoDB in one command at most: writes that arrive while
+    /// earlier ones are in flight go together (group commit). 1 sends each alone.
+    #[arg(long, env = "KVSYNC_MONGODB_WRITE_BATCH", default_value_t = 128,
+          value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub mongodb_write_batch: u16,
+
     /// Kafka bootstrap servers, comma separated (host:port,...).
     #[arg(long, env = "KVSYNC_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub kafka_brokers: String,

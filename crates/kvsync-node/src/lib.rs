@@ -84,6 +84,7 @@ impl Node {
         )
         .await
         .context("MongoDB configuration")?;
+        store.set_write_batch(usize::from(config.mongodb_write_batch));
         let publisher = Publisher::new(&kafka).context("Kafka producer")?;
         let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX_QUEUE);
         let metrics = Metrics::new();

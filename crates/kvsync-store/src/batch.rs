@@ -16,7 +16,7 @@
 //! returned.
 
 use std::sync::{
-    atomic::{AtomicU64, Ordering},
+    atomic::{AtomicU64, AtomicUsize, Ordering},
     Arc,
 };
 
@@ -28,8 +28,8 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::{CasError, StoreError, COLLECTION, DUPLICATE_KEY};
 
-/// Statements in one command at most.
-const MAX_STATEMENTS: usize = 128;
+/// Statements in one command at most, unless set otherwise.
+pub const DEFAULT_STATEMENTS: usize = 128;
 /// Bytes of statements in one command at most (a command may hold 16 MiB; one state
 /// may hold 4 MiB, so a batch always has room for at least one).
 const MAX_BYTES: usize = 8 << 20;
@@ -45,6 +45,7 @@ const NO_REV: i64 = 0;
 pub struct BatchStats {
     commands: AtomicU64,
     writes: AtomicU64,
+    limit: AtomicUsize,
 }
 
 impl BatchStats {
@@ -76,8 +77,15 @@ impl Batcher {
     pub(crate) fn start(db: Database) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(BatchStats::default());
+        stats.limit.store(DEFAULT_STATEMENTS, Ordering::Relaxed);
         tokio::spawn(run(db, rx, stats.clone()));
         Self { tx, stats }
+    }
+
+    pub(crate) fn set_limit(&self, statements: usize) {
+        self.stats
+            .limit
+            .store(statements.max(1), Ordering::Relaxed);
     }
 
     pub(crate) fn stats(&self) -> &Arc<BatchStats> {
@@ -125,13 +133,20 @@ async fn run(db: Database, mut rx: mpsc::UnboundedReceiver<Pending>, stats: Arc<
                 None => return,
             },
         };
-        // Waiting for a slot is when writes gather.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
+        let limit = stats.limit.load(Ordering::Relaxed);
+        // Waiting for a slot is when writes gather. Without batching, each write goes
+        // out at once, as many at a time as there are writers.
+        let slot = if limit > 1 {
+            match slots.clone().acquire_owned().await {
+                Ok(slot) => Some(slot),
+                Err(_) => return,
+            }
+        } else {
+            None
         };
         let mut bytes = first.bytes;
         let mut batch = vec![first];
-        while batch.len() < MAX_STATEMENTS {
+        while batch.len() < limit {
             match rx.try_recv() {
                 Ok(p) if bytes + p.bytes > MAX_BYTES => {
                     held = Some(p);

@@ -396,6 +396,11 @@ impl Store {
             .await
     }
 
+    /// Sets how many conditional writes one command may hold (1: each alone).
+    pub fn set_write_batch(&self, statements: usize) {
+        self.batcher.set_limit(statements);
+    }
+
     /// Write commands sent for conditional writes, and the writes they held.
     pub fn write_batches(&self) -> &Arc<BatchStats> {
         self.batcher.stats()
