@@ -15,9 +15,12 @@
 //! is unchanged: each caller hears back only after the command that held its write
 //! returned.
 
-use std::sync::{
-    atomic::{AtomicU64, AtomicUsize, Ordering},
-    Arc,
+use std::{
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
 };
 
 use mongodb::{
@@ -73,12 +76,14 @@ pub(crate) struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the task that sends the batches; it ends when every handle is dropped.
-    pub(crate) fn start(db: Database) -> Self {
+    /// Starts the task that sends the batches; it ends when every handle is dropped. A
+    /// command not answered within `timeout` is abandoned (its writes fail as unavailable),
+    /// so a hung server or connection cannot hold the batches that follow.
+    pub(crate) fn start(db: Database, timeout: Duration) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(BatchStats::default());
         stats.limit.store(DEFAULT_STATEMENTS, Ordering::Relaxed);
-        tokio::spawn(run(db, rx, stats.clone()));
+        tokio::spawn(run(db, timeout, rx, stats.clone()));
         Self { tx, stats }
     }
 
@@ -122,7 +127,12 @@ impl Batcher {
     }
 }
 
-async fn run(db: Database, mut rx: mpsc::UnboundedReceiver<Pending>, stats: Arc<BatchStats>) {
+async fn run(
+    db: Database,
+    timeout: Duration,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    stats: Arc<BatchStats>,
+) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut held: Option<Pending> = None;
     loop {
@@ -133,6 +143,11 @@ async fn run(db: Database, mut rx: mpsc::UnboundedReceiver<Pending>, stats: Arc<
                 None => return,
             },
         };
+        // A writer that gave up (its request timed out) must not have its write made
+        // later behind its back.
+        if first.done.is_closed() {
+            continue;
+        }
         let limit = stats.limit.load(Ordering::Relaxed);
         // Waiting for a slot is when writes gather. Without batching, each write goes
         // out at once, as many at a time as there are writers.
@@ -148,6 +163,7 @@ async fn run(db: Database, mut rx: mpsc::UnboundedReceiver<Pending>, stats: Arc<
         let mut batch = vec![first];
         while batch.len() < limit {
             match rx.try_recv() {
+                Ok(p) if p.done.is_closed() => {}
                 Ok(p) if bytes + p.bytes > MAX_BYTES => {
                     held = Some(p);
                     break;
@@ -165,23 +181,27 @@ async fn run(db: Database, mut rx: mpsc::UnboundedReceiver<Pending>, stats: Arc<
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let db = db.clone();
         tokio::spawn(async move {
-            send(&db, batch).await;
+            send(&db, timeout, batch).await;
             drop(slot);
         });
     }
 }
 
 /// Sends one batch and answers each of its writers.
-async fn send(db: &Database, batch: Vec<Pending>) {
+async fn send(db: &Database, timeout: Duration, batch: Vec<Pending>) {
     let (statements, waiting): (Vec<Document>, Vec<_>) =
         batch.into_iter().map(|p| (p.statement, p.done)).unzip();
     let command = doc! { "update": COLLECTION, "updates": statements, "ordered": false };
-    let outcomes = match db.run_command(command).await {
+    let reply = match tokio::time::timeout(timeout, db.run_command(command)).await {
+        Ok(reply) => reply.map_err(StoreError::from),
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "no answer within {} ms",
+            timeout.as_millis()
+        ))),
+    };
+    let outcomes = match reply {
         Ok(reply) => outcomes(&reply, waiting.len()),
-        Err(e) => {
-            let e = StoreError::from(e);
-            (0..waiting.len()).map(|_| Err(copy(&e).into())).collect()
-        }
+        Err(e) => (0..waiting.len()).map(|_| Err(copy(&e).into())).collect(),
     };
     for (done, outcome) in waiting.into_iter().zip(outcomes) {
         // A writer that gave up waiting has dropped its receiver: nothing to tell.

@@ -169,7 +169,7 @@ impl Store {
         let client = Client::with_options(options)?;
         let db = client.database(database);
         let pairs = db.collection(COLLECTION);
-        let batcher = batch::Batcher::start(db.clone());
+        let batcher = batch::Batcher::start(db.clone(), timeout);
         Ok(Self {
             client,
             db,
