@@ -385,6 +385,10 @@ async fn concurrent_writes_keep_ids_monotonic_and_resumes_complete() {
     for w in writers {
         w.await.unwrap();
     }
+    // Events of different keys travel on different partitions: a marker can overtake a
+    // key's last change. Once the nodes agree, every change is numbered before the
+    // marker's on both, and a stream that shows the marker has shown them.
+    c.converged(T).await.unwrap();
     a.put("c/zz-done", &["done"]).await.unwrap();
     wait_for(&b, "c/zz-done", Some(&["done"])).await;
     b.put("c/zz-done", &["really"]).await.unwrap();
