@@ -652,8 +652,9 @@ fn throughput_section(s: &mut String, t: &ThroughputResult, rss_start: Option<Rs
     if let Some(db) = t.db_alone_writes_per_s {
         let _ = writeln!(
             s,
-            "The same {} writers writing new keys with `Store::write_local` (one insert each) directly on a dedicated nx-27017 (no HTTP, no \
-             node, no replication): **{:.0} writes/s**; kvsync reaches {:.2}× that.\n",
+            "The same {} writers inserting new keys (the document and outbox mark a local write stores, one driver call each, as any \
+             client of the database makes them) directly on a dedicated nx-27017 (no HTTP, no node, no replication, no group commit): \
+             **{:.0} writes/s**; kvsync reaches {:.2}× that.\n",
             t.writers,
             db,
             t.writes_per_s / db
