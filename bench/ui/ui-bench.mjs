@@ -432,6 +432,7 @@ async function clearStep(node1, node2, api1, api2) {
     });
   });
   await sleep(300);
+  const meter = await workMeter(page);
   const t0 = Date.now();
   const r = await api1.clear();
   const clearMs = Date.now() - t0;
@@ -444,6 +445,7 @@ async function clearStep(node1, node2, api1, api2) {
     window.__clr.running = false;
     return { ...window.__clr };
   });
+  const work = await meter();
   const after = await countText(page);
   if (after !== '0 pairs') fail(`clear: node 2's page shows "${after}" after the clear`);
   await closePage(page, 'clear');
@@ -459,6 +461,7 @@ async function clearStep(node1, node2, api1, api2) {
     longest_frame_gap_ms: round(main.maxGap),
     frame_gaps_over_50ms: main.gaps,
     frames: main.frames,
+    work,
   };
 }
 
@@ -531,9 +534,15 @@ async function firstStep(node1) {
 async function scrollStep(page) {
   await loadRows(page, LOADED);
   const loaded = await loadedRows(page);
+  const meter = await workMeter(page);
   const frames = await scrollFrames(page, SCROLL_STEP, SCROLL_FRAMES);
+  const work = await meter();
   const rendered = await page.locator('#pairs-body tr.pair-row').count();
+  const height = await page.evaluate(() => document.documentElement.scrollHeight);
+  const baseline = await baselineScroll(height);
   return {
+    work,
+    baseline_plain_page: baseline,
     total: PAIRS,
     loaded_before: loaded,
     loaded_after: await loadedRows(page),
@@ -545,6 +554,46 @@ async function scrollStep(page) {
     p99_ms: round(pct(frames, 99)),
     max_ms: round(Math.max(...frames)),
   };
+}
+
+/**
+ * Where a page's main thread spent a stretch of time: CDP Performance metrics (seconds,
+ * summed over tasks) turned into deltas in ms. `task` is wall time inside tasks, `thread`
+ * the main thread's CPU time: on a busy machine the difference is time spent waiting for a core.
+ */
+async function workMeter(page) {
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send('Performance.enable');
+  const read = async () => Object.fromEntries((await cdp.send('Performance.getMetrics')).metrics.map((m) => [m.name, m.value]));
+  const start = await read();
+  return async () => {
+    const end = await read();
+    const d = (name) => round(((end[name] ?? 0) - (start[name] ?? 0)) * 1000);
+    await cdp.detach().catch(() => {});
+    return {
+      task_ms: d('TaskDuration'),
+      thread_cpu_ms: d('ThreadTime'),
+      script_ms: d('ScriptDuration'),
+      layout_ms: d('LayoutDuration'),
+      style_ms: d('RecalcStyleDuration'),
+      layouts: (end.LayoutCount ?? 0) - (start.LayoutCount ?? 0),
+      style_recalcs: (end.RecalcStyleCount ?? 0) - (start.RecalcStyleCount ?? 0),
+    };
+  };
+}
+
+/**
+ * The same scroll on a static page of the same height without the app (rows of text, no
+ * script): what the browser and the machine manage alone.
+ */
+async function baselineScroll(height) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+  const page = await context.newPage();
+  const n = Math.min(5000, Math.ceil(height / 46));
+  await page.setContent(`<!doctype html><body style="margin:0;font-family:monospace">${'<p style="margin:0;height:25px;padding:10px 14px;border-bottom:1px solid #ddd">k:000123 <span style="border:1px solid #ccc;border-radius:6px;padding:1px 8px">a value</span></p>'.repeat(n)}</body>`);
+  const frames = await scrollFrames(page, SCROLL_STEP, SCROLL_FRAMES);
+  await context.close();
+  return { rows: n, p50_ms: round(pct(frames, 50)), p90_ms: round(pct(frames, 90)), p99_ms: round(pct(frames, 99)), max_ms: round(Math.max(...frames)) };
 }
 
 async function metrics(cdp) {
@@ -563,6 +612,7 @@ async function memoryStep(page, api2) {
   await installWatch(page);
   const onScreen = await keysOnScreen(page);
   if (!onScreen.length) fail('memory: no row on screen');
+  const onScreenSet = new Set(onScreen);
   await gc();
   await sleep(500);
   const before = await metrics(cdp);
@@ -588,7 +638,9 @@ async function memoryStep(page, api2) {
     while (inFlight >= 32) await sleep(5);
     // One write in ten to a row on screen, the others anywhere in the key space.
     const onIt = onScreen.length && i % 10 === 0;
-    const key = onIt ? onScreen[(i / 10) % onScreen.length] : `k:${pad(Math.floor(Math.random() * PAIRS))}`;
+    let key = onIt ? onScreen[(i / 10) % onScreen.length] : null;
+    // The others never to an on-screen key, whose last value is checked afterwards.
+    while (key === null || (!onIt && onScreenSet.size < PAIRS && onScreenSet.has(key))) key = `k:${pad(Math.floor(Math.random() * PAIRS))}`;
     const value = `s${i}`;
     if (onIt) {
       onScreenWrites += 1;
@@ -648,6 +700,10 @@ async function memoryStep(page, api2) {
 
 const met = (ok) => (ok === null ? 'n/a' : ok ? 'met' : '**not met**');
 
+function workLine(w) {
+  return `Main thread meanwhile (CDP metrics): ${w.task_ms} ms in tasks (wall), of which ${w.thread_cpu_ms} ms on a core; script ${w.script_ms} ms, layout ${w.layout_ms} ms (${w.layouts} layouts), style ${w.style_ms} ms (${w.style_recalcs} recalculations).`;
+}
+
 function markdown(r) {
   const m = r.machine;
   const L = [];
@@ -695,6 +751,8 @@ function markdown(r) {
     const s = r.scroll;
     L.push('## Scrolling', '');
     L.push(`${nf.format(s.total)} pairs, ${nf.format(s.loaded_before)} rows loaded by scrolling (${nf.format(s.loaded_after)} after), ${s.rows_in_dom} rows in the DOM; scrolled ${s.step_px} px per frame from the top for ${s.frames} frames. Frame intervals: p50 ${s.p50_ms} ms, p90 ${s.p90_ms} ms, p99 ${s.p99_ms} ms, max ${s.max_ms} ms.`, '');
+    L.push(`The same scroll on a static page of ${s.baseline_plain_page.rows} rows of text without the app (the browser and machine alone): p50 ${s.baseline_plain_page.p50_ms} ms, p90 ${s.baseline_plain_page.p90_ms} ms, p99 ${s.baseline_plain_page.p99_ms} ms, max ${s.baseline_plain_page.max_ms} ms.`, '');
+    L.push(workLine(s.work), '');
   }
   if (r.memory) {
     const x = r.memory;
@@ -712,6 +770,7 @@ function markdown(r) {
     const c = r.clear;
     L.push('## Clear', '');
     L.push(`A page on node 2 with all ${nf.format(c.pairs)} rows loaded; node 1 clears them (\`DELETE /api/pairs\`, what "Clear database" calls): answered in ${c.clear_request_ms} ms; node 2's page showed an empty list ${c.list_empty_after_ms} ms after the request was sent. In that page meanwhile: ${c.long_tasks} long tasks (${c.long_tasks_total_ms} ms in all), the longest ${c.longest_task_ms} ms; longest gap between animation frames ${c.longest_frame_gap_ms} ms, ${c.frame_gaps_over_50ms} gaps over 50 ms in ${c.frames} frames.`, '');
+    L.push(workLine(c.work), '');
   }
   if (r.failures.length) {
     L.push('## Failures', '');
@@ -735,6 +794,13 @@ async function main() {
   };
   const started = Date.now();
   let cluster;
+  // Stopped from outside: the cluster goes too.
+  for (const sig of ['SIGINT', 'SIGTERM']) {
+    process.once(sig, () => {
+      log(`${sig}: stopping the cluster`);
+      Promise.resolve(cluster?.stop()).finally(() => process.exit(130));
+    });
+  }
   try {
     cluster = await startCluster({ nodes: 2 });
     browser = await launchBrowser();
@@ -772,6 +838,7 @@ async function main() {
     log(`${failures.length} failure(s):\n  ${failures.join('\n  ')}`);
     process.exit(1);
   }
+  process.exit(0); // without waiting for the timers of the races above
 }
 
 await main();
