@@ -526,6 +526,8 @@ async function firstStep(node1) {
           dom_content_loaded: nav ? nav.domContentLoadedEventEnd : null,
           list_request_start: list ? list.startTime : null,
           list_response_end: list ? list.responseEnd : null,
+          // Every list request until then, with its status: a busy node answers 503 and the page tries again.
+          list_requests: lists.filter((e) => e.startTime <= window.__first.dom).map((e) => `${e.responseStatus ?? '?'}@${Math.round(e.startTime)}`),
         };
       });
     } catch {
@@ -540,6 +542,7 @@ async function firstStep(node1) {
       dom_content_loaded_ms: round(got.dom_content_loaded),
       list_request_start_ms: round(got.list_request_start),
       list_response_end_ms: round(got.list_response_end),
+      list_requests: got.list_requests,
     });
   }
   const frames = loads.map((l) => l.frame_ms);
@@ -749,8 +752,8 @@ function markdown(r) {
   if (r.first) {
     L.push('## First useful render', '');
     L.push('From navigation start (fresh browser context: nothing cached) until the page shows rows and the total; "frame" is the first animation frame after that (it paints then). Milliseconds.', '');
-    L.push('| load | frame | rows and total in the DOM | DOMContentLoaded | list request sent | list answered | rows |', '|--:|--:|--:|--:|--:|--:|--:|');
-    r.first.loads.forEach((l, i) => L.push(`| ${i + 1} | ${l.frame_ms} | ${l.dom_ms} | ${l.dom_content_loaded_ms} | ${l.list_request_start_ms} | ${l.list_response_end_ms} | ${l.rows} |`));
+    L.push('| load | frame | rows and total in the DOM | DOMContentLoaded | first list request sent | answered | rows | list requests until shown (status@ms) |', '|--:|--:|--:|--:|--:|--:|--:|---|');
+    r.first.loads.forEach((l, i) => L.push(`| ${i + 1} | ${l.frame_ms} | ${l.dom_ms} | ${l.dom_content_loaded_ms} | ${l.list_request_start_ms} | ${l.list_response_end_ms} | ${l.rows} | ${(l.list_requests || []).join(' ')} |`));
     L.push('');
   }
   const liveRow = (name, x) => `| ${name} | ${x.count} | ${x.p50_ms} | ${x.p90_ms} | ${x.p99_ms} | ${x.max_ms} | ${x.put.p50_ms} |`;

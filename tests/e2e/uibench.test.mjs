@@ -47,6 +47,7 @@ test('a short UI benchmark run writes ui.json and ui.md with every figure', asyn
       positive(l.frame_ms, 'first render');
       assert.ok(l.frame_ms >= l.dom_ms, JSON.stringify(l));
       positive(l.rows, 'rows at the first render');
+      assert.ok(l.list_requests.length >= 1 && l.list_requests.every((x) => x.startsWith('200@')), JSON.stringify(l));
     }
 
     for (const live of [r.live, r.few.live]) {
