@@ -15,10 +15,25 @@
 #   bench/run.sh peers           # kvsync beside etcd and Redis (installs them from Debian, ~4 minutes)
 #   bench/run.sh scale           # 2, 3 and 5 nodes: delay, maximum, 60 s at 80 % of it (~8 minutes)
 #   bench/run.sh fetch-wait      # replication delay against CPU for fetch waits of 1, 2, 5, 10 ms
+#   bench/run.sh ui              # the web UI with 100 000 pairs in headless Chromium (see bench/ui/)
+#   bench/run.sh ui --pairs 2000 --changes 30 --stream 500 --out DIR   # a short run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 command=all
+if [ "${1:-}" = ui ]; then
+  # The browser benchmark: a Node script driving headless Chromium against a release cluster.
+  shift
+  scripts/install-deps.sh --browser
+  cargo build --release --locked -p kvsync-node -p kvsync-testkit
+  TOOLS="${KVSYNC_TOOLS:-$HOME/.cache/kvsync-tools}"
+  export KVSYNC_TOOLS="$TOOLS"
+  export NODE_PATH="$TOOLS/node/node_modules${NODE_PATH:+:$NODE_PATH}"
+  target="${CARGO_TARGET_DIR:-target}"
+  case "$target" in /*) ;; *) target="$(pwd)/$target" ;; esac
+  export KVSYNC_CLUSTER_BIN="${KVSYNC_CLUSTER_BIN:-$target/release/kvsync-cluster}"
+  exec node bench/ui/ui-bench.mjs "$@"
+fi
 case "${1:-}" in
   all | latency | floor | throughput | tombstones | wait | join | peers | scale | fetch-wait) command=$1; shift ;;
 esac
