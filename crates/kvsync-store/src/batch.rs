@@ -88,9 +88,7 @@ impl Batcher {
     }
 
     pub(crate) fn set_limit(&self, statements: usize) {
-        self.stats
-            .limit
-            .store(statements.max(1), Ordering::Relaxed);
+        self.stats.limit.store(statements.max(1), Ordering::Relaxed);
     }
 
     pub(crate) fn stats(&self) -> &Arc<BatchStats> {
@@ -289,7 +287,8 @@ mod tests {
 
     #[test]
     fn a_write_concern_error_fails_every_statement() {
-        let reply = doc! { "ok": 1, "n": 2, "writeConcernError": { "code": 64, "errmsg": "timeout" } };
+        let reply =
+            doc! { "ok": 1, "n": 2, "writeConcernError": { "code": 64, "errmsg": "timeout" } };
         assert!(outcomes(&reply, 2).iter().all(Result::is_err));
     }
 }

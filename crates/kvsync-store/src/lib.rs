@@ -90,7 +90,6 @@ impl From<mongodb::error::Error> for StoreError {
     }
 }
 
-
 /// One document of a scan: its id, and the pair it holds (or why it cannot be read).
 pub type Scanned = (String, Result<StoredPair, StoreError>);
 

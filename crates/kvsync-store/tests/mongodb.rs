@@ -591,8 +591,14 @@ async fn concurrent_writes_share_commands_and_each_hears_its_own_outcome() {
     let racers = (0..8).map(|i| {
         let event = put("held", 30 + i, "n1", &[&format!("racer {i}")]);
         async move {
-            s.write_local(&event.key, Some(rev), &event.state, event.id, &event.version)
-                .await
+            s.write_local(
+                &event.key,
+                Some(rev),
+                &event.state,
+                event.id,
+                &event.version,
+            )
+            .await
         }
     });
     let taken_for_new = async {
