@@ -20,6 +20,9 @@ step "declared rust-version"
 scripts/check-msrv.sh
 
 step "licences and banned crates (cargo deny, offline: no advisory database)"
+# cargo deny reads every package's manifest, those of other platforms' dependencies too,
+# which a build on this one never downloads.
+cargo fetch --locked
 "${KVSYNC_TOOLS:-$HOME/.cache/kvsync-tools}/bin/cargo-deny" deny --offline --locked \
   check --hide-inclusion-graph licenses bans sources
 
