@@ -29,6 +29,8 @@ use crate::app::{elements, values_of};
 const EXPORT_CHUNK: usize = 500;
 /// Most lines one import request takes (`kvsync import` sends a file in such chunks).
 pub const MAX_IMPORT_LINES: usize = 1000;
+/// Lines of one import merged at a time.
+const IMPORT_CONCURRENCY: usize = 32;
 
 /// One exported pair: its whole state (what an import merges), with its version, status
 /// and values for people and tools that only read.
@@ -201,8 +203,13 @@ pub async fn import(State(ctx): State<Ctx>, body: Bytes) -> Result<Response, Api
     }
     let total = lines.len();
     let (mut changed, mut unchanged) = (0u64, 0u64);
-    for (key, state) in lines {
-        match ctx.app.import(key, state).await? {
+    // Several lines at a time, so their writes share database commands (group commit).
+    // Merging is commutative: two lines of one key end the same in either order.
+    let mut merges = futures::stream::iter(lines)
+        .map(|(key, state)| ctx.app.import(key, state))
+        .buffer_unordered(IMPORT_CONCURRENCY);
+    while let Some(outcome) = merges.next().await {
+        match outcome? {
             Outcome::Applied => changed += 1,
             Outcome::Stale => unchanged += 1,
         }
