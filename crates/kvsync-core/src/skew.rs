@@ -154,6 +154,11 @@ pub struct Heartbeat {
     /// heartbeats, which read as an empty report).
     #[serde(default)]
     pub report: crate::cluster::Report,
+    /// The sender has writes waiting for their replication: its peers report their
+    /// progress as it happens, not only every interval. Absent (false) from earlier
+    /// releases, which reported progress always.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub waiting: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,6 +180,7 @@ impl Heartbeat {
             wall_ms,
             started_ms,
             report: Default::default(),
+            waiting: false,
         }
     }
 

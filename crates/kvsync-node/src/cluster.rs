@@ -93,7 +93,18 @@ pub struct ClusterView {
     join: Mutex<Option<Join>>,
     /// Notified when a join is wanted.
     pub join_wanted: tokio::sync::Notify,
+    /// Writes of this node waiting for their replication.
+    waiting: std::sync::atomic::AtomicUsize,
+    /// Until when a peer's last heartbeat said it waits for replication.
+    peer_waits_until: Mutex<Option<Instant>>,
+    /// Notified when a heartbeat should go out now: a wait began here, or a peer began
+    /// waiting.
+    pub report_now: tokio::sync::Notify,
 }
+
+/// How long after a peer's heartbeat said it waits this node keeps reporting progress
+/// as it happens: a few of the peer's heartbeats, which say it again while it waits.
+const PEER_WAIT_GRACE: Duration = Duration::from_secs(3);
 
 /// Which peers a write waits for, and how many of them must confirm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,7 +139,25 @@ impl ClusterView {
             publications: Mutex::default(),
             join: Mutex::default(),
             join_wanted: tokio::sync::Notify::new(),
+            waiting: Default::default(),
+            peer_waits_until: Mutex::default(),
+            report_now: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Whether this node has writes waiting for their replication (said in its heartbeats).
+    pub fn waiting(&self) -> bool {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+
+    /// Whether progress should be reported as it happens: a peer waits for replication.
+    /// Otherwise the periodic heartbeat reports it, which spares the broker a heartbeat
+    /// per applied event.
+    pub fn progress_wanted(&self) -> bool {
+        self.peer_waits_until
+            .lock()
+            .expect("peer waits lock")
+            .is_some_and(|until| Instant::now() < until)
     }
 
     /// Asks for a join from the peers' state (unless one is under way).
@@ -241,6 +270,15 @@ impl ClusterView {
             return;
         }
         let now = Instant::now();
+        if hb.waiting {
+            let mut until = self.peer_waits_until.lock().expect("peer waits lock");
+            // A wait just began: report at once, in case what it waits for is applied
+            // already (its progress was made before anyone asked).
+            if until.is_none_or(|u| now >= u) {
+                self.report_now.notify_one();
+            }
+            *until = Some(now + PEER_WAIT_GRACE);
+        }
         let mut members = self.members.lock().expect("members lock");
         if !members.contains_key(&hb.node) && members.len() >= MAX_MEMBERS {
             return;
@@ -340,6 +378,8 @@ impl ClusterView {
     ) -> Replication {
         let started = Instant::now();
         let peers = self.live_peers();
+        // Said in this node's heartbeats until the wait ends; the first goes out now.
+        let _waiting = Waiting::begin(self);
         let required = match wait {
             WaitFor::All => peers.len(),
             WaitFor::AtLeast(n) => n,
@@ -451,5 +491,25 @@ impl ClusterView {
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+}
+
+/// One write waiting for its replication, counted while it lives.
+struct Waiting<'a>(&'a ClusterView);
+
+impl<'a> Waiting<'a> {
+    fn begin(view: &'a ClusterView) -> Self {
+        view.waiting
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        view.report_now.notify_one();
+        Self(view)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0
+            .waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -60,7 +60,9 @@ pub async fn run(
         let send_now = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => true,
-            _ = status.progress.notified() => true,
+            // Progress goes out as it happens only while a peer waits for it.
+            _ = status.progress.notified() => app.cluster.progress_wanted(),
+            _ = app.cluster.report_now.notified() => true,
             _ = async { sending.as_mut().expect("guarded").await.ok() }, if sending.is_some() => {
                 sending = None;
                 std::mem::take(&mut again)
@@ -95,7 +97,9 @@ pub async fn run(
         }
         let mut hb = Heartbeat::new(app.node.clone(), now_ms(), app.cluster.started_ms());
         hb.report = app.cluster.report(&status);
+        hb.waiting = app.cluster.waiting();
         let (publisher, topic) = (publisher.clone(), topic.clone());
+        app.metrics.heartbeats_sent.inc();
         sending = Some(tokio::spawn(async move {
             if let Err(e) = publisher.send(&topic, hb.node.as_str(), &hb.encode()).await {
                 tracing::debug!(error = %e, "heartbeat not sent");

@@ -63,6 +63,7 @@ pub struct Metrics {
     pub peer_up: Family<PeerLabels, Gauge>,
     pub peer_lag_events: Family<PeerLabels, Gauge>,
     pub peer_lag: Family<PeerLabels, Gauge<f64, AtomicU64>>,
+    pub heartbeats_sent: Counter,
     pub repair_rounds: Counter,
     pub repair_buckets: Counter,
     pub repair_keys: Counter,
@@ -103,6 +104,7 @@ impl Metrics {
         let peer_up = Family::<PeerLabels, Gauge>::default();
         let peer_lag_events = Family::<PeerLabels, Gauge>::default();
         let peer_lag = Family::<PeerLabels, Gauge<f64, AtomicU64>>::default();
+        let heartbeats_sent = Counter::default();
         let repair_rounds = Counter::default();
         let repair_buckets = Counter::default();
         let repair_keys = Counter::default();
@@ -229,6 +231,11 @@ impl Metrics {
             peer_lag.clone(),
         );
         r.register(
+            "heartbeats_sent",
+            "Heartbeats this node published on the control topic",
+            heartbeats_sent.clone(),
+        );
+        r.register(
             "repair_rounds",
             "Anti-entropy rounds: summaries of this node's state sent to its peers",
             repair_rounds.clone(),
@@ -284,6 +291,7 @@ impl Metrics {
             peer_up,
             peer_lag_events,
             peer_lag,
+            heartbeats_sent,
             repair_rounds,
             repair_buckets,
             repair_keys,

@@ -581,3 +581,61 @@ async fn a_member_away_longer_than_the_horizon_rejoins_from_state_and_brings_not
     let keys: Vec<&str> = pairs.iter().map(|p| p.key.as_str()).collect();
     assert_eq!(keys, ["away/kept"]);
 }
+
+/// Heartbeats report progress as it happens only while a peer waits for a write's
+/// replication. Replicating ordinary writes costs the broker no heartbeat per event
+/// (each node used to send one for nearly every event it applied, doubling the broker's
+/// requests), and a write that waits is still answered once its peer applied it, long
+/// before the next periodic heartbeat.
+#[tokio::test]
+async fn heartbeats_follow_progress_only_while_a_peer_waits() {
+    use futures::StreamExt;
+    let _slot = SLOTS.acquire().await.unwrap();
+    let c = cluster(
+        2,
+        &[
+            ("KVSYNC_HEARTBEAT_INTERVAL_MS", "5000"),
+            ("KVSYNC_PEER_AWAY_AFTER_MS", "20000"),
+        ],
+    )
+    .await;
+    let clients = c.clients();
+    wait_member_status(&clients[0], "node2", "live").await;
+
+    let before = metric(&clients[1], "kvsync_heartbeats_sent_total").await;
+    let started = Instant::now();
+    let written: Vec<_> = futures::stream::iter(0..300)
+        .map(|i| {
+            let client = clients[0].clone();
+            async move { client.put(&format!("hb/{i:03}"), &["v"]).await }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    assert!(written.iter().all(Result::is_ok));
+    c.converged(T).await.unwrap();
+    let sent = metric(&clients[1], "kvsync_heartbeats_sent_total").await - before;
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(
+        sent <= (seconds / 5.0).ceil() + 2.0,
+        "node2 sent {sent} heartbeats while it applied 300 events in {seconds:.1} s"
+    );
+
+    for i in 0..3 {
+        let started = Instant::now();
+        let resp = clients[0]
+            .request(Method::PUT, &clients[0].pair_url(&format!("hb/wait{i}")))
+            .query(&[("wait", "all"), ("timeout_ms", "10000")])
+            .json(&json!({ "values": ["w"] }))
+            .send()
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["replication"]["timed_out"], false, "{body}");
+        assert!(
+            took < Duration::from_millis(2500),
+            "a waiting write took {took:?}, as long as the periodic heartbeat: {body}"
+        );
+    }
+}
