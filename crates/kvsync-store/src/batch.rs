@@ -29,7 +29,7 @@ use mongodb::{
 };
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::{CasError, StoreError, COLLECTION, DUPLICATE_KEY};
+use crate::{decode_int, CasError, StoreError, COLLECTION, DUPLICATE_KEY};
 
 /// Statements in one command at most, unless set otherwise.
 pub const DEFAULT_STATEMENTS: usize = 128;
@@ -48,7 +48,6 @@ const NO_REV: i64 = 0;
 pub struct BatchStats {
     commands: AtomicU64,
     writes: AtomicU64,
-    limit: AtomicUsize,
 }
 
 impl BatchStats {
@@ -73,6 +72,8 @@ struct Pending {
 pub(crate) struct Batcher {
     tx: mpsc::UnboundedSender<Pending>,
     stats: Arc<BatchStats>,
+    /// Statements one command may hold.
+    limit: Arc<AtomicUsize>,
 }
 
 impl Batcher {
@@ -82,13 +83,13 @@ impl Batcher {
     pub(crate) fn start(db: Database, timeout: Duration) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(BatchStats::default());
-        stats.limit.store(DEFAULT_STATEMENTS, Ordering::Relaxed);
-        tokio::spawn(run(db, timeout, rx, stats.clone()));
-        Self { tx, stats }
+        let limit = Arc::new(AtomicUsize::new(DEFAULT_STATEMENTS));
+        tokio::spawn(run(db, timeout, rx, stats.clone(), limit.clone()));
+        Self { tx, stats, limit }
     }
 
     pub(crate) fn set_limit(&self, statements: usize) {
-        self.stats.limit.store(statements.max(1), Ordering::Relaxed);
+        self.limit.store(statements.max(1), Ordering::Relaxed);
     }
 
     pub(crate) fn stats(&self) -> &Arc<BatchStats> {
@@ -130,6 +131,7 @@ async fn run(
     timeout: Duration,
     mut rx: mpsc::UnboundedReceiver<Pending>,
     stats: Arc<BatchStats>,
+    limit: Arc<AtomicUsize>,
 ) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut held: Option<Pending> = None;
@@ -146,7 +148,7 @@ async fn run(
         if first.done.is_closed() {
             continue;
         }
-        let limit = stats.limit.load(Ordering::Relaxed);
+        let limit = limit.load(Ordering::Relaxed);
         // Waiting for a slot is when writes gather. Without batching, each write goes
         // out at once, as many at a time as there are writers.
         let slot = if limit > 1 {
@@ -199,7 +201,7 @@ async fn send(db: &Database, timeout: Duration, batch: Vec<Pending>) {
     };
     let outcomes = match reply {
         Ok(reply) => outcomes(&reply, waiting.len()),
-        Err(e) => (0..waiting.len()).map(|_| Err(copy(&e).into())).collect(),
+        Err(e) => (0..waiting.len()).map(|_| Err(e.clone().into())).collect(),
     };
     for (done, outcome) in waiting.into_iter().zip(outcomes) {
         // A writer that gave up waiting has dropped its receiver: nothing to tell.
@@ -223,13 +225,16 @@ fn outcomes(reply: &Document, n: usize) -> Vec<Result<(), CasError>> {
         let Bson::Document(error) = error else {
             continue;
         };
-        let Some(index) = int(error.get("index")).and_then(|i| usize::try_from(i).ok()) else {
+        let Some(index) = decode_int(error, "index")
+            .ok()
+            .and_then(|i| usize::try_from(i).ok())
+        else {
             continue;
         };
         let Some(slot) = out.get_mut(index) else {
             continue;
         };
-        *slot = if int(error.get("code")) == Some(i64::from(DUPLICATE_KEY)) {
+        *slot = if decode_int(error, "code").ok() == Some(i64::from(DUPLICATE_KEY)) {
             Err(CasError::Conflict)
         } else {
             Err(StoreError::Backend(format!(
@@ -240,28 +245,6 @@ fn outcomes(reply: &Document, n: usize) -> Vec<Result<(), CasError>> {
         };
     }
     out
-}
-
-/// Lenient: servers answer numbers as 32 or 64 bits, or as doubles.
-fn int(b: Option<&Bson>) -> Option<i64> {
-    match b? {
-        Bson::Int32(i) => Some(i64::from(*i)),
-        Bson::Int64(i) => Some(*i),
-        Bson::Double(d) => Some(*d as i64),
-        _ => None,
-    }
-}
-
-/// One failure told to each writer of a batch.
-fn copy(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        StoreError::Backend(m) => StoreError::Backend(m.clone()),
-        StoreError::Corrupt { key, reason } => StoreError::Corrupt {
-            key: key.clone(),
-            reason: reason.clone(),
-        },
-    }
 }
 
 #[cfg(test)]

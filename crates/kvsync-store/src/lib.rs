@@ -60,7 +60,7 @@ pub const CONFLICTS_KEPT: usize = 20;
 /// Attempts of a read-merge-write before giving up on a key changed that often.
 const MAX_ATTEMPTS: usize = 64;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be used: down, unreachable, not answering in time, or
     /// refusing our credentials.
