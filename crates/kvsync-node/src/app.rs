@@ -2,8 +2,9 @@
 //! terms of the domain types. HTTP, Kafka and MongoDB specifics stay in their adapters.
 
 use std::{
+    collections::HashSet,
     sync::{Arc, Mutex},
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use kvsync_core::{
@@ -13,6 +14,7 @@ use kvsync_core::{
 use kvsync_store::{CasError, RecordedConflict, Store, StoreError, StoredPair};
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, Notify, OnceCell};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     clock_watch::ClockWatch, cluster::ClusterView, metrics::Metrics, state_cache::StateCache,
@@ -214,7 +216,7 @@ impl FeedItem {
 }
 
 pub fn rfc3339(wall_ms: u64) -> String {
-    let t = UNIX_EPOCH + std::time::Duration::from_millis(wall_ms);
+    let t = UNIX_EPOCH + Duration::from_millis(wall_ms);
     humantime::format_rfc3339_millis(t).to_string()
 }
 
@@ -260,6 +262,10 @@ pub struct App {
     /// Asks the relay to scan the outbox: a change did not fit in its queue, or a
     /// publication failed.
     pub rescan: Notify,
+    /// Keys whose last write got no answer: it may yet land, unannounced (see
+    /// [`App::settle_uncertain`]).
+    uncertain: Mutex<HashSet<Key>>,
+    uncertain_added: Notify,
 }
 
 impl App {
@@ -285,6 +291,8 @@ impl App {
             outbox,
             cache: StateCache::default(),
             rescan: Notify::new(),
+            uncertain: Mutex::default(),
+            uncertain_added: Notify::new(),
         }
     }
 
@@ -417,6 +425,7 @@ impl App {
                 Err(CasError::Conflict) => self.cache.forget(key),
                 Err(CasError::Store(e)) => {
                     self.cache.forget(key);
+                    self.uncertain(key, &e);
                     return Err(self.write_failed(e));
                 }
             }
@@ -590,6 +599,7 @@ impl App {
             Ok(applied) => applied,
             Err(e) => {
                 self.cache.forget(&event.key);
+                self.uncertain(&event.key, &e);
                 return Err(e);
             }
         };
@@ -631,6 +641,7 @@ impl App {
             Ok(applied) => applied,
             Err(e) => {
                 self.cache.forget(&event.key);
+                self.uncertain(&event.key, &e);
                 return Err(self.write_failed(e));
             }
         };
@@ -658,7 +669,7 @@ impl App {
         &self,
         key: &Key,
         min: &Version,
-        timeout: std::time::Duration,
+        timeout: Duration,
     ) -> Result<Option<StoredPair>, AppError> {
         let deadline = tokio::time::Instant::now() + timeout;
         // Subscribed before the first read, so a change in between is not missed.
@@ -733,6 +744,75 @@ impl App {
     /// A write that failed on its way to or from the database may still be applied, outbox
     /// mark included (a hung server that wakes up): have the relay look for it now rather
     /// than at its next sweep, or the peers would miss it until then.
+    /// Notes a write that failed for want of an answer: the database may still apply
+    /// it, numbered, after readers of the feed went past that number.
+    fn uncertain(&self, key: &Key, e: &StoreError) {
+        if matches!(e, StoreError::Unavailable(_)) {
+            self.uncertain.lock().expect("lock").insert(key.clone());
+            self.uncertain_added.notify_one();
+        }
+    }
+
+    /// Until `stop`: gives every key whose write got no answer a new number once the
+    /// database answers again, and tells the feed of its stored state. Whether that write
+    /// landed or not, the feed then holds what the database holds; every write is a
+    /// compare-and-swap, so a write that lands later fails instead of going unannounced.
+    pub async fn settle_uncertain(&self, stop: CancellationToken) {
+        const MAX_DELAY: Duration = Duration::from_secs(2);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.uncertain_added.notified() => {}
+            }
+            let mut delay = Duration::from_millis(100);
+            loop {
+                let keys: Vec<Key> = self.uncertain.lock().expect("lock").drain().collect();
+                let Some(failed) = self.renumber_all(keys).await else {
+                    break;
+                };
+                tracing::debug!(error = %failed, "renumbering keys whose write got no answer failed; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(MAX_DELAY);
+            }
+        }
+    }
+
+    /// Renumbers `keys`; on the first failure, puts the rest back and returns it.
+    async fn renumber_all(&self, keys: Vec<Key>) -> Option<StoreError> {
+        let mut keys = keys.into_iter();
+        while let Some(key) = keys.next() {
+            if let Err(e) = self.renumber(&key).await {
+                let mut uncertain = self.uncertain.lock().expect("lock");
+                uncertain.insert(key);
+                uncertain.extend(keys);
+                return Some(e);
+            }
+        }
+        None
+    }
+
+    async fn renumber(&self, key: &Key) -> Result<(), StoreError> {
+        self.ensure_ready().await?;
+        // A write racing with this one would leave the cache behind: it is read again.
+        self.cache.forget(key);
+        let Some((pair, ticket)) = self.store.renumber(key).await? else {
+            return Ok(());
+        };
+        let origin = pair
+            .state
+            .version()
+            .map_or_else(|| self.node.clone(), |v| v.node.clone());
+        self.announce(
+            ticket.seq(),
+            FeedItem::Change(Change::of(key, &pair.state, &origin)),
+        );
+        self.metrics.renumbered.inc();
+        Ok(())
+    }
+
     fn write_failed(&self, e: StoreError) -> AppError {
         self.rescan.notify_one();
         e.into()

@@ -198,6 +198,13 @@ impl Node {
                 ("replicator", r.map_err(Into::into))
             }
         });
+        tasks.spawn({
+            let (app, stop) = (app.clone(), consumer_stop.clone());
+            async move {
+                app.settle_uncertain(stop).await;
+                ("uncertain-write settler", Ok(()))
+            }
+        });
         let (control_tx, control_rx) = mpsc::channel(1024);
         tasks.spawn({
             let (app, stop) = (app.clone(), consumer_stop.clone());

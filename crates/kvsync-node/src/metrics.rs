@@ -48,6 +48,7 @@ pub struct Metrics {
     pub applied: Counter,
     pub skipped_stale: Counter,
     pub skipped_own: Counter,
+    pub renumbered: Counter,
     pub rejected: Family<ReasonLabels, Counter>,
     pub replication_lag: Histogram,
     pub outbox_backlog: Gauge,
@@ -88,6 +89,7 @@ impl Metrics {
         let applied = Counter::default();
         let skipped_stale = Counter::default();
         let skipped_own = Counter::default();
+        let renumbered = Counter::default();
         let rejected = Family::<ReasonLabels, Counter>::default();
         // 0.5 ms to ~16 s.
         let replication_lag = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
@@ -149,6 +151,11 @@ impl Metrics {
             "events_skipped_stale",
             "Peer events older than (or equal to) the stored version",
             skipped_stale.clone(),
+        );
+        r.register(
+            "uncertain_writes_renumbered",
+            "Keys whose write got no answer in time, renumbered so the change feed tells of their stored state",
+            renumbered.clone(),
         );
         r.register(
             "events_skipped_own",
@@ -276,6 +283,7 @@ impl Metrics {
             applied,
             skipped_stale,
             skipped_own,
+            renumbered,
             rejected,
             replication_lag,
             outbox_backlog,

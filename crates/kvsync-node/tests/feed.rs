@@ -436,3 +436,65 @@ async fn concurrent_writes_keep_ids_monotonic_and_resumes_complete() {
         }
     }
 }
+
+/// A write the node gave up on (no answer within the database timeout) may still land
+/// once the database wakes up. The node then holds a change nothing announced: a peer's
+/// change whose retry finds it already merged (stale), or a local write answered 503.
+/// Live feed clients must still hear of both, in order with everything else.
+#[tokio::test]
+async fn changes_that_land_after_the_database_timed_out_reach_the_feed() {
+    let c = cluster(2, &[("KVSYNC_MONGODB_TIMEOUT_MS", "500")]).await;
+    let (a, b) = (c.nodes[0].client(), c.nodes[1].client());
+    a.put("late/remote", &["r0"]).await.unwrap();
+    b.put("late/local", &["l0"]).await.unwrap();
+    wait_for(&b, "late/remote", Some(&["r0"])).await;
+    wait_for(&a, "late/local", Some(&["l0"])).await;
+
+    let mut stream = Sse::open(&b, "?prefix=late/", None).await;
+    let hello = stream.next().await.unwrap();
+    assert_eq!(hello.event, "hello");
+    let from = seq_of(hello.id.as_deref().unwrap());
+
+    c.mongos[1].pause();
+    a.put("late/remote", &["r1"]).await.unwrap();
+    wait_until(
+        T,
+        "node2 to give up on applying the peer's change",
+        || async {
+            c.nodes[1]
+                .log_tail(400)
+                .contains("applying event failed; retrying")
+        },
+    )
+    .await
+    .unwrap();
+    let r = b
+        .request(Method::PUT, &b.pair_url("late/local"))
+        .json(&serde_json::json!({"values": ["l1"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    c.mongos[1].unpause();
+
+    // The peer's change must arrive; the refused local write may or may not have landed.
+    wait_for(&b, "late/remote", Some(&["r1"])).await;
+    let local = b.get("late/local").await.unwrap().unwrap().values;
+    eprintln!("the refused local write left {local:?}");
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let events = tokio::time::timeout(
+        T,
+        stream.until(|e| {
+            if e.event == "change" {
+                seen.insert(e.key(), values(&e.json()).unwrap_or_default());
+            }
+            seen.get("late/remote").is_some_and(|v| v == &["r1"])
+                && (local == ["l0"] || seen.get("late/local") == Some(&local))
+        }),
+    )
+    .await;
+    let Ok(events) = events else {
+        panic!("the feed did not tell of every landed change; it told {seen:?}");
+    };
+    assert_monotonic(&events, Some(from));
+}

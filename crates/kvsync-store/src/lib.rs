@@ -516,6 +516,34 @@ impl Store {
         )))
     }
 
+    /// Gives the key's stored state a new number, for a write whose outcome is unknown
+    /// (its answer did not come in time): it may have landed, numbered, without the feed
+    /// hearing of it, and a number already passed by readers is never read again. Returns
+    /// the pair and the ticket of its new number; `None` when there is no document.
+    pub async fn renumber(&self, key: &Key) -> Result<Option<(StoredPair, Ticket)>, StoreError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(pair) = self.get(key).await? else {
+                return Ok(None);
+            };
+            let ticket = self.seqs.begin();
+            // The state is written as read: the update leaves no derived field behind.
+            let mut set = state_fields(key, &pair.state);
+            set.insert("seq", ticket.seq());
+            match self.bounded(self.swap(key, Some(pair.rev), set)).await {
+                Ok(()) => {
+                    let rev = pair.rev + 1;
+                    return Ok(Some((StoredPair { rev, ..pair }, ticket)));
+                }
+                Err(CasError::Conflict) => continue,
+                Err(CasError::Store(e)) => return Err(e),
+            }
+        }
+        Err(StoreError::Backend(format!(
+            "key {:?} changed {MAX_ATTEMPTS} times while it was renumbered",
+            key.as_str()
+        )))
+    }
+
     /// Clears the outbox marks of events the broker has acknowledged, in one operation.
     /// A key whose mark no longer has the event's id keeps it: a newer local change has
     /// replaced it in the meantime.
