@@ -72,6 +72,26 @@ pub fn lag(origin: &Report, origin_node: &str, applier: &Report) -> Lag {
     Lag { events, ms }
 }
 
+/// Whether a key that this member and a peer hold differently is the repair's to send
+/// again: only when the peer, as its listing says ([`Control::Bucket`]), had applied
+/// everything published before the key last changed here, give or take `margin_ms` for
+/// the two clocks and the relay. Otherwise the difference may be replication still on
+/// its way, and sending the key again only adds to the peer's backlog (an import or a
+/// restore writes states stamped long ago, so the state's own version cannot tell).
+///
+/// `changed_ms` is when the key last changed here (this member's clock; 0: not known,
+/// long ago). Without the peer's point (a member of an earlier release), keys changed in
+/// the last `margin_ms` are left to replication.
+pub fn repairable(
+    changed_ms: u64,
+    peer_caught_up_ms: Option<u64>,
+    now_ms: u64,
+    margin_ms: u64,
+) -> bool {
+    let settled_before = peer_caught_up_ms.unwrap_or(now_ms);
+    changed_ms.saturating_add(margin_ms) < settled_before
+}
+
 /// Whether a member that reported `applied` has dealt with the record at `offset` of
 /// `partition`.
 pub fn has_applied(applied: &BTreeMap<i32, i64>, partition: i32, offset: i64) -> bool {
@@ -201,6 +221,11 @@ pub enum Control {
         list: BucketList,
         part: u32,
         parts: u32,
+        /// The time (the member's clock, ms) before which every event published was
+        /// applied by the member when it read these keys: a key changed after it may
+        /// differ only because replication has not brought it yet (see [`repairable`]).
+        /// `None` from members of earlier releases.
+        caught_up_ms: Option<u64>,
     },
     /// A member joining from state asks a peer (`target`) for its state.
     Sync {
@@ -232,6 +257,8 @@ enum Wire {
         part: u32,
         parts: u32,
         keys: BTreeMap<String, String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        caught_up_ms: Option<u64>,
     },
     Sync {
         schema: u32,
@@ -271,6 +298,7 @@ impl Control {
                 list,
                 part,
                 parts,
+                caught_up_ms,
             } => Wire::Bucket {
                 schema,
                 node,
@@ -278,6 +306,7 @@ impl Control {
                 part,
                 parts,
                 keys: list.entries,
+                caught_up_ms,
             },
             Control::Sync {
                 node,
@@ -326,6 +355,7 @@ impl Control {
                 part,
                 parts,
                 keys,
+                caught_up_ms,
             } if schema == CONTROL_SCHEMA && bucket < BUCKETS && part < parts => Control::Bucket {
                 node,
                 list: BucketList {
@@ -334,6 +364,7 @@ impl Control {
                 },
                 part,
                 parts,
+                caught_up_ms,
             },
             Wire::Sync {
                 schema,
@@ -428,9 +459,17 @@ mod tests {
             },
             Control::Bucket {
                 node: node("n1"),
+                list: list.clone(),
+                part: 0,
+                parts: 1,
+                caught_up_ms: Some(1_700_000_000_000),
+            },
+            Control::Bucket {
+                node: node("n1"),
                 list,
                 part: 0,
                 parts: 1,
+                caught_up_ms: None,
             },
             Control::Sync {
                 node: node("n2"),
@@ -458,6 +497,24 @@ mod tests {
     }
 
     #[test]
+    fn keys_a_peer_may_still_be_applying_are_not_repaired() {
+        let (now, margin) = (1_000_000, 2_000);
+        // The peer had applied everything up to a minute ago: a key changed since is on
+        // its way, one changed before that really differs.
+        let caught_up = Some(now - 60_000);
+        assert!(!repairable(now - 1_000, caught_up, now, margin));
+        assert!(!repairable(now - 59_000, caught_up, now, margin));
+        assert!(repairable(now - 62_001, caught_up, now, margin));
+        // Unknown change time: long ago.
+        assert!(repairable(0, caught_up, now, margin));
+        // A peer without the point: only the last moments are left to replication.
+        assert!(!repairable(now - 1_000, None, now, margin));
+        assert!(repairable(now - 3_000, None, now, margin));
+        // A peer that never caught up (point 0) gets nothing but what is long known.
+        assert!(!repairable(now - 1_000, Some(0), now, margin));
+    }
+
+    #[test]
     fn bucket_lists_split_under_the_size_bound() {
         let entries: BTreeMap<String, String> = (0..1000)
             .map(|i| (format!("key-{i:04}"), "0123456789abcdef".to_owned()))
@@ -475,6 +532,7 @@ mod tests {
                 list: c.clone(),
                 part: 0,
                 parts: 1,
+                caught_up_ms: Some(u64::MAX),
             };
             assert!(record.encode().len() < 2 * 4096);
             joined.extend(c.entries);

@@ -21,11 +21,11 @@ use std::{
 
 use futures::StreamExt;
 use kvsync_core::{
-    cluster::{bucket_of, BucketList, Control, Summary, BUCKETS},
+    cluster::{bucket_of, repairable, BucketList, Control, Summary, BUCKETS},
     Key, NodeId,
 };
 use kvsync_kafka::Publisher;
-use kvsync_store::StoredPair;
+use kvsync_store::{Scanned, StoredPair};
 use tokio::{sync::mpsc, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -57,14 +57,25 @@ pub struct RepairSettings {
     pub status: Arc<ReplicationStatus>,
 }
 
-/// A peer's listing of a bucket being received: since when, parts so far, their keys.
-type Parts = (Instant, u32, BTreeMap<String, String>);
+/// A peer's listing of a bucket being received.
+struct Parts {
+    since: Instant,
+    received: u32,
+    keys: BTreeMap<String, String>,
+    /// The earliest point the parts say the peer had applied everything before.
+    caught_up_ms: Option<u64>,
+}
 
-/// This node's own keys, as of its last scan: their fingerprints per bucket.
+/// This node's own keys, as of its last scan.
 struct Scan {
     at: Instant,
     summary: Summary,
+    /// Per bucket, each key's fingerprint.
     buckets: Vec<BTreeMap<String, String>>,
+    /// When each key last changed here (ms, this node's clock; see `Scanned`).
+    changed_ms: HashMap<String, u64>,
+    /// Before the scan began, this node had applied every event published before this.
+    caught_up_ms: Option<u64>,
 }
 
 pub async fn run(
@@ -144,6 +155,9 @@ impl Repair {
     async fn rescan(&mut self) -> bool {
         let mut summary = Summary::default();
         let mut buckets = vec![BTreeMap::new(); BUCKETS as usize];
+        let mut changed_ms = HashMap::new();
+        // Read before the scan: what the scan reads includes at least that much.
+        let caught_up_ms = self.settings.status.caught_up_ms();
         let mut scan = match self.app.store.scan(None).await {
             Ok(scan) => scan,
             Err(e) => {
@@ -152,9 +166,13 @@ impl Repair {
             }
         };
         while let Some(next) = scan.next().await {
-            let pair = match next {
-                Ok((_, Ok(pair))) => pair,
-                Ok((_, Err(_))) => continue, // Unreadable: repairs bring a good one.
+            let (pair, changed) = match next {
+                Ok(Scanned {
+                    pair: Ok(pair),
+                    changed_ms,
+                    ..
+                }) => (pair, changed_ms),
+                Ok(_) => continue, // Unreadable: repairs bring a good one.
                 Err(e) => {
                     tracing::debug!(error = %e, "the scan for a summary broke off");
                     return false;
@@ -166,11 +184,14 @@ impl Repair {
             let fp = pair.state.fingerprint();
             summary.add(pair.key.as_str(), &fp);
             buckets[bucket_of(pair.key.as_str()) as usize].insert(pair.key.to_string(), fp);
+            changed_ms.insert(pair.key.to_string(), changed);
         }
         self.scan = Some(Scan {
             at: Instant::now(),
             summary,
             buckets,
+            changed_ms,
+            caught_up_ms,
         });
         true
     }
@@ -193,7 +214,7 @@ impl Repair {
             }
         }
         self.parts
-            .retain(|_, (at, _, _)| at.elapsed() < self.settings.interval);
+            .retain(|_, p| p.since.elapsed() < self.settings.interval);
         if self.app.cluster.live_peers().is_empty() {
             return; // Nobody to compare with: spare the scan.
         }
@@ -248,21 +269,29 @@ impl Repair {
                 list,
                 part: _,
                 parts,
+                caught_up_ms,
             } => {
                 let entry = self
                     .parts
                     .entry((node.clone(), list.bucket))
-                    .or_insert_with(|| (Instant::now(), 0, BTreeMap::new()));
-                entry.1 += 1;
-                entry.2.extend(list.entries);
-                if entry.1 < parts {
+                    .or_insert_with(|| Parts {
+                        since: Instant::now(),
+                        received: 0,
+                        keys: BTreeMap::new(),
+                        caught_up_ms,
+                    });
+                entry.received += 1;
+                entry.keys.extend(list.entries);
+                entry.caught_up_ms = entry.caught_up_ms.min(caught_up_ms);
+                if entry.received < parts {
                     return;
                 }
-                let (_, _, theirs) = self
+                let theirs = self
                     .parts
                     .remove(&(node.clone(), list.bucket))
                     .expect("entry");
-                self.compare(&node, list.bucket, theirs).await;
+                self.compare(&node, list.bucket, theirs.keys, theirs.caught_up_ms)
+                    .await;
             }
             Control::Sync {
                 node,
@@ -322,7 +351,8 @@ impl Repair {
             return;
         }
         self.lists_sent.insert(b, Instant::now());
-        let entries = self.scan.as_ref().expect("scanned").buckets[b as usize].clone();
+        let scan = self.scan.as_ref().expect("scanned");
+        let (entries, caught_up_ms) = (scan.buckets[b as usize].clone(), scan.caught_up_ms);
         let chunks = BucketList { bucket: b, entries }.chunks(LIST_BYTES);
         let parts = chunks.len() as u32;
         for (i, list) in chunks.into_iter().enumerate() {
@@ -331,22 +361,37 @@ impl Repair {
                 list,
                 part: i as u32,
                 parts,
+                caught_up_ms,
             })
             .await;
         }
     }
 
     /// Re-publishes this node's keys of bucket `b` that `peer` lacks or holds otherwise,
-    /// and sends its own listing when the peer holds keys this node lacks or holds
-    /// otherwise, so the peer repairs those.
-    async fn compare(&mut self, peer: &NodeId, b: u32, theirs: BTreeMap<String, String>) {
+    /// unless the peer may still be applying them (see [`repairable`]), and sends its own
+    /// listing when the peer holds keys this node lacks or holds otherwise, so the peer
+    /// repairs those.
+    async fn compare(
+        &mut self,
+        peer: &NodeId,
+        b: u32,
+        theirs: BTreeMap<String, String>,
+        their_caught_up_ms: Option<u64>,
+    ) {
         if !self.fresh_scan().await {
             return;
         }
-        let ours = &self.scan.as_ref().expect("scanned").buckets[b as usize];
+        let scan = self.scan.as_ref().expect("scanned");
+        let ours = &scan.buckets[b as usize];
+        let now = now_ms();
+        let margin = SETTLING.as_millis() as u64;
         let differ: Vec<String> = ours
             .iter()
             .filter(|(k, fp)| theirs.get(*k) != Some(*fp))
+            .filter(|(k, _)| {
+                let changed = scan.changed_ms.get(*k).copied().unwrap_or(0);
+                repairable(changed, their_caught_up_ms, now, margin)
+            })
             .map(|(k, _)| k.clone())
             .collect();
         let they_have_more = theirs.iter().any(|(k, fp)| ours.get(k) != Some(fp));
@@ -408,8 +453,8 @@ impl Repair {
             };
             while let Some(next) = scan.next().await {
                 let pair = match next {
-                    Ok((_, Ok(pair))) => pair,
-                    Ok((_, Err(_))) => continue,
+                    Ok(Scanned { pair: Ok(pair), .. }) => pair,
+                    Ok(_) => continue,
                     Err(e) => {
                         tracing::warn!(error = %e, "snapshot for a joining peer stopped: the database failed; the peer asks again");
                         return;

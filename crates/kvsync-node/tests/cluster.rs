@@ -639,3 +639,53 @@ async fn heartbeats_follow_progress_only_while_a_peer_waits() {
         );
     }
 }
+
+/// Keys a peer has not applied yet are replication's to carry, not repair's, however old
+/// their states' versions: an import (or a restore) writes states stamped long ago, and
+/// a peer catching up on them must not be sent every one of them a second time.
+#[tokio::test]
+async fn a_peer_catching_up_on_an_import_is_left_to_replication() {
+    let _slot = SLOTS.acquire().await.unwrap();
+    let c = cluster(2, &[]).await;
+    let (a, b) = (c.nodes[0].client(), c.nodes[1].client());
+    a.put("imp/first", &["x"]).await.unwrap();
+    c.identical(T).await.unwrap();
+
+    // A state last written a minute ago, as a backup holds it.
+    let wall_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - 60_000;
+    let ver = format!("{wall_ms:016x}-00000000-node1");
+    let state = json!({
+        "els": [{ "id": format!("{ver}.0"), "seq": 1, "gen": ver, "ver": ver, "value": "v" }],
+        "base": ver,
+        "written": ver,
+    });
+    // Node 2 falls behind: its database stops while node 1 takes the import.
+    c.mongos[1].pause();
+    for batch in 0..2 {
+        let body: Vec<String> = (0..1000)
+            .map(|i| json!({ "key": format!("imp/{batch}{i:03}"), "state": state }).to_string())
+            .collect();
+        let r = a
+            .request(Method::POST, &a.url("/api/import"))
+            .body(body.join("\n"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    }
+    c.mongos[1].unpause();
+    let state = c.identical(T).await.unwrap();
+    assert_eq!(state.len(), 2001);
+    for client in [&a, &b] {
+        assert_eq!(
+            metric(client, "kvsync_repair_keys_total").await,
+            0.0,
+            "{} re-published keys its peer was still applying",
+            client.base()
+        );
+    }
+}

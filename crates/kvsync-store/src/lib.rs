@@ -90,8 +90,16 @@ impl From<mongodb::error::Error> for StoreError {
     }
 }
 
-/// One document of a scan: its id, and the pair it holds (or why it cannot be read).
-pub type Scanned = (String, Result<StoredPair, StoreError>);
+/// One document of a scan.
+#[derive(Debug)]
+pub struct Scanned {
+    pub id: String,
+    /// The pair it holds, or why it cannot be read.
+    pub pair: Result<StoredPair, StoreError>,
+    /// When the pair last changed on this node (this node's wall clock, ms, from its feed
+    /// number); 0 when not known.
+    pub changed_ms: u64,
+}
 
 /// A pair as stored, tombstones included.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -853,7 +861,13 @@ impl Store {
                 Some(Bson::String(s)) => s.clone(),
                 other => format!("{other:?}"),
             };
-            Ok((id, decode_pair(&d)))
+            // Feed numbers follow this node's wall clock in microseconds (see `seq`).
+            let changed_ms = decode_int(&d, "seq").map_or(0, |seq| seq.max(0) as u64 / 1000);
+            Ok(Scanned {
+                id,
+                pair: decode_pair(&d),
+                changed_ms,
+            })
         })))
     }
 

@@ -12,6 +12,7 @@ use axum::{
 };
 use futures::StreamExt;
 use kvsync_core::{state::StateWire, Key, Outcome, PairState};
+use kvsync_store::Scanned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -106,7 +107,7 @@ pub async fn export(State(ctx): State<Ctx>, Q(p): Q<ExportParams>) -> Result<Res
         let mut chunk = String::new();
         let mut in_chunk = 0;
         while let Some(next) = scan.next().await {
-            let (id, pair) = match next {
+            let Scanned { id, pair, .. } = match next {
                 Ok(found) => found,
                 Err(e) => {
                     // The status is sent: end with a line that cannot be mistaken for a pair.
