@@ -258,7 +258,7 @@ pub async fn run(target: &Target, args: &FloorArgs) -> Result<Option<FloorResult
                 Ok(_) => local.push(ms(t0.elapsed())),
                 Err(_) => errors += 1,
             }
-            marked.push(e.id);
+            marked.push((e.key, e.id));
             pb.inc(1);
         }
         pb.finish_and_clear();

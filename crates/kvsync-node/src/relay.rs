@@ -21,7 +21,7 @@ use std::{
 };
 
 use futures::FutureExt;
-use kvsync_core::Event;
+use kvsync_core::{Event, Key};
 use kvsync_kafka::{KafkaSettings, Publisher};
 use tokio::{
     sync::{mpsc, Semaphore},
@@ -72,8 +72,8 @@ pub struct Relay {
     /// Set while the relay scans the outbox until it finds nothing left.
     scanning: Arc<AtomicBool>,
     /// Acknowledged events whose marks are to be cleared.
-    acked: mpsc::Sender<Uuid>,
-    acked_rx: Option<mpsc::Receiver<Uuid>>,
+    acked: mpsc::Sender<(Key, Uuid)>,
+    acked_rx: Option<mpsc::Receiver<(Key, Uuid)>>,
     tasks: TaskTracker,
 }
 
@@ -285,7 +285,7 @@ impl Relay {
                     *failing_since.lock().expect("failing lock") = None;
                     // Still in flight until its mark is cleared, so a scan meanwhile
                     // does not publish it again.
-                    if acked.send(event.id).await.is_ok() {
+                    if acked.send((event.key, event.id)).await.is_ok() {
                         return;
                     }
                 }
@@ -324,7 +324,7 @@ async fn clear_marks(
     app: Arc<App>,
     in_flight: Arc<Mutex<HashSet<Uuid>>>,
     scanning: Arc<AtomicBool>,
-    mut acked: mpsc::Receiver<Uuid>,
+    mut acked: mpsc::Receiver<(Key, Uuid)>,
 ) {
     let mut batch = Vec::with_capacity(CLEAR_BATCH);
     while acked.recv_many(&mut batch, CLEAR_BATCH).await > 0 {
@@ -335,7 +335,7 @@ async fn clear_marks(
         }
         {
             let mut in_flight = in_flight.lock().expect("in-flight lock");
-            for id in &batch {
+            for (_, id) in &batch {
                 in_flight.remove(id);
             }
         }

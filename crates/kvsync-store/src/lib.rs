@@ -555,15 +555,15 @@ impl Store {
     /// Clears the outbox marks of events the broker has acknowledged, in one operation.
     /// A key whose mark no longer has the event's id keeps it: a newer local change has
     /// replaced it in the meantime.
-    pub async fn clear_outboxes(&self, acked: &[Uuid]) -> Result<(), StoreError> {
-        // An event id names one change of one key: matching the ids alone, on their
-        // index, is one range lookup per id instead of an `$or` of key-and-id clauses,
-        // which cost the database more than the writes it follows.
-        let ids: Vec<String> = acked.iter().map(Uuid::to_string).collect();
-        let filter = match ids.len() {
+    pub async fn clear_outboxes(&self, acked: &[(Key, Uuid)]) -> Result<(), StoreError> {
+        let marks: Vec<Document> = acked
+            .iter()
+            .map(|(key, id)| doc! { "_id": key.as_str(), "outbox.id": id.to_string() })
+            .collect();
+        let filter = match marks.len() {
             0 => return Ok(()),
-            1 => doc! { "outbox.id": &ids[0] },
-            _ => doc! { "outbox.id": { "$in": ids } },
+            1 => marks.into_iter().next().expect("one mark"),
+            _ => doc! { "$or": marks },
         };
         self.bounded(async {
             self.pairs

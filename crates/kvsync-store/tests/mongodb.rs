@@ -201,9 +201,13 @@ async fn local_writes_are_compare_and_swap_and_leave_an_outbox_mark() {
 
     // Only the newest change is pending, with the key's current state.
     assert_eq!(s.pending(10).await.unwrap(), vec![second.clone()]);
-    s.clear_outboxes(&[first.id]).await.unwrap();
+    s.clear_outboxes(&[(first.key.clone(), first.id)])
+        .await
+        .unwrap();
     assert_eq!(s.count_pending().await.unwrap(), 1);
-    s.clear_outboxes(&[second.id]).await.unwrap();
+    s.clear_outboxes(&[(second.key.clone(), second.id)])
+        .await
+        .unwrap();
     assert_eq!(s.count_pending().await.unwrap(), 0);
 
     // Compare-and-swap: the document must still be at the expected rev.
@@ -243,14 +247,19 @@ async fn marks_are_cleared_in_batches_by_event_id() {
     })
     .await;
     assert_eq!(s.count_pending().await.unwrap(), 5);
-    let acked: Vec<uuid::Uuid> = events[..4].iter().map(|e| e.id).collect();
+    let acked: Vec<(Key, uuid::Uuid)> = events[..4].iter().map(|e| (e.key.clone(), e.id)).collect();
     s.clear_outboxes(&acked).await.unwrap();
     // k0 keeps the mark of its newer change; k4 was not acknowledged yet.
     let mut left = s.pending(10).await.unwrap();
     left.sort_by(|a, b| a.key.as_str().cmp(b.key.as_str()));
     assert_eq!(left, vec![newer.clone(), events[4].clone()]);
     s.clear_outboxes(&[]).await.unwrap();
-    s.clear_outboxes(&[newer.id, events[4].id]).await.unwrap();
+    s.clear_outboxes(&[
+        (newer.key.clone(), newer.id),
+        (events[4].key.clone(), events[4].id),
+    ])
+    .await
+    .unwrap();
     assert_eq!(s.count_pending().await.unwrap(), 0);
 }
 
@@ -504,7 +513,9 @@ async fn old_tombstones_are_collected_unless_their_deletion_awaits_publication()
     assert_eq!(s.pending(10).await.unwrap()[0].id, deletion.id);
 
     // Once published, it goes too; a cutoff given as a millisecond prefix works alike.
-    s.clear_outboxes(&[deletion.id]).await.unwrap();
+    s.clear_outboxes(&[(deletion.key.clone(), deletion.id)])
+        .await
+        .unwrap();
     assert_eq!(
         s.collect_tombstones(&format!("{:016x}", 500), 10)
             .await
