@@ -121,6 +121,13 @@ pub struct Change {
 }
 
 impl Change {
+    /// A stored pair as a change, from the node that wrote its state (`this_node` when
+    /// the state names none).
+    pub(crate) fn stored(pair: &StoredPair, this_node: &NodeId) -> Self {
+        let origin = pair.version().map_or(this_node, |v| &v.node);
+        Self::of(&pair.key, &pair.state, origin)
+    }
+
     pub(crate) fn of(key: &Key, state: &PairState, origin: &NodeId) -> Self {
         let live = state.is_live();
         let version = state.version();
@@ -425,8 +432,7 @@ impl App {
                 Err(CasError::Conflict) => self.cache.forget(key),
                 Err(CasError::Store(e)) => {
                     self.cache.forget(key);
-                    self.uncertain(key, &e);
-                    return Err(self.write_failed(e));
+                    return Err(self.write_failed(key, e));
                 }
             }
         }
@@ -641,8 +647,7 @@ impl App {
             Ok(applied) => applied,
             Err(e) => {
                 self.cache.forget(&event.key);
-                self.uncertain(&event.key, &e);
-                return Err(self.write_failed(e));
+                return Err(self.write_failed(&event.key, e));
             }
         };
         if applied.outcome == Outcome::Applied {
@@ -741,9 +746,6 @@ impl App {
         }
     }
 
-    /// A write that failed on its way to or from the database may still be applied, outbox
-    /// mark included (a hung server that wakes up): have the relay look for it now rather
-    /// than at its next sweep, or the peers would miss it until then.
     /// Notes a write that failed for want of an answer: the database may still apply
     /// it, numbered, after readers of the feed went past that number.
     fn uncertain(&self, key: &Key, e: &StoreError) {
@@ -801,19 +803,20 @@ impl App {
         let Some((pair, ticket)) = self.store.renumber(key).await? else {
             return Ok(());
         };
-        let origin = pair
-            .state
-            .version()
-            .map_or_else(|| self.node.clone(), |v| v.node.clone());
         self.announce(
             ticket.seq(),
-            FeedItem::Change(Change::of(key, &pair.state, &origin)),
+            FeedItem::Change(Change::stored(&pair, &self.node)),
         );
         self.metrics.renumbered.inc();
         Ok(())
     }
 
-    fn write_failed(&self, e: StoreError) -> AppError {
+    /// A local write that failed on its way to or from the database may still be applied,
+    /// outbox mark included (a hung server that wakes up): have the relay look for it now
+    /// rather than at its next sweep, or the peers would miss it until then; and the feed
+    /// hear of it (see [`App::uncertain`]).
+    fn write_failed(&self, key: &Key, e: StoreError) -> AppError {
+        self.uncertain(key, &e);
         self.rescan.notify_one();
         e.into()
     }

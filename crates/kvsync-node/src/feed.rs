@@ -86,8 +86,7 @@ pub fn follow(app: Arc<App>, prefix: String, resume: Option<String>) -> impl Str
                     for (seq, pair) in page {
                         cursor = seq;
                         if pair.key.as_str().starts_with(&prefix) {
-                            let origin = pair.version().map(|v| v.node.clone()).unwrap_or_else(|| app.node.clone());
-                            let change = FeedItem::Change(Change::of(&pair.key, &pair.state, &origin));
+                            let change = FeedItem::Change(Change::stored(&pair, &app.node));
                             yield Sent { name: "change", id: Some(position(seq)), data: change.json() };
                         }
                     }
