@@ -138,6 +138,14 @@ impl Summary {
         self.counts[b] += 1;
     }
 
+    /// Takes back an [`Summary::add`] of the same key and fingerprint: the summary is then
+    /// as if that key had never been added (XOR undoes itself).
+    pub fn remove(&mut self, key: &str, fingerprint: &str) {
+        let b = bucket_of(key) as usize;
+        self.hashes[b] ^= entry_hash(key, fingerprint);
+        self.counts[b] = self.counts[b].saturating_sub(1);
+    }
+
     /// The buckets whose contents differ from `other`'s.
     pub fn differing(&self, other: &Summary) -> Vec<u32> {
         (0..BUCKETS)

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod digest;
 pub mod event;
 pub mod feed;
+pub mod index;
 pub mod key;
 pub mod keymatch;
 pub mod merge;

@@ -17,7 +17,8 @@ use tokio::sync::{broadcast, mpsc, Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    clock_watch::ClockWatch, cluster::ClusterView, metrics::Metrics, state_cache::StateCache,
+    clock_watch::ClockWatch, cluster::ClusterView, key_index::StateIndex, metrics::Metrics,
+    state_cache::StateCache,
 };
 
 /// How often a local write re-reads and retries when a concurrent change slipped in
@@ -273,6 +274,8 @@ pub struct App {
     /// [`App::settle_uncertain`]).
     uncertain: Mutex<HashSet<Key>>,
     uncertain_added: Notify,
+    /// Every key's fingerprint, as the repair compares them: each change is noted.
+    pub index: StateIndex,
 }
 
 impl App {
@@ -300,6 +303,7 @@ impl App {
             rescan: Notify::new(),
             uncertain: Mutex::default(),
             uncertain_added: Notify::new(),
+            index: StateIndex::default(),
         }
     }
 
@@ -612,6 +616,7 @@ impl App {
         // The ticket (in `applied`) lives to the end: done with after the feed was told.
         let seq = applied.ticket.as_ref().map_or(0, |t| t.seq());
         if applied.outcome == Outcome::Applied {
+            self.index.note(&event.key, &applied.pair.state, seq);
             self.announce(
                 seq,
                 FeedItem::Change(Change::of(&event.key, &applied.pair.state, &event.origin)),
@@ -803,6 +808,7 @@ impl App {
         let Some((pair, ticket)) = self.store.renumber(key).await? else {
             return Ok(());
         };
+        self.index.note(key, &pair.state, ticket.seq());
         self.announce(
             ticket.seq(),
             FeedItem::Change(Change::stored(&pair, &self.node)),
@@ -823,6 +829,7 @@ impl App {
 
     /// After a local change is durable: tell the feed and hand it to the relay.
     fn committed(&self, event: Event, seq: i64) {
+        self.index.note(&event.key, &event.state, seq);
         self.announce(
             seq,
             FeedItem::Change(Change::of(&event.key, &event.state, &self.node)),

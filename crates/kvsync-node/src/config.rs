@@ -158,6 +158,13 @@ pub struct Config {
     #[arg(long, env = "KVSYNC_REPAIR_INTERVAL_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
     pub repair_interval_ms: u64,
 
+    /// How often the repair reads this node's whole database again. In between, its
+    /// summaries follow the node's own writes, so a round reads nothing; a read catches
+    /// what changed in the database behind the node's back (a hand edit, a restore). On a
+    /// large database each read is a burst of load. Default: 1 hour.
+    #[arg(long, env = "KVSYNC_REPAIR_RESCAN_INTERVAL_MS", default_value_t = 3_600_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub repair_rescan_interval_ms: u64,
+
     /// Most keys re-published for repair per repair interval (the repair's bandwidth).
     #[arg(long, env = "KVSYNC_REPAIR_MAX_KEYS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub repair_max_keys: u64,

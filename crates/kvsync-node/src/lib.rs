@@ -13,6 +13,7 @@ pub mod config;
 mod fault;
 pub mod feed;
 pub mod http;
+mod key_index;
 pub mod members;
 pub mod metrics;
 pub mod relay;
@@ -225,6 +226,7 @@ impl Node {
                 publisher: publisher.clone(),
                 control_topic: kafka.control_topic(),
                 interval: Duration::from_millis(config.repair_interval_ms),
+                rescan_interval: Duration::from_millis(config.repair_rescan_interval_ms),
                 max_keys: config.repair_max_keys,
                 join_timeout: Duration::from_millis(config.join_timeout_ms),
                 // Two heartbeats: every live peer has announced itself by then.

@@ -66,6 +66,7 @@ pub struct Metrics {
     pub peer_lag: Family<PeerLabels, Gauge<f64, AtomicU64>>,
     pub heartbeats_sent: Counter,
     pub repair_rounds: Counter,
+    pub repair_scans: Counter,
     pub repair_buckets: Counter,
     pub repair_keys: Counter,
     pub snapshots_served: Counter,
@@ -108,6 +109,7 @@ impl Metrics {
         let peer_lag = Family::<PeerLabels, Gauge<f64, AtomicU64>>::default();
         let heartbeats_sent = Counter::default();
         let repair_rounds = Counter::default();
+        let repair_scans = Counter::default();
         let repair_buckets = Counter::default();
         let repair_keys = Counter::default();
         let snapshots_served = Counter::default();
@@ -248,6 +250,11 @@ impl Metrics {
             repair_rounds.clone(),
         );
         r.register(
+            "repair_scans",
+            "Reads of this node's whole database for the repair's summary (one at start, then one per rescan interval)",
+            repair_scans.clone(),
+        );
+        r.register(
             "repair_buckets",
             "Buckets found to differ between this node's summary and a peer's",
             repair_buckets.clone(),
@@ -301,6 +308,7 @@ impl Metrics {
             peer_lag,
             heartbeats_sent,
             repair_rounds,
+            repair_scans,
             repair_buckets,
             repair_keys,
             snapshots_served,

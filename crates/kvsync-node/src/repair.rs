@@ -21,11 +21,12 @@ use std::{
 
 use futures::StreamExt;
 use kvsync_core::{
-    cluster::{bucket_of, repairable, BucketList, Control, Summary, BUCKETS},
+    cluster::{repairable, BucketList, Control},
+    index::KeyIndex,
     Key, NodeId,
 };
 use kvsync_kafka::Publisher;
-use kvsync_store::{Scanned, StoredPair};
+use kvsync_store::{wall_ms_of, Scanned, StoredPair};
 use tokio::{sync::mpsc, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -33,6 +34,7 @@ use uuid::Uuid;
 use crate::{
     app::{now_ms, App},
     cluster::Join,
+    key_index::indexed,
     replicator::ReplicationStatus,
 };
 
@@ -50,6 +52,8 @@ pub struct RepairSettings {
     pub publisher: Publisher,
     pub control_topic: String,
     pub interval: Duration,
+    /// How often the key index is rebuilt from a read of the whole database.
+    pub rescan_interval: Duration,
     pub max_keys: u64,
     pub join_timeout: Duration,
     /// How long a new node listens for heartbeats before it picks a peer to join from.
@@ -66,18 +70,6 @@ struct Parts {
     caught_up_ms: Option<u64>,
 }
 
-/// This node's own keys, as of its last scan.
-struct Scan {
-    at: Instant,
-    summary: Summary,
-    /// Per bucket, each key's fingerprint.
-    buckets: Vec<BTreeMap<String, String>>,
-    /// When each key last changed here (ms, this node's clock; see `Scanned`).
-    changed_ms: HashMap<String, u64>,
-    /// Before the scan began, this node had applied every event published before this.
-    caught_up_ms: Option<u64>,
-}
-
 pub async fn run(
     app: Arc<App>,
     settings: RepairSettings,
@@ -87,7 +79,6 @@ pub async fn run(
     let mut task = Repair {
         app,
         settings,
-        scan: None,
         lists_sent: HashMap::new(),
         parts: HashMap::new(),
         budget: 0,
@@ -123,7 +114,6 @@ pub async fn run(
 struct Repair {
     app: Arc<App>,
     settings: RepairSettings,
-    scan: Option<Scan>,
     /// When this node last sent its listing of each bucket.
     lists_sent: HashMap<u32, Instant>,
     /// Parts of peers' bucket listings received so far.
@@ -150,59 +140,60 @@ impl Repair {
         }
     }
 
-    /// Reads every key's fingerprint, tombstones past the horizon left out
-    /// (`App::collectable`).
-    async fn rescan(&mut self) -> bool {
-        let mut summary = Summary::default();
-        let mut buckets = vec![BTreeMap::new(); BUCKETS as usize];
-        let mut changed_ms = HashMap::new();
-        // Read before the scan: what the scan reads includes at least that much.
-        let caught_up_ms = self.settings.status.caught_up_ms();
+    /// Builds the key index anew from a read of every key, tombstones past the horizon
+    /// left out (`App::collectable`). Writes meanwhile are noted in it as well.
+    async fn rebuild_index(&mut self) -> bool {
+        self.app.metrics.repair_scans.inc();
+        let index = &self.app.index;
+        index.begin_rebuild();
         let mut scan = match self.app.store.scan(None).await {
             Ok(scan) => scan,
             Err(e) => {
-                tracing::debug!(error = %e, "cannot scan the database for a summary");
+                tracing::debug!(error = %e, "cannot read the database for the repair's summary");
+                index.abandon_rebuild();
                 return false;
             }
         };
         while let Some(next) = scan.next().await {
-            let (pair, changed) = match next {
+            let (pair, seq) = match next {
                 Ok(Scanned {
                     pair: Ok(pair),
-                    changed_ms,
+                    seq,
                     ..
-                }) => (pair, changed_ms),
+                }) => (pair, seq),
                 Ok(_) => continue, // Unreadable: repairs bring a good one.
                 Err(e) => {
-                    tracing::debug!(error = %e, "the scan for a summary broke off");
+                    tracing::debug!(error = %e, "the read for the repair's summary broke off");
+                    index.abandon_rebuild();
                     return false;
                 }
             };
             if self.app.collectable(&pair) {
                 continue;
             }
-            let fp = pair.state.fingerprint();
-            summary.add(pair.key.as_str(), &fp);
-            buckets[bucket_of(pair.key.as_str()) as usize].insert(pair.key.to_string(), fp);
-            changed_ms.insert(pair.key.to_string(), changed);
+            index.note_scanned(pair.key.as_str(), indexed(&pair.state, seq));
         }
-        self.scan = Some(Scan {
-            at: Instant::now(),
-            summary,
-            buckets,
-            changed_ms,
-            caught_up_ms,
-        });
+        index.finish_rebuild();
         true
     }
 
-    /// A scan no older than a quarter of the interval.
-    async fn fresh_scan(&mut self) -> bool {
-        let fresh = self
-            .scan
-            .as_ref()
-            .is_some_and(|s| s.at.elapsed() < self.settings.interval / 4);
-        fresh || self.rescan().await
+    /// `f` on the key index, tombstones past the horizon dropped from it first; the index
+    /// is built (or rebuilt, once the rescan interval has passed) before. `None` when the
+    /// database cannot be read for it.
+    async fn with_index<R>(&mut self, f: impl FnOnce(&KeyIndex) -> R) -> Option<R> {
+        let due = self
+            .app
+            .index
+            .built()
+            .is_none_or(|at| at.elapsed() >= self.settings.rescan_interval);
+        if due && !self.rebuild_index().await {
+            return None;
+        }
+        let horizon = now_ms().saturating_sub(self.app.tombstone_horizon_ms);
+        self.app.index.with(|index| {
+            index.forget_tombstones_before(horizon);
+            f(index)
+        })
     }
 
     async fn round(&mut self) {
@@ -216,7 +207,7 @@ impl Repair {
         self.parts
             .retain(|_, p| p.since.elapsed() < self.settings.interval);
         if self.app.cluster.live_peers().is_empty() {
-            return; // Nobody to compare with: spare the scan.
+            return; // Nobody to compare with.
         }
         if self.app.cluster.join().is_some() {
             return; // Its state is on its way: comparing now would only repeat it.
@@ -224,10 +215,9 @@ impl Repair {
         if !self.caught_up() {
             return; // Still applying the topic: differences now are replication's.
         }
-        if !self.rescan().await {
+        let Some(summary) = self.with_index(|index| index.summary().clone()).await else {
             return;
-        }
-        let summary = self.scan.as_ref().expect("scanned").summary.clone();
+        };
         self.app.metrics.repair_rounds.inc();
         self.send_control(&Control::Summary {
             node: self.app.node.clone(),
@@ -243,15 +233,12 @@ impl Repair {
             // are the snapshot's to fill.
             Control::Summary { .. } | Control::Bucket { .. } if joining || !self.caught_up() => {}
             Control::Summary { node, summary } => {
-                if !self.fresh_scan().await {
+                let Some(differing) = self
+                    .with_index(|index| index.summary().differing(&summary))
+                    .await
+                else {
                     return;
-                }
-                let differing = self
-                    .scan
-                    .as_ref()
-                    .expect("scanned")
-                    .summary
-                    .differing(&summary);
+                };
                 if differing.is_empty() {
                     return;
                 }
@@ -350,9 +337,12 @@ impl Repair {
         {
             return;
         }
+        // Read before the keys: the index holds every event applied by then.
+        let caught_up_ms = self.settings.status.caught_up_ms();
+        let Some(entries) = self.with_index(|index| index.bucket(b)).await else {
+            return;
+        };
         self.lists_sent.insert(b, Instant::now());
-        let scan = self.scan.as_ref().expect("scanned");
-        let (entries, caught_up_ms) = (scan.buckets[b as usize].clone(), scan.caught_up_ms);
         let chunks = BucketList { bucket: b, entries }.chunks(LIST_BYTES);
         let parts = chunks.len() as u32;
         for (i, list) in chunks.into_iter().enumerate() {
@@ -378,23 +368,26 @@ impl Repair {
         theirs: BTreeMap<String, String>,
         their_caught_up_ms: Option<u64>,
     ) {
-        if !self.fresh_scan().await {
-            return;
-        }
-        let scan = self.scan.as_ref().expect("scanned");
-        let ours = &scan.buckets[b as usize];
         let now = now_ms();
         let margin = SETTLING.as_millis() as u64;
-        let differ: Vec<String> = ours
-            .iter()
-            .filter(|(k, fp)| theirs.get(*k) != Some(*fp))
-            .filter(|(k, _)| {
-                let changed = scan.changed_ms.get(*k).copied().unwrap_or(0);
-                repairable(changed, their_caught_up_ms, now, margin)
+        let Some((differ, they_have_more)) = self
+            .with_index(|index| {
+                let ours = index.bucket_entries(b);
+                let differ: Vec<String> = ours
+                    .iter()
+                    .filter(|(k, e)| theirs.get(*k) != Some(&e.fingerprint))
+                    .filter(|(_, e)| repairable(wall_ms_of(e.seq), their_caught_up_ms, now, margin))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                let they_have_more = theirs
+                    .iter()
+                    .any(|(k, fp)| ours.get(k).map(|e| &e.fingerprint) != Some(fp));
+                (differ, they_have_more)
             })
-            .map(|(k, _)| k.clone())
-            .collect();
-        let they_have_more = theirs.iter().any(|(k, fp)| ours.get(k) != Some(fp));
+            .await
+        else {
+            return;
+        };
         let mut sent = 0u64;
         for key in differ {
             if self.budget == 0 {

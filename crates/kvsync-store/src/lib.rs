@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use batch::BatchStats;
-pub use seq::{Sequencer, Ticket};
+pub use seq::{wall_ms_of, Sequencer, Ticket};
 
 const COLLECTION: &str = "pairs";
 /// Facts about this node's database itself (when it was last alive).
@@ -96,9 +96,9 @@ pub struct Scanned {
     pub id: String,
     /// The pair it holds, or why it cannot be read.
     pub pair: Result<StoredPair, StoreError>,
-    /// When the pair last changed on this node (this node's wall clock, ms, from its feed
-    /// number); 0 when not known.
-    pub changed_ms: u64,
+    /// The number of the write that last changed the pair here, in this node's change
+    /// feed (see [`Sequencer`]; [`wall_ms_of`] tells when); 0 when not known.
+    pub seq: i64,
 }
 
 /// A pair as stored, tombstones included.
@@ -865,12 +865,10 @@ impl Store {
                 Some(Bson::String(s)) => s.clone(),
                 other => format!("{other:?}"),
             };
-            // Feed numbers follow this node's wall clock in microseconds (see `seq`).
-            let changed_ms = decode_int(&d, "seq").map_or(0, |seq| seq.max(0) as u64 / 1000);
             Ok(Scanned {
                 id,
                 pair: decode_pair(&d),
-                changed_ms,
+                seq: decode_int(&d, "seq").unwrap_or(0),
             })
         })))
     }

@@ -159,6 +159,12 @@ impl PartialEq for Ticket {
 
 impl Eq for Ticket {}
 
+/// The wall time (ms, this node's clock) a change numbered `seq` was made at, near
+/// enough: numbers follow the clock in microseconds. 0 for no number.
+pub fn wall_ms_of(seq: i64) -> u64 {
+    seq.max(0) as u64 / 1000
+}
+
 fn now_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
