@@ -45,6 +45,8 @@ const LIST_BYTES: usize = 256 * 1024;
 /// Keys changed more recently than this are left to replication, which is likely still
 /// carrying them.
 const SETTLING: Duration = Duration::from_secs(2);
+/// Documents per read when the whole database is read (key index, snapshots).
+const READ_PAGE: usize = 500;
 /// Tombstones removed per database operation.
 const COLLECT_BATCH: usize = 1000;
 
@@ -146,15 +148,16 @@ impl Repair {
         self.app.metrics.repair_scans.inc();
         let index = &self.app.index;
         index.begin_rebuild();
-        let mut scan = match self.app.store.scan(None).await {
-            Ok(scan) => scan,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot read the database for the repair's summary");
-                index.abandon_rebuild();
-                return false;
-            }
-        };
+        let started = Instant::now();
+        let mut scan = self.app.store.scan_numbered(READ_PAGE);
+        let (mut read, mut busy_since) = (0usize, Instant::now());
         while let Some(next) = scan.next().await {
+            read += 1;
+            if read % READ_PAGE == 0 {
+                // Leaves the database as much time for other work as the read took.
+                tokio::time::sleep(busy_since.elapsed().min(Duration::from_secs(1))).await;
+                busy_since = Instant::now();
+            }
             let (pair, seq) = match next {
                 Ok(Scanned {
                     pair: Ok(pair),
@@ -174,6 +177,11 @@ impl Repair {
             index.note_scanned(pair.key.as_str(), indexed(&pair.state, seq));
         }
         index.finish_rebuild();
+        tracing::debug!(
+            keys = read,
+            ms = started.elapsed().as_millis() as u64,
+            "key index rebuilt from the database"
+        );
         true
     }
 
@@ -437,13 +445,7 @@ impl Repair {
             let mut until: BTreeMap<i32, i64> = BTreeMap::new();
             let mut in_flight = JoinSet::new();
             let mut sent = 0u64;
-            let mut scan = match app.store.scan(None).await {
-                Ok(scan) => scan,
-                Err(e) => {
-                    tracing::warn!(error = %e, "snapshot for a joining peer not started: the database failed; the peer asks again");
-                    return;
-                }
-            };
+            let mut scan = app.store.scan_numbered(READ_PAGE);
             while let Some(next) = scan.next().await {
                 let pair = match next {
                     Ok(Scanned { pair: Ok(pair), .. }) => pair,

@@ -964,7 +964,98 @@ impl Store {
             .await?
             .unwrap_or(0);
         self.seqs.start(epoch, collected, max.max(collected));
+        self.number_unnumbered().await?;
         Ok(())
+    }
+
+    /// Gives a feed number to documents without one (stored by a release before the
+    /// change feed, or by hand), so that reads in number order ([`Self::scan_numbered`],
+    /// the feed's replay) see every document. One query that finds nothing once done.
+    async fn number_unnumbered(&self) -> Result<u64, StoreError> {
+        let missing = doc! { "seq": { "$exists": false } };
+        let mut numbered = 0;
+        loop {
+            let mut cursor = self
+                .pairs
+                .find(missing.clone())
+                .projection(doc! { "_id": 1 })
+                .limit(BATCH as i64)
+                .await?;
+            let mut keys = Vec::new();
+            while let Some(d) = cursor.try_next().await? {
+                keys.push(decode_key(&d)?);
+            }
+            if keys.is_empty() {
+                return Ok(numbered);
+            }
+            for key in keys {
+                let mut filter = missing.clone();
+                filter.insert("_id", key.as_str());
+                let ticket = self.seqs.begin();
+                numbered += self
+                    .pairs
+                    .update_one(filter, doc! { "$set": { "seq": ticket.seq() } })
+                    .await?
+                    .modified_count;
+            }
+        }
+    }
+
+    /// Every document in the order of its feed number, read `page` documents at a time.
+    /// Each read is a short query over the `seq` index, so the server serves other
+    /// operations in between: one query over a whole large collection can hold a server
+    /// that runs one at a time (nx-27017) for seconds. A document rewritten during the
+    /// read moves to a later number and may come twice; the pages are bounded by the
+    /// store's timeout, the whole read is not.
+    pub fn scan_numbered(
+        &self,
+        page: usize,
+    ) -> futures::stream::BoxStream<'static, Result<Scanned, StoreError>> {
+        let store = self.clone();
+        let page = page.max(1);
+        let pages = futures::stream::try_unfold(Some(0_i64), move |after| {
+            let store = store.clone();
+            async move {
+                let Some(after) = after else {
+                    return Ok::<_, StoreError>(None);
+                };
+                let docs = store.numbered_after(after, page).await?;
+                let next = match docs.last() {
+                    Some(last) if docs.len() == page => Some(last.seq),
+                    _ => None,
+                };
+                Ok(Some((
+                    futures::stream::iter(docs.into_iter().map(Ok)),
+                    next,
+                )))
+            }
+        });
+        Box::pin(pages.try_flatten())
+    }
+
+    async fn numbered_after(&self, after: i64, limit: usize) -> Result<Vec<Scanned>, StoreError> {
+        self.bounded(async {
+            let mut cursor = self
+                .pairs
+                .find(doc! { "seq": { "$gt": after } })
+                .sort(doc! { "seq": 1 })
+                .projection(doc! { "conflicts": 0, "values": 0 })
+                .limit(limit as i64)
+                .await?;
+            let mut out = Vec::with_capacity(limit.min(1024));
+            while let Some(d) = cursor.try_next().await? {
+                out.push(Scanned {
+                    id: match d.get("_id") {
+                        Some(Bson::String(s)) => s.clone(),
+                        other => format!("{other:?}"),
+                    },
+                    pair: decode_pair(&d),
+                    seq: decode_int(&d, "seq")?,
+                });
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// Draws a new epoch for the change feed, so no client resumes from a position of
