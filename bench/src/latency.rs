@@ -6,6 +6,7 @@ use std::{collections::HashMap, time::Duration};
 use anyhow::{bail, Result};
 use clap::Args;
 use indicatif::ProgressBar;
+use kvsync_core::{NodeId, PairState, Timestamp, Version};
 use kvsync_testkit::Client;
 use serde::Serialize;
 use tokio::time::Instant;
@@ -35,6 +36,11 @@ pub struct LatencyArgs {
     /// How long to wait for the last changes of a set to arrive on B (seconds).
     #[arg(long, default_value_t = 10.0)]
     pub arrival_timeout: f64,
+    /// Pairs imported on node A, and awaited on node B, before the run: the delay with
+    /// that many pairs in the nodes (the run itself should then last a few repair
+    /// intervals, 30 s each by default).
+    #[arg(long, default_value_t = 0)]
+    pub preload: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -80,6 +86,9 @@ pub async fn run(target: &Target, args: &LatencyArgs) -> Result<LatencyResult> {
     let payloads = parse_payloads(&args.payloads)?;
     anyhow::ensure!(args.rate > 0.0, "--rate must be positive");
     let prefix = format!("bench-{}/lat/", run_id());
+    if args.preload > 0 {
+        preload(target, &format!("bench-{}/pre/", run_id()), args.preload).await?;
+    }
     let mut feed = sse::subscribe(&target.b, &prefix).await?;
     let lag_before = lag_histogram(&target.b).await.ok();
     let mut rng = fastrand::Rng::new();
@@ -122,6 +131,48 @@ pub async fn run(target: &Target, args: &LatencyArgs) -> Result<LatencyResult> {
         node_lag,
         feed_resyncs: feed.resyncs.load(std::sync::atomic::Ordering::Relaxed),
     })
+}
+
+/// Imports `n` pairs `{prefix}{i:07}` (one short value each) on A, 1,000 per request, and
+/// waits until B holds them all.
+async fn preload(target: &Target, prefix: &str, n: usize) -> Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    let version = Version::new(
+        Timestamp {
+            wall_ms: now,
+            counter: 0,
+        },
+        NodeId::parse("bench")?,
+    );
+    let state =
+        serde_json::to_value(PairState::whole(Some(vec!["preloaded".into()]), &version).to_wire())?;
+    let pb = progress::bar(n as u64, "preload: pairs imported on A");
+    for start in (0..n).step_by(1000) {
+        let lines: Vec<String> = (start..n.min(start + 1000))
+            .map(|i| {
+                serde_json::json!({ "key": format!("{prefix}{i:07}"), "state": state }).to_string()
+            })
+            .collect();
+        target.a.import(lines.join("\n")).await?;
+        pb.inc(lines.len() as u64);
+    }
+    pb.finish_and_clear();
+    let path = format!("/api/pairs?prefix={prefix}&count=true&limit=1");
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let held = target.b.get_json(&path).await?["total"]
+            .as_u64()
+            .unwrap_or(0);
+        if held >= n as u64 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("node B holds {held} of the {n} preloaded pairs after 30 minutes");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Writes `count` pairs of every payload set at `args.rate` writes/s in total, the sets

@@ -6,7 +6,9 @@
 //!   gets this node's keys of that bucket with their fingerprints, and the reverse; each
 //!   side re-publishes, on the data topic, its keys that the other lacks or holds
 //!   differently. Every node merges those as usual, so a repair can never do harm, and
-//!   after one exchange both hold the merge of both.
+//!   after one exchange both hold the merge of both. The summaries and listings come
+//!   from the key index (`key_index.rs`), which the node's writes keep up to date; it is
+//!   rebuilt from a read of the database at start and every rescan interval.
 //! - **Joins.** A node that starts empty, or whose events are gone from the topic, asks
 //!   one live peer for its whole state, which that peer re-publishes; the node is ready
 //!   once it has applied it. With no peer to ask, a new node replays the topic instead.
@@ -86,6 +88,7 @@ pub async fn run(
         budget: 0,
         snapshots: JoinSet::new(),
         started: Instant::now(),
+        rebuild_after: None,
     };
     let mut tick = tokio::time::interval(task.settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -124,6 +127,8 @@ struct Repair {
     budget: u64,
     snapshots: JoinSet<()>,
     started: Instant,
+    /// After a failed rebuild of the key index, when to try again.
+    rebuild_after: Option<Instant>,
 }
 
 impl Repair {
@@ -145,6 +150,11 @@ impl Repair {
     /// Builds the key index anew from a read of every key, tombstones past the horizon
     /// left out (`App::collectable`). Writes meanwhile are noted in it as well.
     async fn rebuild_index(&mut self) -> bool {
+        // Not before start-up is done with the database (a node back from a long absence
+        // drops its state there).
+        if self.app.ensure_ready().await.is_err() {
+            return false;
+        }
         self.app.metrics.repair_scans.inc();
         let index = &self.app.index;
         index.begin_rebuild();
@@ -186,16 +196,18 @@ impl Repair {
     }
 
     /// `f` on the key index, tombstones past the horizon dropped from it first; the index
-    /// is built (or rebuilt, once the rescan interval has passed) before. `None` when the
-    /// database cannot be read for it.
+    /// is built (or rebuilt, once the rescan interval has passed) before. `None` while it
+    /// has never been built (the database could not be read for it).
     async fn with_index<R>(&mut self, f: impl FnOnce(&KeyIndex) -> R) -> Option<R> {
         let due = self
             .app
             .index
             .built()
             .is_none_or(|at| at.elapsed() >= self.settings.rescan_interval);
-        if due && !self.rebuild_index().await {
-            return None;
+        let may_try = self.rebuild_after.is_none_or(|at| Instant::now() >= at);
+        if due && may_try && !self.rebuild_index().await {
+            // A failed read is not tried again at once: each is a burst of load.
+            self.rebuild_after = Some(Instant::now() + self.settings.interval);
         }
         let horizon = now_ms().saturating_sub(self.app.tombstone_horizon_ms);
         self.app.index.with(|index| {

@@ -217,6 +217,20 @@ impl Client {
         v["deleted"].as_u64().context("deleted count")
     }
 
+    /// `POST /api/import` of `ndjson` (export lines); fails unless every line merged.
+    pub async fn import(&self, ndjson: String) -> Result<Value> {
+        let resp = self
+            .request(reqwest::Method::POST, &self.url("/api/import"))
+            .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+            .body(ndjson)
+            .send()
+            .await?;
+        let status = resp.status();
+        let body: Value = resp.json().await?;
+        anyhow::ensure!(status.is_success(), "import answered {status}: {body}");
+        Ok(body)
+    }
+
     /// Every live pair, following pagination.
     pub async fn list_all(&self) -> Result<Vec<Pair>> {
         #[derive(Deserialize)]
