@@ -1686,10 +1686,10 @@ async function start() {
   });
   live.start();
   cluster.start();
-  // If the stream cannot come up quickly, show the list anyway (it reloads once the stream is up).
-  setTimeout(() => {
-    if (!state.loaded && state.busy === 0) reload();
-  }, 1500);
+  // The list at once, not after the stream is up: that wait was up to half the first render.
+  // The stream's hello loads it again (a change between this read and the stream's start would
+  // otherwise be missed); if this read is still on its way then, it gives way to that one.
+  reload();
   render();
 }
 

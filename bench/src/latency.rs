@@ -159,6 +159,7 @@ async fn preload(target: &Target, prefix: &str, n: usize) -> Result<()> {
         pb.inc(lines.len() as u64);
     }
     pb.finish_and_clear();
+    eprintln!("preload: {n} pairs imported on node A; waiting for node B to hold them");
     let path = format!("/api/pairs?prefix={prefix}&count=true&limit=1");
     let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
@@ -166,6 +167,7 @@ async fn preload(target: &Target, prefix: &str, n: usize) -> Result<()> {
             .as_u64()
             .unwrap_or(0);
         if held >= n as u64 {
+            eprintln!("preload: node B holds the {n} pairs");
             return Ok(());
         }
         if Instant::now() >= deadline {

@@ -355,7 +355,7 @@ fn settings(
     }
     if let Some(l) = latency {
         s["latency"] = json!({
-            "rate_per_s": l.rate, "count_per_payload": l.count, "payloads": l.payloads, "warmup": l.warmup,
+            "rate_per_s": l.rate, "count_per_payload": l.count, "payloads": l.payloads, "warmup": l.warmup, "preload": l.preload,
         });
     }
     if let Some(f) = floor {
