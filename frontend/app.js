@@ -89,6 +89,8 @@ const state = {
   next: null, // cursor for "load more"; null once everything matching the filter is loaded
   loaded: false,
   loadSeq: 0,
+  loading: false, // a load of the list is under way
+  reloadAfter: null, // options of a load to start once the one under way is done
   busy: 0, // loads in flight; live changes are queued meanwhile and replayed afterwards
   queue: [],
   edits: new Map(), // key -> { base: Map(id -> value), baseVersion, conflict: null | { current, why }, saving }
@@ -348,8 +350,19 @@ function listQuery() {
   return q;
 }
 
+/**
+ * Loads the list again once the load under way, if any, has been shown. For the stream's
+ * hello: its load must start after the stream did, but the load already on its way (sent at
+ * start-up, before the stream was up) can show first rather than be dropped.
+ */
+function reloadAfterCurrent(opts) {
+  if (state.loading) state.reloadAfter = opts;
+  else reload(opts);
+}
+
 async function reload({ flashChanges = false } = {}) {
   const seq = ++state.loadSeq;
+  state.loading = true;
   state.busy += 1;
   el.refresh.disabled = true;
   try {
@@ -405,9 +418,17 @@ async function reload({ flashChanges = false } = {}) {
     }
   } finally {
     state.busy -= 1;
-    if (seq === state.loadSeq) el.refresh.disabled = false;
+    if (seq === state.loadSeq) {
+      el.refresh.disabled = false;
+      state.loading = false;
+    }
     drainQueue();
     render();
+    if (seq === state.loadSeq && state.reloadAfter) {
+      const opts = state.reloadAfter;
+      state.reloadAfter = null;
+      reload(opts);
+    }
   }
 }
 
@@ -1655,7 +1676,7 @@ const live = new LiveConnection({
     if (hello && typeof hello.node === 'string') setNode(hello.node);
     cluster.refresh(); // at once, e.g. after the connection came back or a token was given
     // (Re)load after the stream is up, so no change can fall between the list and the stream.
-    reload({ flashChanges: reconnect });
+    reloadAfterCurrent({ flashChanges: reconnect });
   },
   onChange: applyChange,
   onConflict: applyConflict,
@@ -1687,8 +1708,8 @@ async function start() {
   live.start();
   cluster.start();
   // The list at once, not after the stream is up: that wait was up to half the first render.
-  // The stream's hello loads it again (a change between this read and the stream's start would
-  // otherwise be missed); if this read is still on its way then, it gives way to that one.
+  // The stream's hello loads it again once this one is shown (a change between this read and
+  // the stream's start would otherwise be missed).
   reload();
   render();
 }

@@ -306,24 +306,36 @@ impl Store {
     /// pass costs one query that finds nothing.
     async fn add_live_keys(&self) -> Result<u64, StoreError> {
         let missing = doc! { "deleted": false, LIVE_KEY: { "$exists": false } };
+        self.fill_missing(missing, |key| doc! { LIVE_KEY: key.as_str() })
+            .await
+    }
+
+    /// Sets the fields `set` gives for each document matching `missing`: one pass over a
+    /// cursor of their keys, one update each, on the condition that it still matches.
+    /// Returns how many were updated.
+    async fn fill_missing(
+        &self,
+        missing: Document,
+        set: impl Fn(&Key) -> Document,
+    ) -> Result<u64, StoreError> {
         let mut cursor = self
             .pairs
             .find(missing.clone())
             .projection(doc! { "_id": 1 })
             .batch_size(BATCH as u32)
             .await?;
-        let mut added = 0;
+        let mut updated = 0;
         while let Some(d) = cursor.try_next().await? {
             let key = decode_key(&d)?;
             let mut filter = missing.clone();
             filter.insert("_id", key.as_str());
-            added += self
+            updated += self
                 .pairs
-                .update_one(filter, doc! { "$set": { LIVE_KEY: key.as_str() } })
+                .update_one(filter, doc! { "$set": set(&key) })
                 .await?
                 .modified_count;
         }
-        Ok(added)
+        Ok(updated)
     }
 
     pub async fn get(&self, key: &Key) -> Result<Option<StoredPair>, StoreError> {
@@ -972,33 +984,11 @@ impl Store {
     /// change feed, or by hand), so that reads in number order ([`Self::scan_numbered`],
     /// the feed's replay) see every document. One query that finds nothing once done.
     async fn number_unnumbered(&self) -> Result<u64, StoreError> {
-        let missing = doc! { "seq": { "$exists": false } };
-        let mut numbered = 0;
-        loop {
-            let mut cursor = self
-                .pairs
-                .find(missing.clone())
-                .projection(doc! { "_id": 1 })
-                .limit(BATCH as i64)
-                .await?;
-            let mut keys = Vec::new();
-            while let Some(d) = cursor.try_next().await? {
-                keys.push(decode_key(&d)?);
-            }
-            if keys.is_empty() {
-                return Ok(numbered);
-            }
-            for key in keys {
-                let mut filter = missing.clone();
-                filter.insert("_id", key.as_str());
-                let ticket = self.seqs.begin();
-                numbered += self
-                    .pairs
-                    .update_one(filter, doc! { "$set": { "seq": ticket.seq() } })
-                    .await?
-                    .modified_count;
-            }
-        }
+        // Run before anything reads the feed, so a number is done with once handed out.
+        self.fill_missing(doc! { "seq": { "$exists": false } }, |_| {
+            doc! { "seq": self.seqs.begin().seq() }
+        })
+        .await
     }
 
     /// Every document in the order of its feed number, read `page` documents at a time.
