@@ -44,6 +44,8 @@ export async function startCluster({ nodes = 2, nodeEnv = {}, timeoutMs = 120_00
   fs.mkdirSync(ARTIFACTS, { recursive: true });
   const log = fs.createWriteStream(path.join(ARTIFACTS, 'cluster.log'));
   const args = ['--nodes', String(nodes)];
+  // Keeps the cluster's data and logs afterwards, for a look at what the nodes did.
+  if (process.env.KVSYNC_CLUSTER_DIR) args.push('--dir', process.env.KVSYNC_CLUSTER_DIR);
   for (const [k, v] of Object.entries(nodeEnv)) args.push('--node-env', `${k}=${v}`);
   const child = spawn(bin, args, {
     cwd: ROOT,

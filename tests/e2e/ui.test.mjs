@@ -362,6 +362,14 @@ describe('kvsync web UI on two nodes', { concurrency: false }, () => {
     await waitForRow(pageA, key, ['v']);
     assert.ok(await pageA.locator('#add-error').isHidden(), 'the message went');
 
+    // The node's own refusal (a value over 64 KiB) goes the same way.
+    const big = uniq('big');
+    await addThroughForm(pageA, big, 'x'.repeat(64 * 1024 + 1));
+    await pageA.locator('#add-error').filter({ hasText: /Could not add the value/ }).waitFor();
+    await addThroughForm(pageA, big, 'small');
+    await waitForRow(pageA, big, ['small']);
+    assert.ok(await pageA.locator('#add-error').isHidden(), 'the refusal went');
+
     // A key over 512 bytes is refused with its length, not cut short.
     const long = uniq('long') + 'k'.repeat(600);
     await addThroughForm(pageA, long, 'v');
