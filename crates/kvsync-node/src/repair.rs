@@ -408,6 +408,23 @@ impl Repair {
         else {
             return;
         };
+        // A change still in this node's outbox is on its way: the relay's to send. (After
+        // a large import the relay drains for minutes while the peers keep up with what it
+        // has sent; each such key looked divergent and was sent twice.)
+        let differ = match self.app.store.pending_among(&differ).await {
+            Ok(pending) if !pending.is_empty() => {
+                tracing::debug!(peer = %peer, bucket = b, keys = pending.len(), "keys awaiting publication left to the relay");
+                differ
+                    .into_iter()
+                    .filter(|k| !pending.contains(k))
+                    .collect()
+            }
+            Ok(_) => differ,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read which keys await publication");
+                return;
+            }
+        };
         let mut sent = 0u64;
         for key in differ {
             if self.budget == 0 {

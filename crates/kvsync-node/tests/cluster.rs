@@ -703,6 +703,54 @@ async fn heartbeats_follow_progress_only_while_a_peer_waits() {
 /// Keys a peer has not applied yet are replication's to carry, not repair's, however old
 /// their states' versions: an import (or a restore) writes states stamped long ago, and
 /// a peer catching up on them must not be sent every one of them a second time.
+/// A change that waits in a node's outbox is on its way to the peers: repair leaves it to
+/// the relay. After a 100,000-pair import, node 1 re-published thousands of keys its relay
+/// had yet to send, to a peer that had applied all that was published, each key once more.
+/// Here the key's mark is set by hand, so the relay will not send it before its next sweep
+/// (10 minutes): node 2, which lacks the key, must not get it from a repair meanwhile.
+#[tokio::test]
+async fn changes_still_in_the_outbox_are_left_to_the_relay() {
+    let _slot = SLOTS.acquire().await.unwrap();
+    let c = cluster(2, &[("KVSYNC_REPAIR_RESCAN_INTERVAL_MS", "1000")]).await;
+    let (a, b) = (c.nodes[0].client(), c.nodes[1].client());
+    a.put("box/held", &["v"]).await.unwrap();
+    a.put("box/lost", &["v"]).await.unwrap();
+    c.identical(T).await.unwrap();
+    // Node 2 loses both; on node 1, one of them waits for publication.
+    let theirs = pairs_of(&c, 1).await;
+    theirs
+        .delete_many(doc! { "_id": { "$in": ["box/held", "box/lost"] } })
+        .await
+        .unwrap();
+    let ours = pairs_of(&c, 0).await;
+    let held = ours
+        .find_one(doc! { "_id": "box/held" })
+        .await
+        .unwrap()
+        .unwrap();
+    let ver = held.get_str("ver").unwrap().to_owned();
+    ours.update_one(
+        doc! { "_id": "box/held" },
+        doc! { "$set": { "outbox": { "id": uuid::Uuid::new_v4().to_string(), "ver": ver } } },
+    )
+    .await
+    .unwrap();
+    // The other is repaired; meanwhile the held one was compared as well.
+    b.wait_for_values("box/lost", Some(&["v"]), T)
+        .await
+        .unwrap();
+    let rounds = metric(&a, "kvsync_repair_rounds_total").await;
+    wait_until(T, "three more repair rounds", || async {
+        metric(&a, "kvsync_repair_rounds_total").await >= rounds + 3.0
+    })
+    .await
+    .unwrap();
+    assert!(
+        b.get("box/held").await.unwrap().is_none(),
+        "a change waiting in node 1's outbox was sent by repair"
+    );
+}
+
 #[tokio::test]
 async fn a_peer_catching_up_on_an_import_is_left_to_replication() {
     let _slot = SLOTS.acquire().await.unwrap();

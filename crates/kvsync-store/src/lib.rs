@@ -704,6 +704,30 @@ impl Store {
         .await
     }
 
+    /// Those of `keys` with a change waiting for publication (an outbox mark).
+    pub async fn pending_among(
+        &self,
+        keys: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Default::default());
+        }
+        self.bounded(async {
+            // Anchored on `_id`: nx-27017 answers that from its index.
+            let mut cursor = self
+                .pairs
+                .find(doc! { "_id": { "$in": keys }, "outbox.id": { "$exists": true } })
+                .projection(doc! { "_id": 1 })
+                .await?;
+            let mut pending = std::collections::HashSet::new();
+            while let Some(d) = cursor.try_next().await? {
+                pending.insert(decode_key(&d)?.into_string());
+            }
+            Ok(pending)
+        })
+        .await
+    }
+
     /// The live pairs among `keys`, in key order.
     pub async fn get_many(&self, keys: &[Key]) -> Result<Vec<StoredPair>, StoreError> {
         if keys.is_empty() {
