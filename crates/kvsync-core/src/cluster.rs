@@ -92,6 +92,15 @@ pub fn repairable(
     changed_ms.saturating_add(margin_ms) < settled_before
 }
 
+/// Whether a peer's bucket listing still says how the peer stands. Members send listings
+/// only while caught up, so a point (`peer_caught_up_ms`) older than `window_ms` means the
+/// listing waited that long on its way (behind a backlog of the control topic, or this
+/// member's own): comparing it now would re-publish what the peer has received since.
+/// Listings of earlier releases carry no point and are taken as they come.
+pub fn listing_current(peer_caught_up_ms: Option<u64>, now_ms: u64, window_ms: u64) -> bool {
+    peer_caught_up_ms.is_none_or(|at| now_ms.saturating_sub(at) <= window_ms)
+}
+
 /// Whether a member that reported `applied` has dealt with the record at `offset` of
 /// `partition`.
 pub fn has_applied(applied: &BTreeMap<i32, i64>, partition: i32, offset: i64) -> bool {
@@ -414,6 +423,15 @@ mod tests {
             applied: applied.iter().copied().collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_listing_that_waited_longer_than_the_window_is_not_compared() {
+        assert!(listing_current(Some(50_000), 60_000, 10_000));
+        assert!(!listing_current(Some(49_999), 60_000, 10_000));
+        // Clocks a little apart: a point ahead of this member's clock is current.
+        assert!(listing_current(Some(61_000), 60_000, 10_000));
+        assert!(listing_current(None, 60_000, 10_000), "earlier releases");
     }
 
     #[test]

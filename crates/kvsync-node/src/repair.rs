@@ -23,7 +23,7 @@ use std::{
 
 use futures::StreamExt;
 use kvsync_core::{
-    cluster::{repairable, BucketList, Control},
+    cluster::{listing_current, repairable, BucketList, Control},
     index::KeyIndex,
     Key, NodeId,
 };
@@ -297,6 +297,14 @@ impl Repair {
                     .parts
                     .remove(&(node.clone(), list.bucket))
                     .expect("entry");
+                if !listing_current(
+                    theirs.caught_up_ms,
+                    now_ms(),
+                    self.window().as_millis() as u64,
+                ) {
+                    tracing::debug!(peer = %node, bucket = list.bucket, "a listing that waited too long on its way; the next round brings a current one");
+                    return;
+                }
                 self.compare(&node, list.bucket, theirs.keys, theirs.caught_up_ms)
                     .await;
             }
@@ -340,12 +348,17 @@ impl Repair {
     /// intervals (10 s at least): comparing a node still applying the topic would only find the events
     /// on their way, and re-publish them.
     fn caught_up(&self) -> bool {
-        let window = (2 * self.settings.interval).max(Duration::from_secs(10));
-        let recent = now_ms().saturating_sub(window.as_millis() as u64);
+        let recent = now_ms().saturating_sub(self.window().as_millis() as u64);
         self.settings
             .status
             .caught_up_ms()
             .is_some_and(|at| at >= recent)
+    }
+
+    /// How recently a member must have been caught up to compare its state: two intervals,
+    /// 10 s at least.
+    fn window(&self) -> Duration {
+        (2 * self.settings.interval).max(Duration::from_secs(10))
     }
 
     /// Sends this node's keys of bucket `b`, unless it did within half an interval.
