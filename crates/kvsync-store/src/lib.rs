@@ -897,12 +897,8 @@ impl Store {
             .await?;
         Ok(Box::pin(cursor.map(|d| {
             let d = d?;
-            let id = match d.get("_id") {
-                Some(Bson::String(s)) => s.clone(),
-                other => format!("{other:?}"),
-            };
             Ok(Scanned {
-                id,
+                id: doc_id(&d),
                 pair: decode_pair(&d),
                 seq: decode_int(&d, "seq").unwrap_or(0),
             })
@@ -1048,26 +1044,30 @@ impl Store {
     }
 
     async fn numbered_after(&self, after: i64, limit: usize) -> Result<Vec<Scanned>, StoreError> {
+        let docs = self.numbered(doc! { "$gt": after }, limit).await?;
+        docs.into_iter()
+            .map(|d| {
+                Ok(Scanned {
+                    id: doc_id(&d),
+                    pair: decode_pair(&d),
+                    seq: decode_int(&d, "seq")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Up to `limit` documents (conflicts and derived values not read) whose feed number is
+    /// in `range`, in number order: a short query over the `seq` index.
+    async fn numbered(&self, range: Document, limit: usize) -> Result<Vec<Document>, StoreError> {
         self.bounded(async {
-            let mut cursor = self
+            let cursor = self
                 .pairs
-                .find(doc! { "seq": { "$gt": after } })
+                .find(doc! { "seq": range })
                 .sort(doc! { "seq": 1 })
                 .projection(doc! { "conflicts": 0, "values": 0 })
                 .limit(limit as i64)
                 .await?;
-            let mut out = Vec::with_capacity(limit.min(1024));
-            while let Some(d) = cursor.try_next().await? {
-                out.push(Scanned {
-                    id: match d.get("_id") {
-                        Some(Bson::String(s)) => s.clone(),
-                        other => format!("{other:?}"),
-                    },
-                    pair: decode_pair(&d),
-                    seq: decode_int(&d, "seq")?,
-                });
-            }
-            Ok(out)
+            Ok(cursor.try_collect::<Vec<Document>>().await?)
         })
         .await
     }
@@ -1117,21 +1117,12 @@ impl Store {
         upto: i64,
         limit: usize,
     ) -> Result<Vec<(i64, StoredPair)>, StoreError> {
-        self.bounded(async {
-            let mut cursor = self
-                .pairs
-                .find(doc! { "seq": { "$gt": after, "$lte": upto } })
-                .sort(doc! { "seq": 1 })
-                .projection(doc! { "conflicts": 0, "values": 0 })
-                .limit(limit as i64)
-                .await?;
-            let mut out = Vec::with_capacity(limit.min(1024));
-            while let Some(d) = cursor.try_next().await? {
-                out.push((decode_int(&d, "seq")?, decode_pair(&d)?));
-            }
-            Ok(out)
-        })
-        .await
+        let docs = self
+            .numbered(doc! { "$gt": after, "$lte": upto }, limit)
+            .await?;
+        docs.iter()
+            .map(|d| Ok((decode_int(d, "seq")?, decode_pair(d)?)))
+            .collect()
     }
 
     /// The greatest timestamp stored, so a restarted node's clock starts after it.
@@ -1248,6 +1239,14 @@ fn decode_bool(d: &Document, field: &str) -> Result<bool, StoreError> {
 }
 
 /// Lenient too: small Int64 values may come back as Int32.
+/// A document's `_id` as text, whatever its type (for naming a document that cannot be read).
+fn doc_id(d: &Document) -> String {
+    match d.get("_id") {
+        Some(Bson::String(s)) => s.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
 fn decode_int(d: &Document, field: &str) -> Result<i64, StoreError> {
     match d.get(field) {
         Some(Bson::Int32(i)) => Ok(i64::from(*i)),
