@@ -36,6 +36,8 @@ export function loadPlaywright() {
  * KVSYNC_CLUSTER_BIN overrides the binary (default: $CARGO_TARGET_DIR/debug/kvsync-cluster,
  * target/ when unset).
  */
+let clustersStarted = 0;
+
 export async function startCluster({ nodes = 2, nodeEnv = {}, timeoutMs = 120_000 } = {}) {
   const bin = process.env.KVSYNC_CLUSTER_BIN || path.join(TARGET, 'debug', 'kvsync-cluster');
   if (!fs.existsSync(bin)) {
@@ -44,8 +46,12 @@ export async function startCluster({ nodes = 2, nodeEnv = {}, timeoutMs = 120_00
   fs.mkdirSync(ARTIFACTS, { recursive: true });
   const log = fs.createWriteStream(path.join(ARTIFACTS, 'cluster.log'));
   const args = ['--nodes', String(nodes)];
-  // Keeps the cluster's data and logs afterwards, for a look at what the nodes did.
-  if (process.env.KVSYNC_CLUSTER_DIR) args.push('--dir', process.env.KVSYNC_CLUSTER_DIR);
+  // Keeps each cluster's data and logs afterwards (in a directory of its own under this one),
+  // for a look at what the nodes did.
+  if (process.env.KVSYNC_CLUSTER_DIR) {
+    clustersStarted += 1;
+    args.push('--dir', path.join(process.env.KVSYNC_CLUSTER_DIR, `${process.pid}-${clustersStarted}`));
+  }
   for (const [k, v] of Object.entries(nodeEnv)) args.push('--node-env', `${k}=${v}`);
   const child = spawn(bin, args, {
     cwd: ROOT,
