@@ -11,7 +11,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::cluster::{bucket_of, Summary, BUCKETS};
+use crate::{
+    cluster::{bucket_of, Summary, BUCKETS},
+    PairState,
+};
 
 /// One key as the index holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +26,17 @@ pub struct Indexed {
     /// For a tombstone, the wall time (ms) of its version (0 when it has none): a
     /// tombstone past the horizon is being collected and leaves the summaries.
     pub tombstone_ms: Option<u64>,
+}
+
+impl Indexed {
+    /// `state`, stored by the write numbered `seq`, as the index holds it.
+    pub fn of(state: &PairState, seq: i64) -> Self {
+        Self {
+            fingerprint: state.fingerprint(),
+            seq,
+            tombstone_ms: (!state.is_live()).then(|| state.version().map_or(0, |v| v.ts.wall_ms)),
+        }
+    }
 }
 
 /// A replica's keys and fingerprints per bucket, with their summary.

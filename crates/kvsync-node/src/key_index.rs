@@ -30,15 +30,6 @@ impl Inner {
     }
 }
 
-/// `state`, stored by the write numbered `seq`, as the index holds it.
-pub fn indexed(state: &PairState, seq: i64) -> Indexed {
-    Indexed {
-        fingerprint: state.fingerprint(),
-        seq,
-        tombstone_ms: (!state.is_live()).then(|| state.version().map_or(0, |v| v.ts.wall_ms)),
-    }
-}
-
 impl StateIndex {
     /// A write numbered `seq` stored `state` for `key`.
     pub fn note(&self, key: &Key, state: &PairState, seq: i64) {
@@ -46,7 +37,7 @@ impl StateIndex {
             return; // Cold: the first read of the database will see this write.
         }
         // Hashed outside the lock: writers of other keys do not wait for it.
-        let entry = indexed(state, seq);
+        let entry = Indexed::of(state, seq);
         let mut inner = self.lock();
         if let Some(next) = inner.next.as_mut() {
             next.note(key.as_str(), entry.clone());
@@ -126,13 +117,13 @@ mod tests {
         index.begin_rebuild();
         // The read finds `a` as it was before a write that lands meanwhile.
         index.note(&key("a"), &state("2", 2), 20);
-        index.note_scanned("a", indexed(&state("1", 1), 10));
-        index.note_scanned("b", indexed(&state("x", 1), 11));
+        index.note_scanned("a", Indexed::of(&state("1", 1), 10));
+        index.note_scanned("b", Indexed::of(&state("x", 1), 11));
         assert!(index.with(|i| i.len()).is_none(), "still cold mid-build");
         index.finish_rebuild();
         assert!(index.built().is_some());
         let a = index.with(|i| i.get("a").cloned()).flatten().unwrap();
-        assert_eq!(a, indexed(&state("2", 2), 20));
+        assert_eq!(a, Indexed::of(&state("2", 2), 20));
         assert_eq!(index.with(|i| i.len()), Some(2));
     }
 
@@ -140,7 +131,7 @@ mod tests {
     fn an_abandoned_rebuild_leaves_the_index_in_use() {
         let index = StateIndex::default();
         index.begin_rebuild();
-        index.note_scanned("a", indexed(&state("1", 1), 10));
+        index.note_scanned("a", Indexed::of(&state("1", 1), 10));
         index.finish_rebuild();
         index.begin_rebuild();
         index.note(&key("b"), &state("1", 1), 12);

@@ -24,7 +24,7 @@ use std::{
 use futures::StreamExt;
 use kvsync_core::{
     cluster::{listing_current, repairable, BucketList, Control},
-    index::KeyIndex,
+    index::{Indexed, KeyIndex},
     Key, NodeId,
 };
 use kvsync_kafka::Publisher;
@@ -36,7 +36,6 @@ use uuid::Uuid;
 use crate::{
     app::{now_ms, App},
     cluster::Join,
-    key_index::indexed,
     replicator::ReplicationStatus,
 };
 
@@ -184,7 +183,7 @@ impl Repair {
             if self.app.collectable(&pair) {
                 continue;
             }
-            index.note_scanned(pair.key.as_str(), indexed(&pair.state, seq));
+            index.note_scanned(pair.key.as_str(), Indexed::of(&pair.state, seq));
         }
         index.finish_rebuild();
         tracing::debug!(
