@@ -74,14 +74,16 @@ pub fn lag(origin: &Report, origin_node: &str, applier: &Report) -> Lag {
 
 /// Whether a key that this member and a peer hold differently is the repair's to send
 /// again: only when the peer, as its listing says ([`Control::Bucket`]), had applied
-/// everything published before the key last changed here, give or take `margin_ms` for
-/// the two clocks and the relay. Otherwise the difference may be replication still on
-/// its way, and sending the key again only adds to the peer's backlog (an import or a
-/// restore writes states stamped long ago, so the state's own version cannot tell).
+/// everything published until well after (`margin_ms`, for the two clocks) the key last
+/// changed here and was last published. Otherwise the difference may be replication
+/// still on its way, and sending the key again only adds to the peer's backlog (an
+/// import or a restore writes states stamped long ago, so the state's own version
+/// cannot tell; and a change can wait in the outbox long after it was made).
 ///
-/// `changed_ms` is when the key last changed here (this member's clock; 0: not known,
-/// long ago). Without the peer's point (a member of an earlier release), keys changed in
-/// the last `margin_ms` are left to replication.
+/// `changed_ms` is the later of when the key last changed here and when it was last
+/// published ([`PublishLog`]), on this member's clock; 0: not known, long ago. Without
+/// the peer's point (a member of an earlier release), keys changed in the last
+/// `margin_ms` are left to replication.
 pub fn repairable(
     changed_ms: u64,
     peer_caught_up_ms: Option<u64>,
@@ -90,6 +92,72 @@ pub fn repairable(
 ) -> bool {
     let settled_before = peer_caught_up_ms.unwrap_or(now_ms);
     changed_ms.saturating_add(margin_ms) < settled_before
+}
+
+/// When this member last published each key, for [`repairable`]: a change can wait in
+/// the outbox long after it was made (a broker out of reach, a relay draining a large
+/// import), and a peer cannot hold it before it was published. Entries older than any
+/// listing still compared are dropped ([`PublishLog::forget_before`]), and past `max`
+/// keys the oldest go: a key forgotten too early is at worst sent once more.
+#[derive(Debug, Clone)]
+pub struct PublishLog {
+    last: std::collections::HashMap<String, u64>,
+    /// Publications in the order noted, with their time; a key noted again is here twice,
+    /// and only its entry that matches `last` counts.
+    order: std::collections::VecDeque<(u64, String)>,
+    max: usize,
+}
+
+impl PublishLog {
+    pub fn new(max: usize) -> Self {
+        Self {
+            last: Default::default(),
+            order: Default::default(),
+            max: max.max(1),
+        }
+    }
+
+    /// `key` was published at `at_ms` (this member's clock).
+    pub fn note(&mut self, key: &str, at_ms: u64) {
+        let at = self.last.entry(key.to_owned()).or_insert(at_ms);
+        *at = (*at).max(at_ms);
+        self.order.push_back((at_ms, key.to_owned()));
+        while self.last.len() > self.max || self.order.len() > 2 * self.max {
+            if !self.pop_oldest() {
+                break;
+            }
+        }
+    }
+
+    /// When `key` was last published, if that is remembered.
+    pub fn last(&self, key: &str) -> Option<u64> {
+        self.last.get(key).copied()
+    }
+
+    /// Forgets publications made before `ms`.
+    pub fn forget_before(&mut self, ms: u64) {
+        while self.order.front().is_some_and(|(at, _)| *at < ms) {
+            self.pop_oldest();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.last.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.last.is_empty()
+    }
+
+    fn pop_oldest(&mut self) -> bool {
+        let Some((at, key)) = self.order.pop_front() else {
+            return false;
+        };
+        if self.last.get(&key) == Some(&at) {
+            self.last.remove(&key);
+        }
+        true
+    }
 }
 
 /// Whether a peer's bucket listing still says how the peer stands. Members send listings
@@ -538,6 +606,63 @@ mod tests {
         assert!(repairable(now - 3_000, None, now, margin));
         // A peer that never caught up (point 0) gets nothing but what is long known.
         assert!(!repairable(now - 1_000, Some(0), now, margin));
+    }
+
+    #[test]
+    fn the_publish_log_keeps_each_keys_latest_publication_for_a_while() {
+        let mut log = PublishLog::new(3);
+        assert_eq!(log.last("a"), None);
+        log.note("a", 100);
+        log.note("b", 200);
+        log.note("a", 300);
+        assert_eq!(
+            (log.last("a"), log.last("b"), log.len()),
+            (Some(300), Some(200), 2)
+        );
+        // A late note does not move a key back.
+        log.note("a", 250);
+        assert_eq!(log.last("a"), Some(300));
+        // Forgetting what came before 250 keeps a's later publication.
+        log.forget_before(250);
+        assert_eq!((log.last("a"), log.last("b")), (Some(300), None));
+        log.forget_before(301);
+        assert!(log.is_empty());
+    }
+
+    #[test]
+    fn the_publish_log_is_bounded() {
+        let mut log = PublishLog::new(3);
+        for (i, key) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            log.note(key, i as u64);
+        }
+        assert_eq!(log.len(), 3);
+        assert_eq!(log.last("a"), None, "the oldest goes first");
+        // A key noted over and over keeps the log bounded too.
+        for t in 10..1_000 {
+            log.note("d", t);
+        }
+        assert!(log.len() <= 3 && log.order.len() <= 6);
+        assert_eq!(log.last("d"), Some(999));
+    }
+
+    #[test]
+    fn a_key_published_late_is_not_repaired_before_the_peer_could_apply_it() {
+        let (now, margin) = (1_000_000, 2_000);
+        let caught_up = Some(now - 5_000);
+        // Changed a minute ago, published 6 s ago: the peer's point is before it.
+        let changed = now - 60_000;
+        let mut log = PublishLog::new(10);
+        log.note("k", now - 6_000);
+        let when = changed.max(log.last("k").unwrap_or(0));
+        assert!(!repairable(when, caught_up, now, margin));
+        // Published well before the point: the peer should hold it.
+        log.note("j", now - 30_000);
+        assert!(repairable(
+            changed.max(log.last("j").unwrap_or(0)),
+            caught_up,
+            now,
+            margin
+        ));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::{
 };
 
 use kvsync_core::{
-    cluster::{has_applied, lag, Report},
+    cluster::{has_applied, lag, PublishLog, Report},
     Heartbeat, Key, NodeId, Version,
 };
 use serde_json::{json, Value};
@@ -27,6 +27,8 @@ const MAX_MEMBERS: usize = 64;
 /// Keys whose last publication is remembered, for writes that wait for their
 /// replication and ask after their publication once it may have happened.
 const RECENT_PUBLICATIONS: usize = 10_000;
+/// Keys whose time of publication repair remembers (a 100,000-pair import stays within).
+const PUBLISH_LOG_KEYS: usize = 200_000;
 
 /// A write waiting to learn where it was published: its version, and where to say.
 type Waiter = (Version, oneshot::Sender<(i32, i64)>);
@@ -90,6 +92,8 @@ pub struct ClusterView {
     /// Bumped whenever a peer's report arrives: waiters for replication look again.
     heard: watch::Sender<u64>,
     publications: Mutex<Publications>,
+    /// When each key was last published, for repair ([`kvsync_core::cluster::repairable`]).
+    sent: Mutex<PublishLog>,
     join: Mutex<Option<Join>>,
     /// Notified when a join is wanted.
     pub join_wanted: tokio::sync::Notify,
@@ -137,6 +141,7 @@ impl ClusterView {
             local: Mutex::default(),
             heard: watch::channel(0).0,
             publications: Mutex::default(),
+            sent: Mutex::new(PublishLog::new(PUBLISH_LOG_KEYS)),
             join: Mutex::default(),
             join_wanted: tokio::sync::Notify::new(),
             waiting: Default::default(),
@@ -205,6 +210,7 @@ impl ClusterView {
     /// every local write of the key up to `version`.
     pub fn published_event(&self, key: &Key, version: &Version, partition: i32, offset: i64) {
         self.published(partition, offset, version.ts.wall_ms);
+        self.sent_now(key);
         let mut p = self.publications.lock().expect("publications lock");
         if let Some(waiting) = p.waiters.remove(key) {
             let mut still = Vec::new();
@@ -234,6 +240,25 @@ impl ClusterView {
                 p.recent.remove(&old);
             }
         }
+    }
+
+    /// `key`'s state went out to the peers just now (by the relay, or again by repair).
+    pub fn sent_now(&self, key: &Key) {
+        self.sent
+            .lock()
+            .expect("sent lock")
+            .note(key.as_str(), now_ms());
+    }
+
+    /// When each of `keys` was last published, where that is remembered.
+    pub fn last_sent(&self, keys: &[String]) -> Vec<Option<u64>> {
+        let sent = self.sent.lock().expect("sent lock");
+        keys.iter().map(|k| sent.last(k)).collect()
+    }
+
+    /// Forgets publications made before `ms` (no listing compared now is that old).
+    pub fn forget_sent_before(&self, ms: u64) {
+        self.sent.lock().expect("sent lock").forget_before(ms);
     }
 
     /// Where the write of `key` at `version` (or a later one of the key, which holds it)

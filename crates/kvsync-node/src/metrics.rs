@@ -68,6 +68,7 @@ pub struct Metrics {
     pub repair_rounds: Counter,
     pub repair_scans: Counter,
     pub repair_buckets: Counter,
+    pub repair_listings: Counter,
     pub repair_keys: Counter,
     pub snapshots_served: Counter,
     pub tombstones_collected: Counter,
@@ -111,6 +112,7 @@ impl Metrics {
         let repair_rounds = Counter::default();
         let repair_scans = Counter::default();
         let repair_buckets = Counter::default();
+        let repair_listings = Counter::default();
         let repair_keys = Counter::default();
         let snapshots_served = Counter::default();
         let tombstones_collected = Counter::default();
@@ -260,6 +262,11 @@ impl Metrics {
             repair_buckets.clone(),
         );
         r.register(
+            "repair_listings",
+            "Peers' listings of a bucket's keys that this node compared with its own",
+            repair_listings.clone(),
+        );
+        r.register(
             "repair_keys",
             "Keys this node re-published because a peer's state of them differed (repairs)",
             repair_keys.clone(),
@@ -310,6 +317,7 @@ impl Metrics {
             repair_rounds,
             repair_scans,
             repair_buckets,
+            repair_listings,
             repair_keys,
             snapshots_served,
             tombstones_collected,

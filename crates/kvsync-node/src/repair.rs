@@ -225,6 +225,11 @@ impl Repair {
         }
         self.parts
             .retain(|_, p| p.since.elapsed() < self.settings.interval);
+        // No listing older than the window is compared (`listing_current`).
+        let margin = SETTLING.as_millis() as u64;
+        self.app
+            .cluster
+            .forget_sent_before(now_ms().saturating_sub(self.window().as_millis() as u64 + margin));
         if self.app.cluster.live_peers().is_empty() {
             return; // Nobody to compare with.
         }
@@ -400,26 +405,42 @@ impl Repair {
         theirs: BTreeMap<String, String>,
         their_caught_up_ms: Option<u64>,
     ) {
+        self.app.metrics.repair_listings.inc();
         let now = now_ms();
         let margin = SETTLING.as_millis() as u64;
-        let Some((differ, they_have_more)) = self
+        let Some((differ, changed, they_have_more)) = self
             .with_index(|index| {
                 let ours = index.bucket_entries(b);
-                let differ: Vec<String> = ours
+                let (differ, changed): (Vec<String>, Vec<u64>) = ours
                     .iter()
                     .filter(|(k, e)| theirs.get(*k) != Some(&e.fingerprint))
-                    .filter(|(_, e)| repairable(wall_ms_of(e.seq), their_caught_up_ms, now, margin))
-                    .map(|(k, _)| k.clone())
-                    .collect();
+                    .map(|(k, e)| (k.clone(), wall_ms_of(e.seq)))
+                    .unzip();
                 let they_have_more = theirs
                     .iter()
                     .any(|(k, fp)| ours.get(k).map(|e| &e.fingerprint) != Some(fp));
-                (differ, they_have_more)
+                (differ, changed, they_have_more)
             })
             .await
         else {
             return;
         };
+        // A change published long after it was made (it waited in the outbox) counts from
+        // its publication: the peer cannot hold it before.
+        let sent = self.app.cluster.last_sent(&differ);
+        let differ: Vec<String> = differ
+            .into_iter()
+            .zip(changed.into_iter().zip(sent))
+            .filter(|(_, (changed, sent))| {
+                repairable(
+                    (*changed).max(sent.unwrap_or(0)),
+                    their_caught_up_ms,
+                    now,
+                    margin,
+                )
+            })
+            .map(|(k, _)| k)
+            .collect();
         // A change still in this node's outbox is on its way: the relay's to send. (After
         // a large import the relay drains for minutes while the peers keep up with what it
         // has sent; each such key looked divergent and was sent twice.)
@@ -458,7 +479,10 @@ impl Repair {
             self.budget -= 1;
             let event = self.app.republish(pair);
             match self.settings.publisher.publish(&event).await {
-                Ok(_) => sent += 1,
+                Ok(_) => {
+                    self.app.cluster.sent_now(&event.key);
+                    sent += 1;
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "repair not published; the next round tries again");
                     return;

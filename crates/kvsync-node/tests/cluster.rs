@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use kvsync_core::{Event, Key, NodeId, Op, Timestamp, Values, Version};
-use kvsync_testkit::{wait_until, Client, Cluster, ClusterOptions};
+use kvsync_testkit::{wait_until, Client, Cluster, ClusterOptions, Cut};
 use mongodb::bson::{doc, Document};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -813,4 +813,75 @@ async fn a_peer_catching_up_on_an_import_is_left_to_replication() {
             client.base()
         );
     }
+}
+
+/// A change that waited in the outbox (the broker out of reach, or a relay draining a
+/// large import) is published long after it was made. A peer's listing made before it
+/// could apply it lacks it, though the peer had applied everything published until then:
+/// repair must leave it to replication rather than send it a second time. (After a
+/// 100,000-pair import, 1,355 keys were sent twice this way.)
+#[tokio::test]
+async fn a_change_published_late_is_left_to_replication() {
+    let _slot = SLOTS.acquire().await.unwrap();
+    let c = Cluster::start(ClusterOptions {
+        nodes: 2,
+        env: env(&[
+            ("KVSYNC_HEARTBEAT_INTERVAL_MS", "200"),
+            // Node 1 stays a live member while it is cut off.
+            ("KVSYNC_PEER_AWAY_AFTER_MS", "20000"),
+            ("KVSYNC_REPAIR_INTERVAL_MS", &REPAIR_MS.to_string()),
+            // Node 2 goes on with its repair rounds while its database is stopped.
+            ("KVSYNC_MONGODB_TIMEOUT_MS", "500"),
+            ("KVSYNC_LOG", "info,kvsync_node::repair=debug"),
+        ]),
+        broker_proxy: true,
+        ..Default::default()
+    })
+    .await
+    .expect("cluster starts");
+    let (a, b) = (c.nodes[0].client(), c.nodes[1].client());
+    a.put("late/warm", &["x"]).await.unwrap();
+    c.identical(T).await.unwrap();
+    // Both compare already (their key index is built).
+    for client in [&a, &b] {
+        wait_until(T, "a repair round", || async {
+            metric(client, "kvsync_repair_rounds_total").await >= 1.0
+        })
+        .await
+        .unwrap();
+    }
+
+    let proxy = c.broker.proxy().expect("broker behind a proxy");
+    proxy.cut(c.nodes[0].pid().unwrap(), Cut::Blackhole);
+    // Acknowledged; it waits in node 1's outbox.
+    a.put("late/key", &["v"]).await.unwrap();
+    // It ages past repair's allowance for the relay (2 s) before it is published.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Node 2 receives it but cannot store it: its listings lack it, while it had applied
+    // everything published until just before.
+    c.mongos[1].pause();
+    proxy.heal();
+    wait_until(T, "node 1 to publish the change", || async {
+        metric(&a, "kvsync_outbox_backlog").await == 0.0
+    })
+    .await
+    .unwrap();
+    let listings = metric(&a, "kvsync_repair_listings_total").await;
+    wait_until(
+        T,
+        "node 1 to compare three of node 2's listings",
+        || async { metric(&a, "kvsync_repair_listings_total").await >= listings + 3.0 },
+    )
+    .await
+    .unwrap();
+    let repaired = metric(&a, "kvsync_repair_keys_total").await;
+    c.mongos[1].unpause();
+    b.wait_for_values("late/key", Some(&["v"]), T)
+        .await
+        .unwrap();
+    c.identical(T).await.unwrap();
+    assert_eq!(
+        repaired, 0.0,
+        "node 1 re-published a change that node 2 had received but not yet stored"
+    );
 }
