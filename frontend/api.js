@@ -25,7 +25,7 @@ function cookieToken() {
   return m ? decodeURIComponent(m.slice(TOKEN_COOKIE.length + 1)) : '';
 }
 
-export function getToken() {
+function storedToken() {
   try {
     return sessionStorage.getItem(TOKEN_KEY) || cookieToken();
   } catch {
@@ -33,8 +33,19 @@ export function getToken() {
   }
 }
 
+// Read from storage once, then kept here: each read of the storage or the cookie is a
+// synchronous call into the browser, and every request needs the token. Another tab may
+// store a new one meanwhile; a 401 reads the storage again before asking (`request`).
+let currentToken = null;
+
+export function getToken() {
+  if (currentToken === null) currentToken = storedToken();
+  return currentToken;
+}
+
 /** Keeps `token` (empty: forgets it everywhere); `tabOnly` keeps it out of other tabs. */
 export function setToken(token, { tabOnly = false } = {}) {
+  currentToken = token || '';
   try {
     if (token) sessionStorage.setItem(TOKEN_KEY, token);
     else sessionStorage.removeItem(TOKEN_KEY);
@@ -170,8 +181,13 @@ export async function request(method, path, { body, headers = {}, accept = [], a
   }
 
   if (res.status === 401 && prompt && attempt < MAX_TOKEN_TRIES) {
-    // If another request already got a new token meanwhile, just try again with it.
-    if (getToken() === token) await tokenPromptOnce(Boolean(token));
+    // If another request (or another tab) already got a new token meanwhile, just try
+    // again with it.
+    if (getToken() === token) {
+      const stored = storedToken();
+      if (stored && stored !== token) currentToken = stored;
+      else await tokenPromptOnce(Boolean(token));
+    }
     return request(method, path, { body, headers, accept, attempt: attempt + 1, onText, prompt, timeoutMs });
   }
 

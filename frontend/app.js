@@ -5,6 +5,7 @@ import { api, ApiError, eventsUrl, getToken, onTokenNeeded, setToken } from './a
 import { LiveConnection } from './live.js';
 import { ClusterPanel } from './cluster.js';
 import { h } from './dom.js';
+import { clockTime, dateTime, groupDigits } from './format.js';
 
 const PAGE_SIZE = 100; // the first page: shown quickly
 const MORE_SIZE = 500; // each page loaded as the list is scrolled
@@ -160,7 +161,6 @@ function dropPair(key) {
 }
 
 const encoder = new TextEncoder();
-const numberFormat = new Intl.NumberFormat('en-US');
 
 function keyProblem(key) {
   if (key.length === 0) return 'Enter a key.';
@@ -172,7 +172,7 @@ function keyProblem(key) {
 }
 
 function plural(n, one, many) {
-  return `${numberFormat.format(n)} ${n === 1 ? one : many}`;
+  return `${groupDigits(n)} ${n === 1 ? one : many}`;
 }
 
 function formatTime(value) {
@@ -183,13 +183,10 @@ function formatTime(value) {
   if (Number.isNaN(d.getTime())) return { text: String(value), iso: '' };
   const now = new Date();
   const sameDay = d.toDateString() === now.toDateString();
-  // Formatters made once: making one per row costs more than the rest of the row.
-  const text = (sameDay ? timeFormat : dateFormat).format(d);
+  const text = sameDay ? clockTime(d) : dateTime(d);
   return { text, iso: d.toISOString() };
 }
 
-const timeFormat = new Intl.DateTimeFormat([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
-const dateFormat = new Intl.DateTimeFormat([], { year: 'numeric', month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
 
 /** Whether two pairs show the same: a merge of an older write keeps the version, so the values count too. */
 function samePair(a, b) {
@@ -600,6 +597,22 @@ function rowHeight(key, est) {
   return state.heights.get(key) ?? est;
 }
 
+// Until the page has first shown its rows, only those near the screen are put in, even of
+// a short list: laying out a whole first page of rows was a third of the first render.
+// The rest follow once the page is idle.
+let settled = false;
+
+function settleSoon() {
+  if (settled || settleSoon.asked) return;
+  settleSoon.asked = true;
+  const go = () => {
+    settled = true;
+    scheduleRender();
+  };
+  if (window.requestIdleCallback) requestIdleCallback(go, { timeout: 500 });
+  else setTimeout(go, 100);
+}
+
 /**
  * The rows to put in the page: all of them up to RENDER_ALL, else those near the screen,
  * with the height of the others above and below (from measured rows, or an estimate).
@@ -607,7 +620,7 @@ function rowHeight(key, est) {
 function visibleWindow() {
   const order = state.order;
   const n = order.length;
-  if (n <= RENDER_ALL) return { start: 0, end: n, above: 0, below: 0 };
+  if (n <= RENDER_ALL && settled) return { start: 0, end: n, above: 0, below: 0 };
   const est = state.measured.n ? state.measured.sum / state.measured.n : EST_ROW_PX;
   const top = el.body.getBoundingClientRect().top; // where the first row goes, on screen
   const from = -top - OVERSCAN_PX;
@@ -729,6 +742,7 @@ function render() {
   }
 
   renderCount();
+  if (state.loaded) settleSoon();
   el.loadMore.hidden = state.next === null;
   el.empty.hidden = !state.loaded || state.order.length > 0 || state.folders.length > 0;
   if (state.loaded && state.order.length === 0) {
@@ -751,7 +765,7 @@ function renderCount() {
     if (state.search.text) {
       el.count.textContent = state.next !== null ? `${plural(n, 'match', 'matches')} so far, searching on as you scroll` : plural(n, 'match', 'matches');
     } else {
-      el.count.textContent = state.next !== null ? `${what} · ${numberFormat.format(n)} loaded` : what;
+      el.count.textContent = state.next !== null ? `${what} · ${groupDigits(n)} loaded` : what;
     }
   }
   renderFolders();
@@ -1131,7 +1145,7 @@ function renderKeyView() {
     return;
   }
   const when = formatTime(pair.updated_at);
-  el.keyViewMeta.textContent = `${plural(pair.values.length, 'value', 'values')} · ${encoder.encode(pair.values.join('')).length.toLocaleString('en-US')} bytes · last change ${when.text}${pair.origin ? ` on ${pair.origin}` : ''}`;
+  el.keyViewMeta.textContent = `${plural(pair.values.length, 'value', 'values')} · ${groupDigits(encoder.encode(pair.values.join('')).length)} bytes · last change ${when.text}${pair.origin ? ` on ${pair.origin}` : ''}`;
   el.keyViewValues.replaceChildren(...pair.values.map((v, i) => {
     const pretty = prettyJson(v);
     const pre = h('pre', { class: 'key-value-text', text: v });
@@ -1145,7 +1159,7 @@ function renderKeyView() {
     copy.addEventListener('click', () => copyText(v, `value ${i + 1}`));
     return h('li', { class: 'key-value' },
       h('div', { class: 'key-value-head' },
-        h('span', { text: `Value ${i + 1} · ${encoder.encode(v).length.toLocaleString('en-US')} bytes` }),
+        h('span', { text: `Value ${i + 1} · ${groupDigits(encoder.encode(v).length)} bytes` }),
         h('span', { class: 'spacer' }), toggle, copy),
       pre);
   }));

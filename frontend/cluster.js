@@ -3,6 +3,7 @@
 
 import { api, ApiError, tokenPromptPending } from './api.js';
 import { h } from './dom.js';
+import { clockTime as timeOfDay } from './format.js';
 
 const MIN_POLL_MS = 1000;
 const MAX_POLL_MS = 3000;
@@ -10,7 +11,7 @@ const TIMEOUT_MS = 4000;
 
 
 function clockTime(ms) {
-  return new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+  return timeOfDay(new Date(ms));
 }
 
 /** A duration for people: "340 ms", "1.2 s", "14 s", "3 min", "2 h". */

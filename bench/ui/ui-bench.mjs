@@ -227,7 +227,13 @@ async function clearAll(api, others) {
 
 let browser;
 
-async function newPage(url, { init } = {}) {
+/**
+ * Opens `url` in a fresh context and waits until the page is live, or, with `until`, until
+ * the page logs that text to the console: a wait that runs nothing in the page (Playwright's
+ * locators and waitForFunction put their own script in it first, which took 100-150 ms of
+ * the page's main thread in the middle of a first render being measured).
+ */
+async function newPage(url, { init, until } = {}) {
   const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
   if (init) await context.addInitScript(init.fn, init.arg);
   const page = await context.newPage();
@@ -237,8 +243,15 @@ async function newPage(url, { init } = {}) {
     page.errors.push(`dialog: ${d.message()}`);
     d.dismiss().catch(() => {});
   });
-  await page.goto(url);
-  await page.locator('#live-status[data-state="live"]').waitFor({ timeout: 30_000 });
+  const logged = until ? page.waitForEvent('console', { predicate: (m) => m.text() === until, timeout: 60_000 }) : null;
+  try {
+    await page.goto(url);
+    if (logged) await logged;
+    else await page.locator('#live-status[data-state="live"]').waitFor({ timeout: 30_000 });
+  } catch (err) {
+    await context.close();
+    throw err;
+  }
   return page;
 }
 
@@ -489,7 +502,7 @@ async function seedStep(node1, api1, api2) {
 }
 
 /** Recorded in the page from its very start: when the first rows and the total are shown. */
-function firstRenderProbe(want) {
+function firstRenderProbe({ want, shown }) {
   window.__first = null;
   const check = () => {
     const body = document.getElementById('pairs-body');
@@ -504,19 +517,26 @@ function firstRenderProbe(want) {
     window.__first = { dom: performance.now(), rows: document.querySelectorAll('#pairs-body tr.pair-row').length };
     requestAnimationFrame(() => {
       window.__first.frame = performance.now();
+      console.debug(shown);
     });
   });
   mo.observe(document, { subtree: true, childList: true, characterData: true });
 }
+const FIRST_SHOWN = 'kvsync-bench: first render';
 
 async function firstStep(node1) {
   const want = `${nf.format(PAIRS)} pairs`;
   const loads = [];
   for (let i = 0; i < LOADS; i++) {
-    const page = await newPage(node1.url + '/', { init: { fn: firstRenderProbe, arg: want } });
+    let page;
+    try {
+      page = await newPage(node1.url + '/', { init: { fn: firstRenderProbe, arg: { want, shown: FIRST_SHOWN } }, until: FIRST_SHOWN });
+    } catch {
+      fail(`first render: load ${i + 1} did not show rows and "${want}" within 60 s`);
+      break;
+    }
     let got = null;
     try {
-      await page.waitForFunction(() => window.__first && window.__first.frame !== undefined, null, { timeout: 60_000, polling: 50 });
       got = await page.evaluate(() => {
         const nav = performance.getEntriesByType('navigation')[0];
         const lists = performance.getEntriesByType('resource').filter((e) => e.name.includes('/api/pairs?'));
@@ -530,8 +550,8 @@ async function firstStep(node1) {
           list_requests: lists.filter((e) => e.startTime <= window.__first.dom).map((e) => `${e.responseStatus ?? '?'}@${Math.round(e.startTime)}`),
         };
       });
-    } catch {
-      fail(`first render: load ${i + 1} did not show rows and "${want}" within 60 s (count "${await countText(page)}")`);
+    } catch (err) {
+      fail(`first render: load ${i + 1}: its timings could not be read (${err.message})`);
     }
     await closePage(page, 'first render');
     if (!got) break;
