@@ -79,6 +79,15 @@ describe('kvsync web UI on two nodes', { concurrency: false }, () => {
     assert.equal((await pageB.locator('#live-status .live-text').textContent()).trim(), 'Live');
   });
 
+  test('a page at rest runs no endless animation (it would repaint every frame for as long as it is open)', async () => {
+    // The live dot pulsed forever: an idle page took about half a core of Chromium.
+    const endless = (page) => page.evaluate(() => document.getAnimations()
+      .filter((a) => a.playState === 'running' && a.effect?.getComputedTiming().iterations === Infinity)
+      .map((a) => `${a.animationName || a.constructor.name} on ${a.effect?.target?.className || a.effect?.target?.tagName}`));
+    assert.deepEqual(await endless(pageA), []);
+    assert.deepEqual(await endless(pageB), []);
+  });
+
   test('a pair created on node 1 appears on node 2\'s open page without reload, highlighted', async (t) => {
     const key = uniq('create');
     const watchB = await watchPage(pageB);
