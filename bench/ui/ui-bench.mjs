@@ -10,6 +10,7 @@
 //   seed    --pairs pairs imported on node 1 in batches of 1,000, and the wait until node 2
 //           holds them all;
 //   first   first useful render on node 1 (first rows and the total shown), --loads loads;
+//   rest    the main thread's CPU of a live page while nothing happens (5 s);
 //   scroll  frame times while scrolling with --loaded rows loaded;
 //   live    --changes writes on node 2 to rows on screen in node 1's page, one at a time,
 //           timed inside the page (MutationObserver, Date.now(): the machine's one clock);
@@ -640,6 +641,19 @@ async function metrics(cdp) {
   return { heap_mib: round(get('JSHeapUsedSize') / 2 ** 20, 2), dom_nodes: get('Nodes'), listeners: get('JSEventListeners') };
 }
 
+/**
+ * What a live page with 100,000 pairs costs while nothing happens: its main thread's CPU over
+ * REST_MS, once its start-up is over (the live dot's few pulses included).
+ */
+const REST_MS = 5000;
+async function restStep(page) {
+  await sleep(8000);
+  const meter = await workMeter(page);
+  await sleep(REST_MS);
+  const work = await meter();
+  return { seconds: REST_MS / 1000, ...work, cpu_per_s_ms: round(work.thread_cpu_ms / (REST_MS / 1000)) };
+}
+
 async function memoryStep(page, api2) {
   const cdp = await page.context().newCDPSession(page);
   await cdp.send('Performance.enable');
@@ -762,6 +776,7 @@ function markdown(r) {
     L.push(`| ${name}: p99 | ${x.p99_ms} ms | ≤ ${t.liveP99Ms} ms | ${met(x.p99_ms === null ? null : x.p99_ms <= t.liveP99Ms)} |`);
   }
   if (r.scroll) L.push(`| scroll frames p90 (${nf.format(r.scroll.loaded_before)} rows loaded) | ${r.scroll.p90_ms} ms | ≤ ${t.scrollP90Ms} ms | ${met(r.scroll.p90_ms <= t.scrollP90Ms)} |`);
+  if (r.rest) L.push(`| a live page at rest: main thread CPU | ${r.rest.cpu_per_s_ms} ms per s | (no target) | |`);
   if (r.memory) L.push(`| JS heap after ${nf.format(r.memory.writes)} changes, after GC | ${r.memory.before_gc.heap_mib} → ${r.memory.after_gc.heap_mib} MiB | bounded | ${met(r.memory.bounded)} |`);
   if (r.clear) L.push(`| clear of ${nf.format(r.clear.pairs)} pairs on node 1: longest block in node 2's page | ${r.clear.longest_task_ms} ms (longest frame gap ${r.clear.longest_frame_gap_ms} ms) | (was 9.7 s) | |`);
   L.push('');
@@ -855,6 +870,7 @@ async function main() {
 
     const page = await newPage(node1.url + '/');
     await waitForTotal(page, PAIRS);
+    report.rest = await step('rest', () => restStep(page));
     report.scroll = await step('scroll', () => scrollStep(page));
     await page.evaluate(() => window.scrollTo(0, document.documentElement.scrollHeight / 2));
     await sleep(500);
