@@ -133,6 +133,17 @@ export function tokenPromptPending() {
 }
 
 /**
+ * The answer to a request index.html made before this module loaded, if it is this one: a
+ * GET of the same path, sent without a token as that one was. Taken once.
+ */
+function earlyAnswer(method, path, token) {
+  const early = globalThis.kvsyncEarly;
+  if (!early || method !== 'GET' || token || early.path !== path) return null;
+  globalThis.kvsyncEarly = null;
+  return early.response;
+}
+
+/**
  * Performs a request. Resolves to { status, data, etag } for 2xx responses and for statuses
  * listed in `accept`; throws ApiError otherwise. `onText` follows a body that streams.
  * `prompt: false` fails on a 401 instead of asking for a token (for background calls);
@@ -153,13 +164,13 @@ export async function request(method, path, { body, headers = {}, accept = [], a
   let text = '';
   try {
     try {
-      res = await fetch(path, {
+      res = await (earlyAnswer(method, path, token) ?? fetch(path, {
         method,
         headers: h,
         body: body === undefined ? undefined : JSON.stringify(body),
         cache: 'no-store',
         signal: abort ? abort.signal : undefined,
-      });
+      }));
     } catch {
       if (abort && abort.signal.aborted) throw timedOut();
       throw new ApiError("Can't reach the node. Check that it is running and your network is up.", { status: 0 });

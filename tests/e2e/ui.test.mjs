@@ -79,6 +79,26 @@ describe('kvsync web UI on two nodes', { concurrency: false }, () => {
     assert.equal((await pageB.locator('#live-status .live-text').textContent()).trim(), 'Live');
   });
 
+  test('the first page of pairs is asked for while the page\'s scripts load, and used', async () => {
+    await api1.put(uniq('early'), ['x']);
+    const page = await openPage(node1.url + '/');
+    try {
+      const t = await page.evaluate(() => {
+        const entries = performance.getEntriesByType('resource');
+        const list = entries.find((e) => e.name.endsWith('/api/pairs?limit=100&count=true'));
+        const app = entries.find((e) => e.name.endsWith('/app.js'));
+        return { list: list?.startTime, app: app?.responseEnd, taken: globalThis.kvsyncEarly === null };
+      });
+      // Before, the list was asked for only once app.js (and what it imports) had run.
+      assert.ok(t.list !== undefined && t.app !== undefined, JSON.stringify(t));
+      assert.ok(t.list < t.app, `list asked for at ${t.list} ms, app.js loaded at ${t.app} ms`);
+      assert.ok(t.taken, 'the early answer was taken up by the page, not asked for twice');
+      await page.locator('#pairs-body tr.pair-row').first().waitFor();
+    } finally {
+      await page.context().close();
+    }
+  });
+
   test('a page at rest runs no endless animation (it would repaint every frame for as long as it is open)', async () => {
     // The live dot pulsed forever: an idle page took about half a core of Chromium.
     const endless = (page) => page.evaluate(() => document.getAnimations()
