@@ -601,10 +601,11 @@ function rowHeight(key, est) {
 // a short list: laying out a whole first page of rows was a third of the first render.
 // The rest follow once the page is idle.
 let settled = false;
+let settling = false;
 
 function settleSoon() {
-  if (settled || settleSoon.asked) return;
-  settleSoon.asked = true;
+  if (settled || settling) return;
+  settling = true;
   const go = () => {
     settled = true;
     scheduleRender();
