@@ -187,7 +187,6 @@ function formatTime(value) {
   return { text, iso: d.toISOString() };
 }
 
-
 /** Whether two pairs show the same: a merge of an older write keeps the version, so the values count too. */
 function samePair(a, b) {
   if (a.version !== b.version || a.elements.length !== b.elements.length) return false;

@@ -31,13 +31,13 @@ export function loadPlaywright() {
   );
 }
 
+let clustersStarted = 0;
+
 /**
  * Starts `kvsync-cluster --nodes N` and waits for its JSON ready line.
  * KVSYNC_CLUSTER_BIN overrides the binary (default: $CARGO_TARGET_DIR/debug/kvsync-cluster,
  * target/ when unset).
  */
-let clustersStarted = 0;
-
 export async function startCluster({ nodes = 2, nodeEnv = {}, timeoutMs = 120_000 } = {}) {
   const bin = process.env.KVSYNC_CLUSTER_BIN || path.join(TARGET, 'debug', 'kvsync-cluster');
   if (!fs.existsSync(bin)) {

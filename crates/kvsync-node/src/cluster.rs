@@ -250,10 +250,13 @@ impl ClusterView {
             .note(key.as_str(), now_ms());
     }
 
-    /// When each of `keys` was last published, where that is remembered.
-    pub fn last_sent(&self, keys: &[String]) -> Vec<Option<u64>> {
+    /// Moves each key's change time (ms) up to its last publication where that came
+    /// later and is remembered: a peer cannot hold a change before it was published.
+    pub fn count_from_publication(&self, keys: &mut [(String, u64)]) {
         let sent = self.sent.lock().expect("sent lock");
-        keys.iter().map(|k| sent.last(k)).collect()
+        for (key, changed) in keys {
+            *changed = (*changed).max(sent.last(key).unwrap_or(0));
+        }
     }
 
     /// Forgets publications made before `ms` (no listing compared now is that old).

@@ -408,37 +408,30 @@ impl Repair {
         self.app.metrics.repair_listings.inc();
         let now = now_ms();
         let margin = SETTLING.as_millis() as u64;
-        let Some((differ, changed, they_have_more)) = self
+        // The keys held otherwise, each with when it last changed here.
+        let Some((mut differ, they_have_more)) = self
             .with_index(|index| {
                 let ours = index.bucket_entries(b);
-                let (differ, changed): (Vec<String>, Vec<u64>) = ours
+                let differ: Vec<(String, u64)> = ours
                     .iter()
                     .filter(|(k, e)| theirs.get(*k) != Some(&e.fingerprint))
                     .map(|(k, e)| (k.clone(), wall_ms_of(e.seq)))
-                    .unzip();
+                    .collect();
                 let they_have_more = theirs
                     .iter()
                     .any(|(k, fp)| ours.get(k).map(|e| &e.fingerprint) != Some(fp));
-                (differ, changed, they_have_more)
+                (differ, they_have_more)
             })
             .await
         else {
             return;
         };
         // A change published long after it was made (it waited in the outbox) counts from
-        // its publication: the peer cannot hold it before.
-        let sent = self.app.cluster.last_sent(&differ);
+        // its publication.
+        self.app.cluster.count_from_publication(&mut differ);
         let differ: Vec<String> = differ
             .into_iter()
-            .zip(changed.into_iter().zip(sent))
-            .filter(|(_, (changed, sent))| {
-                repairable(
-                    (*changed).max(sent.unwrap_or(0)),
-                    their_caught_up_ms,
-                    now,
-                    margin,
-                )
-            })
+            .filter(|(_, changed)| repairable(*changed, their_caught_up_ms, now, margin))
             .map(|(k, _)| k)
             .collect();
         // A change still in this node's outbox is on its way: the relay's to send. (After

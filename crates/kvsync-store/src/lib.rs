@@ -1238,7 +1238,6 @@ fn decode_bool(d: &Document, field: &str) -> Result<bool, StoreError> {
     }
 }
 
-/// Lenient too: small Int64 values may come back as Int32.
 /// A document's `_id` as text, whatever its type (for naming a document that cannot be read).
 fn doc_id(d: &Document) -> String {
     match d.get("_id") {
@@ -1247,6 +1246,7 @@ fn doc_id(d: &Document) -> String {
     }
 }
 
+/// Lenient too: small Int64 values may come back as Int32.
 fn decode_int(d: &Document, field: &str) -> Result<i64, StoreError> {
     match d.get(field) {
         Some(Bson::Int32(i)) => Ok(i64::from(*i)),
