@@ -74,6 +74,7 @@ pub async fn run(target: &Target, args: &FloorArgs) -> Result<Option<FloorResult
         replication_factor: 1,
         fetch_wait_ms: target.fetch_wait_ms,
         retention_ms: -1,
+        max_event_bytes: kvsync_core::event::DEFAULT_PUBLISH_LIMIT,
         client_id: "kvsync-bench-floor".into(),
         extra: Vec::new(),
     };

@@ -29,7 +29,8 @@ pub struct TargetArgs {
     #[arg(long)]
     pub mongodb_uri: Option<String>,
     /// fetch.wait.max.ms for the local cluster's nodes and the floor's consumer (the
-    /// node's KVSYNC_KAFKA_FETCH_WAIT_MS; its default is 5).
+    /// node's KVSYNC_KAFKA_FETCH_WAIT_MS). The test broker holds every fetch this long;
+    /// the node's own default, 100, suits Apache Kafka, which answers when data arrives.
     #[arg(long, default_value_t = 5)]
     pub fetch_wait_ms: u32,
     /// Partitions of the floor's topic (the node creates its topic with 3).

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
-    key::{Key, KeyError},
+    key::{Key, KeyError, MAX_KEY_BYTES},
     node_id::NodeId,
     pair::{Values, ValuesError, MAX_PAIR_BYTES},
     state::{PairState, StateWire, WireError},
@@ -24,6 +24,13 @@ pub const LEGACY_SCHEMA: u32 = 1;
 /// them, each with about 150 bytes of element metadata, plus 1,000 tombstones) with room
 /// for JSON escaping.
 pub const MAX_EVENT_BYTES: usize = 4 * MAX_PAIR_BYTES;
+/// Largest encoded event a node publishes by default: Kafka refuses records over
+/// 1,000,000 bytes by default (librdkafka's `message.max.bytes`; a broker's is 1,048,588),
+/// and a record adds its key and framing to the event. A local write whose event would be
+/// larger is refused, so that whatever a node acknowledges can be published.
+pub const DEFAULT_PUBLISH_LIMIT: usize = 950_000;
+/// What a record adds to its event at most: the key, and the record's and batch's framing.
+pub const RECORD_OVERHEAD: usize = MAX_KEY_BYTES + 512;
 
 /// A whole-list write, the way schema 1 described every change.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -171,7 +178,28 @@ impl Event {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let wire = Wire {
+        serde_json::to_vec(&self.wire()).expect("an event always serializes")
+    }
+
+    /// The length of [`Event::encode`], without building it.
+    pub fn encoded_len(&self) -> usize {
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0 += buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut count = Count(0);
+        serde_json::to_writer(&mut count, &self.wire()).expect("an event always serializes");
+        count.0
+    }
+
+    fn wire(&self) -> Wire {
+        Wire {
             schema: SCHEMA,
             id: self.id,
             origin: self.origin.clone(),
@@ -179,8 +207,7 @@ impl Event {
             version: self.version.clone(),
             state: self.state.to_wire(),
             republished: self.republished,
-        };
-        serde_json::to_vec(&wire).expect("an event always serializes")
+        }
     }
 
     /// Parses and validates an event from the topic. Every rule a local write obeys is
@@ -282,6 +309,19 @@ mod tests {
         assert_eq!(Event::decode(&d.encode()).unwrap(), d);
         let text = String::from_utf8(d.encode()).unwrap();
         assert!(text.contains(r#""schema":2"#), "{text}");
+    }
+
+    #[test]
+    fn encoded_len_is_the_length_of_the_encoding() {
+        let quotes = "\"\\".repeat(1_000);
+        for e in [
+            put("k", &["a", "<b>", ""]),
+            put("k", &[quotes.as_str(), "é"]),
+        ] {
+            assert_eq!(e.encoded_len(), e.encode().len());
+        }
+        // Quotes and backslashes take two bytes each once encoded.
+        assert!(put("k", &[quotes.as_str()]).encoded_len() > 4_000);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod keymatch;
 pub mod merge;
 pub mod node_id;
 pub mod pair;
+pub mod position;
 pub mod skew;
 pub mod state;
 pub mod version;

@@ -42,6 +42,20 @@ pub enum BusError {
     NoTopic(String),
 }
 
+impl BusError {
+    /// The producer or the broker refuses the record for its size: trying again cannot
+    /// help until the record or the limit changes.
+    pub fn is_too_large(&self) -> bool {
+        matches!(
+            self,
+            BusError::Kafka(e) if matches!(
+                e.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge)
+            )
+        )
+    }
+}
+
 /// Connection and topic settings shared by every client of one node.
 #[derive(Clone)]
 pub struct KafkaSettings {
@@ -55,6 +69,8 @@ pub struct KafkaSettings {
     /// How long the broker keeps events (`retention.ms` of the data topic when the node
     /// creates it): a node that needs older ones joins from its peers' state instead.
     pub retention_ms: i64,
+    /// Largest event published, encoded: records and the topic are sized from it.
+    pub max_event_bytes: usize,
     pub client_id: String,
     /// librdkafka properties passed through verbatim (security settings and the like).
     /// They may hold secrets: never log them.
@@ -70,6 +86,7 @@ impl std::fmt::Debug for KafkaSettings {
             .field("replication_factor", &self.replication_factor)
             .field("fetch_wait_ms", &self.fetch_wait_ms)
             .field("retention_ms", &self.retention_ms)
+            .field("max_event_bytes", &self.max_event_bytes)
             .field("client_id", &self.client_id)
             .field(
                 "extra",
@@ -95,6 +112,32 @@ impl KafkaSettings {
         c
     }
 
+    /// Largest record: the largest event plus its key and the record's framing. The
+    /// producer's `message.max.bytes` and the topic's `max.message.bytes` (when the node
+    /// creates it), unless an operator set the producer's in the extra properties.
+    pub fn max_record_bytes(&self) -> usize {
+        self.max_event_bytes + kvsync_core::event::RECORD_OVERHEAD
+    }
+
+    /// The producer's configuration.
+    fn producer_config(&self) -> ClientConfig {
+        let mut c = self.config();
+        c.set("acks", "all")
+            .set("linger.ms", "0")
+            // Fail a delivery in bounded time: the outbox relay retries it later.
+            .set("message.timeout.ms", "10000")
+            // Same key, same partition as Java clients would pick.
+            .set("partitioner", "murmur2_random")
+            // A publication to a topic that does not exist yet must not create it with
+            // the broker's defaults (one partition, replication factor 1): the node
+            // creates it, with its own settings, before publishing.
+            .set("allow.auto.create.topics", "false");
+        if !self.extra.iter().any(|(k, _)| k == "message.max.bytes") {
+            c.set("message.max.bytes", self.max_record_bytes().to_string());
+        }
+        c
+    }
+
     /// The control topic next to the data topic: members' heartbeats.
     pub fn control_topic(&self) -> String {
         format!("{}.members", self.topic)
@@ -108,14 +151,23 @@ impl KafkaSettings {
         // Compaction is no substitute: it keeps the last offset per key, which under
         // concurrent writes need not be the newest version.
         let retention = self.retention_ms.to_string();
+        let max_record = self.max_record_bytes().to_string();
         let topic = NewTopic::new(
             &self.topic,
             self.partitions,
             TopicReplication::Fixed(self.replication_factor),
         )
         .set("retention.ms", &retention)
-        .set("cleanup.policy", "delete");
-        // Heartbeats matter only while fresh: an hour of them is plenty.
+        .set("cleanup.policy", "delete")
+        .set("max.message.bytes", &max_record)
+        // Records are stamped by the broker: a producer whose clock runs more than an
+        // hour fast would otherwise have every record refused by Kafka 4
+        // (log.message.timestamp.after.max.ms), and one that runs slow would have its
+        // records deleted early by time-based retention.
+        .set("message.timestamp.type", "LogAppendTime");
+        // Heartbeats matter only while fresh: an hour of them is plenty. Retention
+        // deletes whole segments, and a segment rolls after segment.ms (7 days by
+        // default): an hour's segments keep the hour meant.
         let control_name = self.control_topic();
         let control = NewTopic::new(
             &control_name,
@@ -123,7 +175,10 @@ impl KafkaSettings {
             TopicReplication::Fixed(self.replication_factor),
         )
         .set("retention.ms", "3600000")
-        .set("cleanup.policy", "delete");
+        .set("segment.ms", "3600000")
+        .set("cleanup.policy", "delete")
+        .set("max.message.bytes", &max_record)
+        .set("message.timestamp.type", "LogAppendTime");
         let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
         for result in admin.create_topics([&topic, &control], &options).await? {
             match result {
@@ -190,13 +245,7 @@ pub struct Publisher {
 impl Publisher {
     pub fn new(settings: &KafkaSettings) -> Result<Self, BusError> {
         let producer = settings
-            .config()
-            .set("acks", "all")
-            .set("linger.ms", "0")
-            // Fail a delivery in bounded time: the outbox relay retries it later.
-            .set("message.timeout.ms", "10000")
-            // Same key, same partition as Java clients would pick.
-            .set("partitioner", "murmur2_random")
+            .producer_config()
             .create_with_context(Context::default())?;
         Ok(Self {
             producer,
@@ -421,19 +470,34 @@ impl Probe {
     }
 
     /// `(low, high)` watermarks of each of the first `partitions` partitions: the first
-    /// offset still stored, and the one after the last record.
+    /// offset still stored, and the one after the last record. `None` for a partition
+    /// whose leader did not answer (a broker down with the only replica): the others are
+    /// judged on their own. An error only when none answered.
     pub fn watermarks(
         &self,
         partitions: i32,
         timeout: Duration,
-    ) -> Result<Vec<(i64, i64)>, BusError> {
-        (0..partitions)
+    ) -> Result<Vec<Option<(i64, i64)>>, BusError> {
+        let mut first_error = None;
+        let marks: Vec<Option<(i64, i64)>> = (0..partitions)
             .map(|p| {
-                self.client
+                match self
+                    .client
                     .fetch_watermarks(&self.topic, p, Timeout::After(timeout))
-                    .map_err(BusError::from)
+                {
+                    Ok(marks) => Some(marks),
+                    Err(e) => {
+                        tracing::debug!(partition = p, error = %e, "no watermarks for a partition");
+                        first_error.get_or_insert(e);
+                        None
+                    }
+                }
             })
-            .collect()
+            .collect();
+        match first_error {
+            Some(e) if marks.iter().all(Option::is_none) => Err(e.into()),
+            _ => Ok(marks),
+        }
     }
 
     /// The offsets committed under the group for `partitions` (`None`: nothing committed).
@@ -454,5 +518,50 @@ impl Probe {
             .iter()
             .map(|e| (e.partition(), e.offset().to_raw().filter(|o| *o >= 0)))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(extra: &[(&str, &str)]) -> KafkaSettings {
+        KafkaSettings {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "t".into(),
+            partitions: 3,
+            replication_factor: 1,
+            fetch_wait_ms: 100,
+            retention_ms: 1000,
+            max_event_bytes: 950_000,
+            client_id: "c".into(),
+            extra: extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_producer_creates_no_topic_and_sends_what_the_node_accepts() {
+        let c = settings(&[]).producer_config();
+        assert_eq!(c.get("allow.auto.create.topics"), Some("false"));
+        let max: usize = c.get("message.max.bytes").unwrap().parse().unwrap();
+        assert!(max >= 950_000 + kvsync_core::key::MAX_KEY_BYTES, "{max}");
+        // An operator who knows the broker's limit has the last word.
+        let c = settings(&[("message.max.bytes", "2000000")]).producer_config();
+        assert_eq!(c.get("message.max.bytes"), Some("2000000"));
+    }
+
+    #[test]
+    fn size_refusals_are_told_apart() {
+        let too_large = BusError::Kafka(KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge,
+        ));
+        assert!(too_large.is_too_large());
+        let down = BusError::Kafka(KafkaError::MessageProduction(
+            RDKafkaErrorCode::AllBrokersDown,
+        ));
+        assert!(!down.is_too_large());
     }
 }

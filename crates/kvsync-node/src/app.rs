@@ -17,7 +17,11 @@ use tokio::sync::{broadcast, mpsc, Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    clock_watch::ClockWatch, cluster::ClusterView, key_index::StateIndex, metrics::Metrics,
+    clock_watch::ClockWatch,
+    cluster::ClusterView,
+    key_index::StateIndex,
+    metrics::Metrics,
+    oversize::{Limit, Oversized},
     state_cache::StateCache,
 };
 
@@ -44,6 +48,9 @@ pub enum AppError {
     Values(#[from] ValuesError),
     #[error("the pair is being changed too often concurrently; retry")]
     Contended,
+    /// The change's event would be larger than the node publishes.
+    #[error("the pair's state would take {bytes} bytes as an event; the limit is {limit} (values, ~150 bytes per value, and JSON escaping count)")]
+    TooLarge { bytes: usize, limit: usize },
     /// This node's clock is known to be far off: a write would carry a bad version.
     #[error("{0}; writes are refused until it is set right")]
     ClockSkew(String),
@@ -255,6 +262,10 @@ pub struct App {
     pub cluster: ClusterView,
     /// Deleted keys older than this may be forgotten (see the tombstone collector).
     pub tombstone_horizon_ms: u64,
+    /// Largest event this node publishes: a write whose event would be larger is refused.
+    pub max_event_bytes: usize,
+    /// Keys whose state got past what the broker or the database takes.
+    pub oversized: Oversized,
     hlc: Mutex<Clock>,
     /// Before the first read or write: pairs of an earlier release converted, and the
     /// clock started after every version already stored (the physical clock may have
@@ -294,6 +305,8 @@ impl App {
             clock,
             cluster,
             tombstone_horizon_ms: kvsync_core::state::TOMBSTONE_HORIZON_MS,
+            max_event_bytes: kvsync_core::event::DEFAULT_PUBLISH_LIMIT,
+            oversized: Oversized::default(),
             hlc: Mutex::new(Clock::new()),
             ready: OnceCell::new(),
             rejoin: Default::default(),
@@ -407,6 +420,7 @@ impl App {
             let element = op(&mut state, &version)?;
             state.collect(now_ms(), self.tombstone_horizon_ms);
             let event = Event::of_state(key.clone(), version, state);
+            self.publishable(&event, stored.as_ref().map(|p| &p.state))?;
             let rev = stored.as_ref().map(|p| p.rev);
             match self
                 .store
@@ -610,9 +624,20 @@ impl App {
             Err(e) => {
                 self.cache.forget(&event.key);
                 self.uncertain(&event.key, &e);
+                if let StoreError::TooLarge { bytes, .. } = &e {
+                    let why = format!(
+                        "the merged document would be over {bytes} bytes; MongoDB stores at most {}",
+                        kvsync_store::MAX_DOCUMENT_BYTES
+                    );
+                    if self.oversized.note(Limit::Store, &event.key, why) {
+                        tracing::error!(key = %event.key, origin = %event.origin, bytes, "a peer's change would make the key's document too large to store; skipped, and reported in /readyz");
+                    }
+                    self.metrics.oversized_skips.inc();
+                }
                 return Err(e);
             }
         };
+        self.oversized.clear(Limit::Store, &event.key);
         // The ticket (in `applied`) lives to the end: done with after the feed was told.
         let seq = applied.ticket.as_ref().map_or(0, |t| t.seq());
         if applied.outcome == Outcome::Applied {
@@ -648,6 +673,7 @@ impl App {
         self.check_clock()?;
         let version = self.next_version(state.version());
         let event = Event::republish(key, version, state);
+        self.publishable(&event, None)?;
         let applied = match self.store.import(&event, now_ms() as i64).await {
             Ok(applied) => applied,
             Err(e) => {
@@ -665,6 +691,46 @@ impl App {
         }
         self.cache.put(applied.pair);
         Ok(applied.outcome)
+    }
+
+    /// Refuses a change whose event the node would not publish: whatever it acknowledges
+    /// must reach its peers. A state that merges of concurrent writes took past the limit
+    /// may still shrink (a removal, a smaller list): such a change is taken, and waits in
+    /// the outbox, reported, until the key fits again.
+    fn publishable(&self, event: &Event, before: Option<&PairState>) -> Result<(), AppError> {
+        let bytes = event.encoded_len();
+        if bytes <= self.max_event_bytes {
+            return Ok(());
+        }
+        let shrinks = before.is_some_and(|state| {
+            let before = Event::of_state(event.key.clone(), event.version.clone(), state.clone());
+            bytes < before.encoded_len()
+        });
+        if shrinks {
+            return Ok(());
+        }
+        Err(AppError::TooLarge {
+            bytes,
+            limit: self.max_event_bytes,
+        })
+    }
+
+    /// Whether `event` is small enough to publish; if not, the key is reported (see
+    /// `oversize`), for re-publications that no client waits on.
+    pub fn fits(&self, event: &Event) -> bool {
+        let bytes = event.encoded_len();
+        if bytes <= self.max_event_bytes {
+            return true;
+        }
+        self.metrics.oversized_skips.inc();
+        let why = format!(
+            "its event is {bytes} bytes; KVSYNC_MAX_EVENT_BYTES is {}",
+            self.max_event_bytes
+        );
+        if self.oversized.note(Limit::Publish, &event.key, why) {
+            tracing::error!(key = %event.key, bytes, "a key's state is too large to publish; reported in /readyz");
+        }
+        false
     }
 
     /// Whether this node dropped its state at start-up, having been away for longer than

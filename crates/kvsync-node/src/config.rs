@@ -33,6 +33,19 @@ pub struct Config {
     )]
     pub mongodb_uri: SecretString,
 
+    /// MongoDB user name, for credentials kept out of the connection string. Any
+    /// characters work here, unlike in the URI, where `@ : / ? #` must be percent-encoded.
+    #[arg(long, env = "KVSYNC_MONGODB_USERNAME")]
+    pub mongodb_username: Option<String>,
+
+    /// MongoDB password for --mongodb-username, taken as it is: no encoding (never logged).
+    #[arg(long, env = "KVSYNC_MONGODB_PASSWORD", hide_env_values = true)]
+    pub mongodb_password: Option<SecretString>,
+
+    /// Database that holds the MongoDB user of --mongodb-username.
+    #[arg(long, env = "KVSYNC_MONGODB_AUTH_SOURCE", default_value = "admin")]
+    pub mongodb_auth_source: String,
+
     /// MongoDB database holding this node's pairs.
     #[arg(long, env = "KVSYNC_MONGODB_DB", default_value = "kvsync")]
     pub mongodb_db: String,
@@ -64,10 +77,11 @@ pub struct Config {
     #[arg(long, env = "KVSYNC_KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
     pub kafka_replication_factor: i32,
 
-    /// Longest time the broker may hold a fetch open (fetch.wait.max.ms). Lower means
-    /// lower replication latency on brokers that always wait this long, at the cost of
-    /// more idle fetches.
-    #[arg(long, env = "KVSYNC_KAFKA_FETCH_WAIT_MS", default_value_t = 5)]
+    /// Longest time the broker may hold a fetch open (fetch.wait.max.ms). Apache Kafka
+    /// answers a fetch as soon as a record arrives, so this only bounds idle fetches
+    /// (about 1000/N a second per node). A broker that always waits this long (some
+    /// Kafka-protocol brokers do) adds it to replication latency: set it low there.
+    #[arg(long, env = "KVSYNC_KAFKA_FETCH_WAIT_MS", default_value_t = DEFAULT_FETCH_WAIT_MS)]
     pub kafka_fetch_wait_ms: u32,
 
     /// How long the broker keeps events (retention.ms of the data topic, set when this
@@ -76,6 +90,15 @@ pub struct Config {
     /// replaying history. Default: 7 days.
     #[arg(long, env = "KVSYNC_KAFKA_RETENTION_MS", default_value_t = 7 * DAY_MS as i64, allow_negative_numbers = true)]
     pub kafka_retention_ms: i64,
+
+    /// Largest event this node publishes, in bytes of its JSON encoding. A write whose
+    /// event would be larger is refused with 413 `too_large` and writes nothing. The
+    /// producer's `message.max.bytes` and the topic's `max.message.bytes` (when this node
+    /// creates it) are set to this plus the record's key and framing; keep it below the
+    /// broker's limit for a topic created elsewhere (Kafka's default: 1,048,588 bytes).
+    #[arg(long, env = "KVSYNC_MAX_EVENT_BYTES", default_value_t = kvsync_core::event::DEFAULT_PUBLISH_LIMIT as u64,
+          value_parser = clap::value_parser!(u64).range(4096..=kvsync_core::event::MAX_EVENT_BYTES as u64))]
+    pub max_event_bytes: u64,
 
     /// Kafka security.protocol: plaintext, ssl, sasl_plaintext or sasl_ssl.
     #[arg(long, env = "KVSYNC_KAFKA_SECURITY_PROTOCOL")]
@@ -231,6 +254,9 @@ pub struct Config {
 }
 
 const DAY_MS: u64 = 24 * 3600 * 1000;
+/// See `--kafka-fetch-wait-ms`: Apache Kafka's own consumers default to 500 ms; a lower
+/// bound keeps a node's reaction to a broker that holds fetches tolerable.
+pub const DEFAULT_FETCH_WAIT_MS: u32 = 100;
 
 /// Upper limit for the connection and stream caps: far beyond what one process can
 /// serve, and within what a semaphore can count.
@@ -268,12 +294,17 @@ impl Config {
             &mut self.kafka_sasl_mechanism,
             &mut self.kafka_sasl_username,
             &mut self.kafka_ssl_ca_location,
+            &mut self.mongodb_username,
         ] {
             if field.as_deref().is_some_and(|v| v.trim().is_empty()) {
                 *field = None;
             }
         }
-        for field in [&mut self.kafka_sasl_password, &mut self.api_token] {
+        for field in [
+            &mut self.kafka_sasl_password,
+            &mut self.api_token,
+            &mut self.mongodb_password,
+        ] {
             if field
                 .as_ref()
                 .is_some_and(|v| v.expose_secret().trim().is_empty())
@@ -323,6 +354,7 @@ impl Config {
             replication_factor: self.kafka_replication_factor,
             fetch_wait_ms: self.kafka_fetch_wait_ms,
             retention_ms: self.kafka_retention_ms,
+            max_event_bytes: self.max_event_bytes as usize,
             client_id: format!("kvsync-{node}"),
             extra,
         }
@@ -339,6 +371,20 @@ impl Config {
             });
         }
         addr
+    }
+
+    /// Credentials given apart from the connection string, if any.
+    pub fn mongodb_credentials(&self) -> Option<kvsync_store::Credentials> {
+        let username = self.mongodb_username.clone()?;
+        Some(kvsync_store::Credentials {
+            username,
+            password: self
+                .mongodb_password
+                .as_ref()
+                .map(|p| p.expose_secret().to_owned())
+                .unwrap_or_default(),
+            source: self.mongodb_auth_source.clone(),
+        })
     }
 
     pub fn mongodb_timeout(&self) -> Duration {
@@ -417,6 +463,45 @@ mod tests {
         ] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
+    }
+
+    #[test]
+    fn mongodb_credentials_take_any_characters() {
+        let password = "p@ss:w/rd?#%41";
+        let c = Config::try_parse_from([
+            "kvsync-node",
+            "--mongodb-username",
+            "us@er:/",
+            "--mongodb-password",
+            password,
+        ])
+        .unwrap()
+        .normalized();
+        let creds = c.mongodb_credentials().unwrap();
+        assert_eq!(creds.username, "us@er:/");
+        assert_eq!(creds.password, password);
+        assert_eq!(creds.source, "admin");
+        assert!(!format!("{c:?}").contains(password));
+        let none = Config::try_parse_from(["kvsync-node", "--mongodb-username", ""])
+            .unwrap()
+            .normalized();
+        assert!(none.mongodb_credentials().is_none());
+    }
+
+    #[test]
+    fn defaults_suit_a_real_kafka() {
+        let c = Config::try_parse_from(["kvsync-node"]).unwrap();
+        // Apache Kafka answers a fetch when data arrives: a few ms would only cost
+        // hundreds of empty fetches a second.
+        assert!(c.kafka_fetch_wait_ms >= 100, "{}", c.kafka_fetch_wait_ms);
+        // Below the 1,000,000 bytes a record may have by default, key and framing included.
+        let k = c.kafka(&NodeId::parse("n1").unwrap());
+        assert!(
+            k.max_record_bytes() <= 1_000_000,
+            "{}",
+            k.max_record_bytes()
+        );
+        assert!(Config::try_parse_from(["kvsync-node", "--max-event-bytes", "5000000"]).is_err());
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod http;
 mod key_index;
 pub mod members;
 pub mod metrics;
+pub mod oversize;
 pub mod relay;
 pub mod repair;
 pub mod replicator;
@@ -78,10 +79,11 @@ impl Node {
             "starting kvsync node"
         );
 
-        let store = Store::connect(
+        let store = Store::connect_with(
             config.mongodb_uri.expose_secret(),
             &config.mongodb_db,
             config.mongodb_timeout(),
+            config.mongodb_credentials(),
         )
         .await
         .context("MongoDB configuration")?;
@@ -105,6 +107,7 @@ impl Node {
         );
         let mut app = App::new(node, store, metrics, clock, cluster, outbox_tx);
         app.tombstone_horizon_ms = config.tombstone_horizon_ms;
+        app.max_event_bytes = config.max_event_bytes as usize;
         let app = Arc::new(app);
         let replication = Arc::new(ReplicationStatus::default());
 
@@ -170,6 +173,7 @@ impl Node {
         let setup_stop = CancellationToken::new();
         tokio::spawn(prepare_store(app.clone(), setup_stop.clone()));
         let (topic_ready_tx, topic_ready) = watch::channel(false);
+        let topic_ready_relay = topic_ready.clone();
         tokio::spawn({
             let (kafka, stop) = (kafka.clone(), setup_stop.clone());
             async move {
@@ -250,7 +254,16 @@ impl Node {
                 },
             );
             let stop = relay_stop.clone();
+            let mut topic_ready = topic_ready_relay;
             async move {
+                // Nothing is published before the node has created the topic: a broker
+                // that creates topics on first use would give it its own defaults.
+                // Changes made meanwhile wait in the outbox, where the relay's first
+                // scan finds them.
+                tokio::select! {
+                    _ = stop.cancelled() => return ("relay", Ok(())),
+                    _ = topic_ready.wait_for(|r| *r) => {}
+                }
                 let r = relay.run(outbox_rx, stop, drain).await;
                 ("relay", r.map_err(Into::into))
             }

@@ -33,6 +33,11 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: String,
 }
@@ -73,6 +78,8 @@ pub struct Metrics {
     pub snapshots_served: Counter,
     pub tombstones_collected: Counter,
     pub events_too_old: Counter,
+    pub oversized_keys: Family<LimitLabels, Gauge>,
+    pub oversized_skips: Counter,
 }
 
 impl Default for Metrics {
@@ -117,6 +124,13 @@ impl Metrics {
         let snapshots_served = Counter::default();
         let tombstones_collected = Counter::default();
         let events_too_old = Counter::default();
+        let oversized_keys = Family::<LimitLabels, Gauge>::default();
+        let oversized_skips = Counter::default();
+        for limit in crate::oversize::Limit::ALL {
+            let _ = oversized_keys.get_or_create(&LimitLabels {
+                limit: limit.label().to_owned(),
+            });
+        }
         // Every kind shows from the start, at 0: a dashboard need not wait for the first.
         for kind in ConflictKind::ALL {
             let _ = conflicts.get_or_create(&KindLabels {
@@ -286,6 +300,16 @@ impl Metrics {
             "Peer events for keys this node does not hold, older than the tombstone horizon: skipped so that a collected delete cannot be undone",
             events_too_old.clone(),
         );
+        r.register(
+            "oversized_keys",
+            "Keys whose state is too large to publish (limit=publish: peers lack their last change) or, merged with a peer's change, to store (limit=store)",
+            oversized_keys.clone(),
+        );
+        r.register(
+            "oversized_skips",
+            "Publications refused and peer changes skipped because they were too large for the broker or the database",
+            oversized_skips.clone(),
+        );
 
         Self {
             registry: Arc::new(r),
@@ -322,6 +346,8 @@ impl Metrics {
             snapshots_served,
             tombstones_collected,
             events_too_old,
+            oversized_keys,
+            oversized_skips,
         }
     }
 

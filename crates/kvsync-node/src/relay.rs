@@ -30,7 +30,7 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
 
-use crate::{app::App, replicator::ReplicationStatus};
+use crate::{app::App, oversize::Limit, replicator::ReplicationStatus};
 
 const SCAN_BATCH: i64 = 512;
 const MAX_IN_FLIGHT: usize = 4096;
@@ -69,6 +69,8 @@ pub struct Relay {
     fatal: CancellationToken,
     fatal_why: Arc<Mutex<Option<String>>>,
     in_flight: Arc<Mutex<HashSet<Uuid>>>,
+    /// Changes too large to publish: left alone until the next sweep.
+    held: Arc<Mutex<HashSet<Uuid>>>,
     permits: Arc<Semaphore>,
     failures: Arc<AtomicU32>,
     /// Set while the relay scans the outbox until it finds nothing left.
@@ -90,6 +92,7 @@ impl Relay {
             fatal: CancellationToken::new(),
             fatal_why: Default::default(),
             in_flight: Default::default(),
+            held: Default::default(),
             permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             failures: Default::default(),
             scanning: Arc::new(AtomicBool::new(true)),
@@ -148,6 +151,8 @@ impl Relay {
                 }
                 _ = tokio::time::sleep_until(next_sweep) => {
                     next_sweep = Instant::now() + SWEEP_INTERVAL;
+                    // The broker's limit may have been raised meanwhile.
+                    self.held.lock().expect("held lock").clear();
                     self.scanning.store(true, Ordering::Relaxed);
                     next_scan = Instant::now();
                 }
@@ -216,7 +221,12 @@ impl Relay {
     /// Publishes every marked change not already in flight.
     async fn scan(&self) -> Scan {
         let pending = match self.app.store.pending(SCAN_BATCH).await {
-            Ok(p) => p,
+            Ok(mut p) => {
+                // Changes too large to publish wait for the next sweep, not the next scan.
+                let held = self.held.lock().expect("held lock");
+                p.retain(|e| !held.contains(&e.id));
+                p
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "outbox scan failed");
                 return Scan::Retry;
@@ -255,6 +265,9 @@ impl Relay {
 
     /// Starts publishing `event` unless it is already in flight.
     async fn spawn_publish(&self, event: Event) -> bool {
+        if self.held.lock().expect("held lock").contains(&event.id) {
+            return false;
+        }
         if !self
             .in_flight
             .lock()
@@ -275,11 +288,39 @@ impl Relay {
         let failing_since = self.failing_since.clone();
         let (fatal, fatal_why) = (self.fatal.clone(), self.fatal_why.clone());
         report_backlog(&app, &in_flight, &scanning);
+        let held = self.held.clone();
         let publish = async move {
             crate::fault::point("publish", event.key.as_str());
             let event = app.refresh_if_old(event);
-            match publisher.publish(&event).await {
+            let result = if app.fits(&event) {
+                publisher.publish(&event).await.map_err(|e| {
+                    if e.is_too_large() {
+                        Refusal::TooLarge(format!(
+                            "the broker or producer refuses its {}-byte event: {e}",
+                            event.encoded_len()
+                        ))
+                    } else {
+                        Refusal::Failed(e)
+                    }
+                })
+            } else {
+                Err(Refusal::Noted)
+            };
+            match result {
+                // Retrying cannot help: the change stays in the outbox, reported, and is
+                // tried again at the next sweep; a later change of the key replaces it.
+                Err(Refusal::Noted) => {
+                    held.lock().expect("held lock").insert(event.id);
+                }
+                Err(Refusal::TooLarge(why)) => {
+                    app.metrics.oversized_skips.inc();
+                    held.lock().expect("held lock").insert(event.id);
+                    if app.oversized.note(Limit::Publish, &event.key, why.clone()) {
+                        tracing::error!(key = %event.key, why, "a change is too large to publish; it stays in the outbox and is reported in /readyz");
+                    }
+                }
                 Ok((partition, offset)) => {
+                    app.oversized.clear(Limit::Publish, &event.key);
                     app.metrics.published.inc();
                     app.cluster
                         .published_event(&event.key, &event.version, partition, offset);
@@ -291,7 +332,7 @@ impl Relay {
                         return;
                     }
                 }
-                Err(e) => {
+                Err(Refusal::Failed(e)) => {
                     app.metrics.publish_failures.inc();
                     let n = failures.fetch_add(1, Ordering::Relaxed);
                     failing_since
@@ -355,6 +396,16 @@ async fn clear_marks(
         report_backlog(&app, &in_flight, &scanning);
         batch.clear();
     }
+}
+
+/// Why a publication did not happen.
+enum Refusal {
+    /// The event is larger than the node publishes (already noted by `App::fits`).
+    Noted,
+    /// The producer or the broker refuses the event for its size.
+    TooLarge(String),
+    /// Anything else: the broker is away, slow, or refused for a passing reason.
+    Failed(kvsync_kafka::BusError),
 }
 
 enum Scan {

@@ -36,6 +36,7 @@ use uuid::Uuid;
 use crate::{
     app::{now_ms, App},
     cluster::Join,
+    oversize::Limit,
     replicator::ReplicationStatus,
 };
 
@@ -471,8 +472,12 @@ impl Repair {
             }
             self.budget -= 1;
             let event = self.app.republish(pair);
+            if !self.app.fits(&event) {
+                continue;
+            }
             match self.settings.publisher.publish(&event).await {
                 Ok(_) => {
+                    self.app.oversized.clear(Limit::Publish, &event.key);
                     self.app.cluster.sent_now(&event.key);
                     sent += 1;
                 }
@@ -517,6 +522,11 @@ impl Repair {
                     continue;
                 }
                 let event = app.republish(pair);
+                // One key too large to publish must not stop the whole snapshot: it is
+                // reported, and the rest goes out.
+                if !app.fits(&event) {
+                    continue;
+                }
                 let publisher = publisher.clone();
                 in_flight.spawn(async move { publisher.publish(&event).await });
                 while in_flight.len() >= SNAPSHOT_IN_FLIGHT {

@@ -22,8 +22,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kvsync_core::{Admission, Event, Key, Outcome};
+use kvsync_core::{
+    position::{self, JoinReason, PartitionFacts, StartContext},
+    Admission, Event, Key, Outcome,
+};
 use kvsync_kafka::{BusError, KafkaSettings, Probe, Start, Subscriber};
+use kvsync_store::StoreError;
 use serde_json::{json, Value};
 use tokio::{sync::mpsc, task::JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -46,6 +50,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 const BROKER_SILENCE: Duration = Duration::from_secs(10);
 /// Probes remembered for the caught-up time (one a second: ten minutes of them).
 const MAX_PROBES_KEPT: usize = 600;
+/// How often the consumer's positions are saved in the database.
+const SAVE_POSITIONS_EVERY: Duration = Duration::from_secs(5);
 /// How often held events are tried again.
 const HOLD_RETRY: Duration = Duration::from_millis(250);
 
@@ -85,6 +91,8 @@ struct Status {
     rewind: bool,
     /// The next partitions taken start at the beginning of the topic.
     from_low: bool,
+    /// Partitions whose leader did not answer the last probe.
+    unanswered: Vec<i32>,
 }
 
 impl ReplicationStatus {
@@ -174,6 +182,9 @@ impl ReplicationStatus {
                 "partitions": partitions,
                 "broker_last_answered_ms_ago": s.last_probe_ok.map(|t| t.elapsed().as_millis() as u64),
                 "stalled": s.stalled,
+                // Partitions whose leader did not answer the last probe: left alone, the
+                // others replicate on.
+                "partitions_without_leader": s.unanswered,
                 "recoveries": s.recoveries,
             })
         })
@@ -311,6 +322,13 @@ struct Generation<'a> {
     last_error: String,
     /// The database held no pair when this generation started (first one only).
     empty: bool,
+    /// The database holds pairs, or cannot tell (first one only).
+    has_data: bool,
+    /// Positions saved in the database, read at start (first one only).
+    saved: BTreeMap<i32, i64>,
+    /// When positions were last saved, and what.
+    saved_at: Instant,
+    last_saved: BTreeMap<i32, i64>,
 }
 
 impl<'a> Generation<'a> {
@@ -339,6 +357,10 @@ impl<'a> Generation<'a> {
             watch: HashMap::new(),
             last_error: String::new(),
             empty: false,
+            has_data: true,
+            saved: BTreeMap::new(),
+            saved_at: Instant::now(),
+            last_saved: BTreeMap::new(),
         }
     }
 
@@ -364,9 +386,16 @@ impl<'a> Generation<'a> {
         if self.first {
             // Unknown (database down) counts as not empty: replaying is always safe.
             let _ = self.app.ensure_ready().await;
-            self.empty = self.app.must_rejoin()
-                || (self.settings.join_from_state
-                    && self.app.store.is_empty().await.unwrap_or(false));
+            self.has_data = !self.app.store.is_empty().await.unwrap_or(false);
+            self.empty =
+                self.app.must_rejoin() || (self.settings.join_from_state && !self.has_data);
+            // Unknown (database down): the broker's committed offsets alone.
+            self.saved = self
+                .app
+                .store
+                .positions(&self.settings.kafka.topic)
+                .await
+                .unwrap_or_default();
         }
         let stop = shutdown.child_token();
         let (settled_tx, mut settled_rx) = mpsc::unbounded_channel::<Settled>();
@@ -414,6 +443,7 @@ impl<'a> Generation<'a> {
                     if let Some(why) = self.start_probe(&probed_tx, &mut probe_id) {
                         break End::Recover(why);
                     }
+                    self.save_positions();
                 }
                 Some((id, answer)) = probed_rx.recv() => {
                     if id != probe_id {
@@ -479,6 +509,27 @@ impl<'a> Generation<'a> {
         Ok(end)
     }
 
+    /// Saves the settled positions in the database now and then, for when the broker
+    /// has forgotten the group's offsets (see `kvsync_core::position`). Best effort, in
+    /// the background: a save lost only means replaying a little more.
+    fn save_positions(&mut self) {
+        if self.saved_at.elapsed() < SAVE_POSITIONS_EVERY {
+            return;
+        }
+        let settled = self.status.with(|s| s.settled.clone());
+        if settled.is_empty() || settled == self.last_saved {
+            return;
+        }
+        self.saved_at = Instant::now();
+        self.last_saved = settled.clone();
+        let (app, topic) = (self.app.clone(), self.settings.kafka.topic.clone());
+        tokio::spawn(async move {
+            if let Err(e) = app.store.save_positions(&topic, &settled).await {
+                tracing::debug!(error = %e, "could not save the consumer's positions");
+            }
+        });
+    }
+
     /// Stores `partition`'s offset: before its first unsettled event, or past the last
     /// one received.
     fn store(&mut self, partition: i32) {
@@ -540,13 +591,21 @@ impl<'a> Generation<'a> {
         // settled them; otherwise where the group's committed offsets say.
         let (settled, from_low) = self.status.with(|s| (s.settled.clone(), s.from_low));
         let (first, empty) = (self.first, self.empty);
+        let mut context = StartContext::new(first, empty, self.has_data);
+        if from_low {
+            context = context.replaying();
+        }
+        let saved = self.saved.clone();
         let tx = probed_tx.clone();
         tokio::task::spawn_blocking(move || {
             let answer = (|| -> Result<Probed, BusError> {
                 let asked_ms = now_ms();
                 let count = probe.partitions(PROBE_TIMEOUT)?;
                 let marks = probe.watermarks(count, PROBE_TIMEOUT)?;
-                let missing: Vec<i32> = (0..count).filter(|p| !owned.contains(p)).collect();
+                // A partition whose leader does not answer is taken once it does.
+                let missing: Vec<i32> = (0..count)
+                    .filter(|p| !owned.contains(p) && marks[*p as usize].is_some())
+                    .collect();
                 let mut starts = Vec::new();
                 let mut joins = Vec::new();
                 let ask: Vec<i32> = missing
@@ -560,36 +619,28 @@ impl<'a> Generation<'a> {
                     probe.committed(&ask, PROBE_TIMEOUT)?.into_iter().collect()
                 };
                 for p in missing {
-                    let (low, high) = marks[p as usize];
-                    let at = match (settled.get(&p), committed.get(&p)) {
-                        _ if from_low => low,
-                        (Some(at), _) if !first => *at,
-                        (_, Some(Some(at))) => *at,
-                        // Nothing committed and nothing stored: a new member. Its peers'
-                        // state, not the history, brings it up to date.
-                        _ if first && empty && high > low => {
-                            joins.push(format!("partition {p}: a new member"));
-                            high
-                        }
-                        // Nothing committed: from the beginning.
-                        _ => low,
+                    let Some((low, high)) = marks[p as usize] else {
+                        continue;
                     };
-                    if at < low {
-                        // The events it needs are gone from the topic (retention).
-                        joins.push(format!(
-                            "partition {p}: events {at}..{low} are gone from the topic"
-                        ));
-                    }
-                    starts.push((p, at.max(low)));
+                    let facts = PartitionFacts {
+                        low,
+                        high,
+                        settled: settled.get(&p).copied(),
+                        committed: committed.get(&p).copied().flatten(),
+                        saved: saved.get(&p).copied(),
+                    };
+                    let (at, join) = position::start_of(context, p, facts);
+                    joins.extend(join);
+                    starts.push((p, at));
                 }
                 if first
                     && empty
                     && joins.is_empty()
                     && !starts.is_empty()
-                    && marks.iter().any(|(l, h)| h > l)
+                    && marks.iter().flatten().any(|(l, h)| h > l)
                 {
                     // An emptied database under kept offsets: the offsets say nothing of it.
-                    joins.push("the database is empty".into());
+                    joins.push(JoinReason::EmptyDatabase);
                 }
                 Ok(Probed {
                     asked_ms,
@@ -626,7 +677,10 @@ impl<'a> Generation<'a> {
             s.high = marks
                 .iter()
                 .enumerate()
-                .map(|(p, (_, h))| (p as i32, *h))
+                .filter_map(|(p, m)| Some((p as i32, m.as_ref()?.1)))
+                .collect();
+            s.unanswered = (0..count)
+                .filter(|p| marks[*p as usize].is_none())
                 .collect();
         });
         self.app.metrics.topic_partitions.set(count as i64);
@@ -647,8 +701,9 @@ impl<'a> Generation<'a> {
                     if !joins.is_empty() {
                         // A new member may replay instead if no peer can help; one
                         // missing events cannot.
-                        let gone = joins.iter().any(|j| j.contains("gone"));
-                        self.app.cluster.want_join(joins.join("; "), !gone);
+                        let replay = joins.iter().all(JoinReason::can_replay);
+                        let why: Vec<String> = joins.iter().map(ToString::to_string).collect();
+                        self.app.cluster.want_join(why.join("; "), replay);
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "could not assign partitions"),
@@ -663,7 +718,9 @@ impl<'a> Generation<'a> {
         let backpressured = self.backpressured();
         let mut stalled = None;
         for p in owned {
-            let Some(&(_, high)) = marks.get(p as usize) else {
+            // A partition whose leader does not answer cannot be judged: it is left
+            // alone rather than have the consumer of every partition rebuilt.
+            let Some(Some((_, high))) = marks.get(p as usize).copied() else {
                 continue;
             };
             let position = self
@@ -690,9 +747,9 @@ impl<'a> Generation<'a> {
         }
         self.status.with(|s| {
             s.stalled = stalled.clone();
-            if s.owned.len() as i32 == count {
-                s.probes
-                    .push_back((asked_ms, marks.iter().map(|(_, h)| *h).collect()));
+            let highs: Option<Vec<i64>> = marks.iter().map(|m| m.map(|(_, h)| h)).collect();
+            if let (true, Some(highs)) = (s.owned.len() as i32 == count, highs) {
+                s.probes.push_back((asked_ms, highs));
                 if s.probes.len() > MAX_PROBES_KEPT {
                     s.probes.pop_front();
                 }
@@ -752,11 +809,12 @@ struct Probed {
     /// the watermarks it got.
     asked_ms: u64,
     count: i32,
-    marks: Vec<(i64, i64)>,
+    /// Per partition, its watermarks; `None` where its leader did not answer.
+    marks: Vec<Option<(i64, i64)>>,
     /// Partitions to take, each with the offset to start from.
     starts: Vec<(i32, i64)>,
     /// Why this node must get its peers' state: it is new, or events it needs are gone.
-    joins: Vec<String>,
+    joins: Vec<JoinReason>,
 }
 
 fn lane_of(key: &Key) -> usize {
@@ -867,7 +925,8 @@ async fn settle(
 /// applied.
 async fn apply(app: &App, event: &Event, stop: &CancellationToken) -> bool {
     crate::fault::point("apply", event.key.as_str());
-    // The database may be down: retry the same event until it is back, never skip it.
+    // The database may be down: retry the same event until it is back, never skip it
+    // (but for a merge too large to store, which no retry can help).
     let mut delay = Duration::from_millis(50);
     loop {
         match app.apply_remote(event).await {
@@ -883,6 +942,8 @@ async fn apply(app: &App, event: &Event, stop: &CancellationToken) -> bool {
                 app.metrics.replication_lag.observe(lag_ms as f64 / 1000.0);
                 return true;
             }
+            // Retrying cannot make it fit: skipped, counted and reported (see `oversize`).
+            Err(StoreError::TooLarge { .. }) => return true,
             Err(e) => {
                 tracing::warn!(error = %e, key = %event.key, "applying event failed; retrying");
                 tokio::select! {

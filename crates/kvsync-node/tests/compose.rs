@@ -280,6 +280,15 @@ fn every_host_a_service_connects_to_is_a_service_of_the_same_file() {
                     );
                 }
             }
+            // A password with '@', ':', '/', '?' or '#' would break a URI built from it
+            // (and the node would restart in a loop): it travels apart from the URI.
+            assert!(
+                !env["KVSYNC_MONGODB_URI"].contains('@')
+                    && env.contains_key("KVSYNC_MONGODB_USERNAME")
+                    && env.contains_key("KVSYNC_MONGODB_PASSWORD"),
+                "{file}: {} puts MongoDB credentials in its URI",
+                service.name
+            );
             for host in mongo_hosts(&with_defaults(&env["KVSYNC_MONGODB_URI"])) {
                 let (host, port) = host.rsplit_once(':').unwrap_or((&host, "27017"));
                 assert!(

@@ -29,7 +29,9 @@ use mongodb::{
 };
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::{decode_int, CasError, StoreError, COLLECTION, DUPLICATE_KEY};
+use crate::{
+    decode_int, error_of_code, CasError, StoreError, COLLECTION, DUPLICATE_KEY, MAX_DOCUMENT_BYTES,
+};
 
 /// Statements in one command at most, unless set otherwise.
 pub const DEFAULT_STATEMENTS: usize = 128;
@@ -63,6 +65,7 @@ impl BatchStats {
 }
 
 struct Pending {
+    key: String,
     statement: Document,
     bytes: usize,
     done: oneshot::Sender<Result<(), CasError>>,
@@ -97,12 +100,16 @@ impl Batcher {
     }
 
     /// Writes `update` to `key`'s document if it is at revision `expected` (`None`: no
-    /// document), inserting it when there is none.
+    /// document), inserting it when there is none. `retained` bounds the bytes of the
+    /// fields the document keeps untouched: a write whose document could pass MongoDB's
+    /// limit is refused here as MongoDB would refuse it (test servers do not), before it
+    /// holds up a batch.
     pub(crate) async fn swap(
         &self,
         key: &str,
         expected: Option<i64>,
         update: Document,
+        retained: usize,
     ) -> Result<(), CasError> {
         let statement = doc! {
             "q": { "_id": key, "rev": expected.unwrap_or(NO_REV) },
@@ -112,9 +119,17 @@ impl Batcher {
         let bytes = mongodb::bson::to_vec(&statement)
             .map_err(|e| StoreError::Backend(format!("cannot encode a write of {key:?}: {e}")))?
             .len();
+        if bytes + retained > MAX_DOCUMENT_BYTES {
+            return Err(StoreError::TooLarge {
+                key: key.to_owned(),
+                bytes: bytes + retained,
+            }
+            .into());
+        }
         let (done, answer) = oneshot::channel();
         self.tx
             .send(Pending {
+                key: key.to_owned(),
                 statement,
                 bytes,
                 done,
@@ -189,8 +204,14 @@ async fn run(
 
 /// Sends one batch and answers each of its writers.
 async fn send(db: &Database, timeout: Duration, batch: Vec<Pending>) {
-    let (statements, waiting): (Vec<Document>, Vec<_>) =
-        batch.into_iter().map(|p| (p.statement, p.done)).unzip();
+    let mut keys = Vec::with_capacity(batch.len());
+    let (statements, waiting): (Vec<Document>, Vec<_>) = batch
+        .into_iter()
+        .map(|p| {
+            keys.push(p.key);
+            (p.statement, p.done)
+        })
+        .unzip();
     let command = doc! { "update": COLLECTION, "updates": statements, "ordered": false };
     let reply = match tokio::time::timeout(timeout, db.run_command(command)).await {
         Ok(reply) => reply.map_err(StoreError::from),
@@ -200,7 +221,7 @@ async fn send(db: &Database, timeout: Duration, batch: Vec<Pending>) {
         ))),
     };
     let outcomes = match reply {
-        Ok(reply) => outcomes(&reply, waiting.len()),
+        Ok(reply) => outcomes(&reply, &keys),
         Err(e) => (0..waiting.len()).map(|_| Err(e.clone().into())).collect(),
     };
     for (done, outcome) in waiting.into_iter().zip(outcomes) {
@@ -210,12 +231,15 @@ async fn send(db: &Database, timeout: Duration, batch: Vec<Pending>) {
 }
 
 /// Each statement's outcome from an `update` command's reply.
-fn outcomes(reply: &Document, n: usize) -> Vec<Result<(), CasError>> {
+fn outcomes(reply: &Document, keys: &[String]) -> Vec<Result<(), CasError>> {
+    let n = keys.len();
     let mut out: Vec<Result<(), CasError>> = (0..n).map(|_| Ok(())).collect();
     if let Ok(e) = reply.get_document("writeConcernError") {
+        // Applied on the primary, maybe not beyond it (a failover may roll it back): an
+        // uncertain write, like one that got no answer.
         let message = format!("write concern not satisfied: {e}");
         return (0..n)
-            .map(|_| Err(StoreError::Backend(message.clone()).into()))
+            .map(|_| Err(StoreError::Unavailable(message.clone()).into()))
             .collect();
     }
     let Ok(errors) = reply.get_array("writeErrors") else {
@@ -234,14 +258,19 @@ fn outcomes(reply: &Document, n: usize) -> Vec<Result<(), CasError>> {
         let Some(slot) = out.get_mut(index) else {
             continue;
         };
-        *slot = if decode_int(error, "code").ok() == Some(i64::from(DUPLICATE_KEY)) {
-            Err(CasError::Conflict)
-        } else {
-            Err(StoreError::Backend(format!(
-                "write refused: {}",
-                error.get_str("errmsg").unwrap_or("no message")
-            ))
-            .into())
+        let code = decode_int(error, "code")
+            .ok()
+            .and_then(|c| i32::try_from(c).ok());
+        let message = format!(
+            "write refused: {}",
+            error.get_str("errmsg").unwrap_or("no message")
+        );
+        *slot = match code {
+            Some(DUPLICATE_KEY) => Err(CasError::Conflict),
+            Some(code) => Err(error_of_code(code, &keys[index], &message)
+                .unwrap_or(StoreError::Backend(message))
+                .into()),
+            None => Err(StoreError::Backend(message).into()),
         };
     }
     out
@@ -260,7 +289,7 @@ mod tests {
                 { "index": 3_i64, "code": 2, "errmsg": "bad update" },
             ],
         };
-        let got = outcomes(&reply, 4);
+        let got = outcomes(&reply, &keys(4));
         assert!(matches!(got[0], Err(CasError::Conflict)));
         assert!(got[1].is_ok() && got[2].is_ok());
         assert!(
@@ -272,6 +301,45 @@ mod tests {
     fn a_write_concern_error_fails_every_statement() {
         let reply =
             doc! { "ok": 1, "n": 2, "writeConcernError": { "code": 64, "errmsg": "timeout" } };
-        assert!(outcomes(&reply, 2).iter().all(Result::is_err));
+        // Applied on the primary perhaps: uncertain, like a write that got no answer.
+        assert!(outcomes(&reply, &keys(2))
+            .iter()
+            .all(|o| matches!(o, Err(CasError::Store(StoreError::Unavailable(_))))));
+    }
+
+    fn keys(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("k{i}")).collect()
+    }
+
+    #[test]
+    fn failover_and_size_errors_are_told_apart() {
+        let reply = doc! {
+            "ok": 1, "n": 0,
+            "writeErrors": [
+                { "index": 0, "code": 10107, "errmsg": "not primary" },
+                { "index": 1, "code": 11602, "errmsg": "operation was interrupted" },
+                { "index": 2, "code": 189, "errmsg": "primary stepped down" },
+                { "index": 3, "code": 10334, "errmsg": "BSONObj size: 17000000 is invalid" },
+                { "index": 4, "code": 17419, "errmsg": "Resulting document after update is larger than 16777216" },
+                { "index": 5, "code": 121, "errmsg": "document failed validation" },
+            ],
+        };
+        let got = outcomes(&reply, &keys(6));
+        for o in &got[..3] {
+            assert!(
+                matches!(o, Err(CasError::Store(StoreError::Unavailable(_)))),
+                "{o:?}"
+            );
+        }
+        for (i, o) in got[3..5].iter().enumerate() {
+            assert!(
+                matches!(o, Err(CasError::Store(StoreError::TooLarge { key, .. })) if *key == format!("k{}", i + 3)),
+                "{o:?}"
+            );
+        }
+        assert!(matches!(
+            &got[5],
+            Err(CasError::Store(StoreError::Backend(_)))
+        ));
     }
 }

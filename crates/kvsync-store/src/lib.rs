@@ -52,11 +52,48 @@ const META: &str = "meta";
 const FEED: &str = "feed";
 /// The field holding the key of a live pair, absent from tombstones.
 const LIVE_KEY: &str = "live_key";
+/// The version of a tombstone, absent from live pairs: through a sparse index, tombstone
+/// collection reads the old tombstones and nothing else, however many live pairs there are.
+const DEAD_VER: &str = "dead_ver";
 /// Documents a batch of the start-up conversion, or of tombstone collection, handles.
 const BATCH: usize = 500;
 const DUPLICATE_KEY: i32 = 11000;
 /// Conflicts kept per key, newest last.
 pub const CONFLICTS_KEPT: usize = 20;
+/// Bytes (BSON) of the conflicts kept per key: older ones go first, the newest always
+/// stays. Each holds a losing list of up to a pair's size, and twenty such lists would
+/// not fit in a document.
+pub const CONFLICT_BYTES: usize = 1 << 20;
+/// What the conflicts a write leaves untouched may hold: the budget, plus the newest
+/// conflict kept whatever its size (a whole pair, within the pair limits, with its BSON
+/// framing).
+const RETAINED_CONFLICT_BYTES: usize = CONFLICT_BYTES + 2 * kvsync_core::pair::MAX_PAIR_BYTES;
+/// The largest document MongoDB stores (its BSON size).
+pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
+/// MongoDB's error codes for a document over [`MAX_DOCUMENT_BYTES`]: BSONObjectTooLarge,
+/// and an update whose result would be too large.
+const TOO_LARGE_CODES: [i32; 3] = [10334, 17419, 17420];
+/// Error codes after which a write may or may not have been applied, and a later try
+/// may succeed: a replica set electing a primary or stepping one down, a server shutting
+/// down, the network, and write concerns not satisfied in time.
+const TRANSIENT_CODES: [i32; 16] = [
+    6, 7, 50, 64, 89, 91, 134, 189, 262, 9001, 10058, 10107, 11600, 11602, 13435, 13436,
+];
+
+/// The error a MongoDB error code stands for, where it is not an ordinary backend error:
+/// a document too large for `key`, or an uncertain write (see [`StoreError::Unavailable`]).
+fn error_of_code(code: i32, key: &str, message: &str) -> Option<StoreError> {
+    if TOO_LARGE_CODES.contains(&code) {
+        Some(StoreError::TooLarge {
+            key: key.to_owned(),
+            bytes: MAX_DOCUMENT_BYTES,
+        })
+    } else if TRANSIENT_CODES.contains(&code) {
+        Some(StoreError::Unavailable(format!("{message} (code {code})")))
+    } else {
+        None
+    }
+}
 /// Attempts of a read-merge-write before giving up on a key changed that often.
 const MAX_ATTEMPTS: usize = 64;
 
@@ -69,6 +106,10 @@ pub enum StoreError {
     /// The database answered, but with an error we do not expect.
     #[error("MongoDB error: {0}")]
     Backend(String),
+    /// The document would be larger than MongoDB stores (BSONObjectTooLarge, code 10334):
+    /// the write was not made, and trying again cannot help.
+    #[error("the document of key {key:?} would be {bytes} bytes or more; MongoDB stores at most {MAX_DOCUMENT_BYTES} (BSONObjectTooLarge)")]
+    TooLarge { key: String, bytes: usize },
     /// A stored document does not have the shape this program writes.
     #[error("corrupt document for key {key:?}: {reason}")]
     Corrupt { key: String, reason: String },
@@ -76,6 +117,24 @@ pub enum StoreError {
 
 impl From<mongodb::error::Error> for StoreError {
     fn from(e: mongodb::error::Error) -> Self {
+        use mongodb::error::WriteFailure;
+        let code = match &*e.kind {
+            ErrorKind::Command(c) => Some(c.code),
+            // Applied on the primary, maybe not beyond it: an uncertain write.
+            ErrorKind::Write(WriteFailure::WriteConcernError(_)) => {
+                return StoreError::Unavailable(e.to_string())
+            }
+            ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
+            _ => None,
+        };
+        if let Some(known) = code.and_then(|c| error_of_code(c, "", &e.to_string())) {
+            return known;
+        }
+        if e.contains_label(mongodb::error::RETRYABLE_WRITE_ERROR)
+            || e.contains_label(mongodb::error::RETRYABLE_ERROR)
+        {
+            return StoreError::Unavailable(e.to_string());
+        }
         match &*e.kind {
             ErrorKind::ServerSelection { .. }
             | ErrorKind::Io(_)
@@ -87,6 +146,23 @@ impl From<mongodb::error::Error> for StoreError {
             | ErrorKind::Shutdown => StoreError::Unavailable(e.to_string()),
             _ => StoreError::Backend(e.to_string()),
         }
+    }
+}
+
+/// A MongoDB user and password given apart from the connection string.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+    /// The database that holds the user.
+    pub source: String,
+}
+
+/// What is wrong with a connection string, without repeating it: it may hold a password.
+fn uri_error_kind(e: &mongodb::error::Error) -> &'static str {
+    match &*e.kind {
+        ErrorKind::InvalidArgument { .. } => "an invalid argument",
+        _ => "not a valid connection string",
     }
 }
 
@@ -167,9 +243,33 @@ impl Store {
     /// Prepares a client. This does not need the server to be up: operations fail with
     /// [`StoreError::Unavailable`] after `timeout` until it is.
     pub async fn connect(uri: &str, database: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let mut options = ClientOptions::parse(uri)
-            .await
-            .map_err(|e| StoreError::Backend(format!("invalid MongoDB URI: {e}")))?;
+        Self::connect_with(uri, database, timeout, None).await
+    }
+
+    /// [`Store::connect`] with credentials given apart from the URI, taken as they are.
+    pub async fn connect_with(
+        uri: &str,
+        database: &str,
+        timeout: Duration,
+        credentials: Option<Credentials>,
+    ) -> Result<Self, StoreError> {
+        let mut options = ClientOptions::parse(uri).await.map_err(|e| {
+            StoreError::Backend(format!(
+                "invalid MongoDB URI ({}): a user name or password in the URI must have \
+                 '@', ':', '/', '?', '#' and '%' percent-encoded; or give them apart from it \
+                 (KVSYNC_MONGODB_USERNAME and KVSYNC_MONGODB_PASSWORD)",
+                uri_error_kind(&e)
+            ))
+        })?;
+        if let Some(c) = credentials {
+            options.credential = Some(
+                mongodb::options::Credential::builder()
+                    .username(c.username)
+                    .password(c.password)
+                    .source(c.source)
+                    .build(),
+            );
+        }
         options.app_name = Some("kvsync".into());
         options.server_selection_timeout = Some(timeout);
         options.connect_timeout = Some(timeout);
@@ -238,6 +338,15 @@ impl Store {
                     .build(),
             )
             .await?;
+        // Tombstones only, by version: what tombstone collection looks for.
+        self.pairs
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { DEAD_VER: 1 })
+                    .options(sparse())
+                    .build(),
+            )
+            .await?;
         // Live pairs only, in key order: see the module's documentation.
         self.pairs
             .create_index(
@@ -256,7 +365,7 @@ impl Store {
     /// many were converted. Idempotent; run before anything reads the pairs.
     pub async fn convert_legacy(&self) -> Result<u64, StoreError> {
         let converted = self.convert_whole_lists().await?;
-        Ok(converted + self.add_live_keys().await?)
+        Ok(converted + self.add_live_keys().await? + self.add_dead_versions().await?)
     }
 
     async fn convert_whole_lists(&self) -> Result<u64, StoreError> {
@@ -306,8 +415,18 @@ impl Store {
     /// pass costs one query that finds nothing.
     async fn add_live_keys(&self) -> Result<u64, StoreError> {
         let missing = doc! { "deleted": false, LIVE_KEY: { "$exists": false } };
-        self.fill_missing(missing, |key| doc! { LIVE_KEY: key.as_str() })
+        self.fill_missing(missing, |key, _| doc! { LIVE_KEY: key.as_str() })
             .await
+    }
+
+    /// Gives `dead_ver` to the tombstones written before it existed, as
+    /// [`Store::add_live_keys`] does for live pairs.
+    async fn add_dead_versions(&self) -> Result<u64, StoreError> {
+        let missing = doc! { "deleted": true, DEAD_VER: { "$exists": false } };
+        self.fill_missing(missing, |_, d| {
+            doc! { DEAD_VER: d.get_str("ver").unwrap_or_default() }
+        })
+        .await
     }
 
     /// Sets the fields `set` gives for each document matching `missing`: one pass over a
@@ -316,12 +435,12 @@ impl Store {
     async fn fill_missing(
         &self,
         missing: Document,
-        set: impl Fn(&Key) -> Document,
+        set: impl Fn(&Key, &Document) -> Document,
     ) -> Result<u64, StoreError> {
         let mut cursor = self
             .pairs
             .find(missing.clone())
-            .projection(doc! { "_id": 1 })
+            .projection(doc! { "_id": 1, "ver": 1 })
             .batch_size(BATCH as u32)
             .await?;
         let mut updated = 0;
@@ -331,7 +450,7 @@ impl Store {
             filter.insert("_id", key.as_str());
             updated += self
                 .pairs
-                .update_one(filter, doc! { "$set": set(&key) })
+                .update_one(filter, doc! { "$set": set(&key, &d) })
                 .await?
                 .modified_count;
         }
@@ -410,8 +529,15 @@ impl Store {
         mut set: Document,
     ) -> Result<(), CasError> {
         set.insert("rev", expected.map_or(1, |rev| rev + 1));
+        // Every field but the conflicts is set by each write; conflicts left untouched
+        // stay within their budget.
+        let retained = if set.contains_key("conflicts") {
+            0
+        } else {
+            RETAINED_CONFLICT_BYTES
+        };
         self.batcher
-            .swap(key.as_str(), expected, update_of(set))
+            .swap(key.as_str(), expected, update_of(set), retained)
             .await
     }
 
@@ -503,8 +629,7 @@ impl Store {
                     at_ms: now_ms,
                     conflict: c.clone(),
                 }));
-                let excess = recorded.len().saturating_sub(CONFLICTS_KEPT);
-                recorded.drain(..excess);
+                keep_recent(&mut recorded);
                 set.insert("conflicts", conflicts_bson(&recorded)?);
             }
             let outcome = if changed {
@@ -788,8 +913,7 @@ impl Store {
         limit: usize,
     ) -> Result<u64, StoreError> {
         let collectable = doc! {
-            "deleted": true,
-            "ver": { "$lt": older_than },
+            DEAD_VER: { "$lt": older_than },
             "outbox": { "$exists": false },
         };
         let mut collected: u64 = 0;
@@ -937,6 +1061,53 @@ impl Store {
         .await
     }
 
+    /// Saves how far this node has applied each partition of `topic`: Kafka forgets a
+    /// group's committed offsets after a while without commits, the database does not.
+    pub async fn save_positions(
+        &self,
+        topic: &str,
+        positions: &std::collections::BTreeMap<i32, i64>,
+    ) -> Result<(), StoreError> {
+        let at: Document = positions
+            .iter()
+            .map(|(p, o)| (p.to_string(), Bson::Int64(*o)))
+            .collect();
+        self.bounded(async {
+            self.db
+                .collection::<Document>(META)
+                .update_one(
+                    doc! { "_id": "positions" },
+                    doc! { "$set": { "topic": topic, "at": at } },
+                )
+                .upsert(true)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The positions last saved for `topic` (none for another topic).
+    pub async fn positions(
+        &self,
+        topic: &str,
+    ) -> Result<std::collections::BTreeMap<i32, i64>, StoreError> {
+        self.bounded(async {
+            let found = self
+                .db
+                .collection::<Document>(META)
+                .find_one(doc! { "_id": "positions", "topic": topic })
+                .await?;
+            let Some(at) = found.as_ref().and_then(|d| d.get_document("at").ok()) else {
+                return Ok(Default::default());
+            };
+            Ok(at
+                .keys()
+                .filter_map(|p| Some((p.parse().ok()?, decode_int(at, p).ok()?)))
+                .collect())
+        })
+        .await
+    }
+
     /// Removes every pair whose changes were all published (no outbox mark): what a node
     /// away for longer than the tombstone horizon drops before it gets its peers' state.
     /// Pending local changes stay, to be published. Returns how many went.
@@ -1005,7 +1176,7 @@ impl Store {
     /// the feed's replay) see every document. One query that finds nothing once done.
     async fn number_unnumbered(&self) -> Result<u64, StoreError> {
         // Run before anything reads the feed, so a number is done with once handed out.
-        self.fill_missing(doc! { "seq": { "$exists": false } }, |_| {
+        self.fill_missing(doc! { "seq": { "$exists": false } }, |_, _| {
             doc! { "seq": self.seqs.begin().seq() }
         })
         .await
@@ -1171,10 +1342,10 @@ pub fn stored_document(key: &Key, state: &PairState, rev: i64) -> Document {
 }
 
 /// The update that sets `set` (fields of [`state_fields`] and others) and removes
-/// `live_key` where `set` leaves it out, the pair being deleted.
+/// whichever of `live_key` and `dead_ver` it leaves out.
 fn update_of(set: Document) -> Document {
     if set.contains_key(LIVE_KEY) {
-        doc! { "$set": set }
+        doc! { "$set": set, "$unset": { DEAD_VER: "" } }
     } else {
         doc! { "$set": set, "$unset": { LIVE_KEY: "" } }
     }
@@ -1198,8 +1369,30 @@ fn state_fields(key: &Key, state: &PairState) -> Document {
     };
     if live {
         fields.insert(LIVE_KEY, key.as_str());
+    } else {
+        fields.insert(
+            DEAD_VER,
+            state.version().map(ToString::to_string).unwrap_or_default(),
+        );
     }
     fields
+}
+
+/// Drops the oldest conflicts until at most [`CONFLICTS_KEPT`] remain within
+/// [`CONFLICT_BYTES`]; the newest stays whatever its size.
+fn keep_recent(recorded: &mut Vec<RecordedConflict>) {
+    let mut bytes = 0;
+    let mut kept = 0;
+    for c in recorded.iter().rev() {
+        let size = mongodb::bson::to_vec(c).map_or(usize::MAX, |b| b.len());
+        if kept == CONFLICTS_KEPT || (kept > 0 && bytes + size > CONFLICT_BYTES) {
+            break;
+        }
+        bytes = bytes.saturating_add(size);
+        kept += 1;
+    }
+    let excess = recorded.len() - kept;
+    recorded.drain(..excess);
 }
 
 fn conflicts_bson(recorded: &[RecordedConflict]) -> Result<Bson, StoreError> {
@@ -1323,7 +1516,65 @@ fn decode_outbox(d: &Document) -> Result<Event, StoreError> {
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_end;
+    use super::*;
+    use kvsync_core::{ConflictKind, NodeId};
+
+    fn conflict(ms: u64, lost: Vec<String>) -> RecordedConflict {
+        let v = |ms| Version::new(Timestamp::new(ms, 0), NodeId::parse("n1").unwrap());
+        RecordedConflict {
+            at_ms: ms as i64,
+            conflict: Conflict {
+                kind: ConflictKind::Replace,
+                element: None,
+                lost,
+                lost_version: v(ms),
+                won: None,
+                won_version: v(ms + 1),
+            },
+        }
+    }
+
+    #[test]
+    fn conflicts_kept_are_bounded_by_count_and_bytes() {
+        let mut small: Vec<_> = (0..30).map(|i| conflict(i, vec!["x".into()])).collect();
+        keep_recent(&mut small);
+        assert_eq!(small.len(), CONFLICTS_KEPT);
+        assert_eq!(small.last().unwrap().at_ms, 29, "the newest stay");
+        // Lists of a whole pair each: only what fits in the budget, and the newest even
+        // when it alone is larger.
+        let list = vec!["y".repeat(64 * 1024); 16];
+        let mut large: Vec<_> = (0..25).map(|i| conflict(i, list.clone())).collect();
+        keep_recent(&mut large);
+        assert_eq!(large.len(), 1);
+        assert_eq!(large[0].at_ms, 24);
+        let bytes = mongodb::bson::to_vec(&large[0]).unwrap().len();
+        assert!(bytes <= RETAINED_CONFLICT_BYTES, "{bytes}");
+        let half = vec!["z".repeat(200 * 1024)];
+        let mut mixed: Vec<_> = (0..6).map(|i| conflict(i, half.clone())).collect();
+        keep_recent(&mut mixed);
+        assert_eq!(
+            mixed.iter().map(|c| c.at_ms).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+    }
+
+    #[test]
+    fn error_codes_of_failover_and_size_are_mapped() {
+        for code in [10107, 13435, 11602, 189, 91, 64] {
+            assert!(
+                matches!(
+                    error_of_code(code, "k", "m"),
+                    Some(StoreError::Unavailable(_))
+                ),
+                "{code}"
+            );
+        }
+        assert!(matches!(
+            error_of_code(10334, "k", "m"),
+            Some(StoreError::TooLarge { key, .. }) if key == "k"
+        ));
+        assert!(error_of_code(2, "k", "m").is_none());
+    }
 
     #[test]
     fn prefix_end_bounds_every_key_with_the_prefix() {

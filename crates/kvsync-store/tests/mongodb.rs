@@ -678,3 +678,112 @@ async fn concurrent_writes_share_commands_and_each_hears_its_own_outcome() {
         "{writes} concurrent writes took {commands} commands"
     );
 }
+
+/// Real MongoDB refuses a document over 16 MiB; the test server does not, so the store
+/// refuses it first, with MongoDB's error, and writes nothing.
+#[tokio::test]
+async fn a_merge_past_the_document_limit_is_refused_and_writes_nothing() {
+    let f = fixture().await;
+    let s = &f.store;
+    // Concurrent appends of a whole pair's worth of values each, from many nodes: the
+    // merge keeps them all, twice over in the document (the state and its values).
+    let value = "x".repeat(64 * 1024);
+    let events: Vec<Event> = (0..10)
+        .map(|n| {
+            let mut state = PairState::default();
+            let mut at = version(1_000, &format!("n{n}"));
+            for i in 0..15 {
+                at = version(1_000 + i, &format!("n{n}"));
+                state.append(value.clone(), &at, 3).unwrap();
+            }
+            Event::of_state(key("big"), at, state)
+        })
+        .collect();
+    let mut refused = None;
+    for (i, event) in events.iter().enumerate() {
+        match s.apply_remote(event, 0, None).await {
+            Ok(applied) => assert_eq!(applied.outcome, Outcome::Applied),
+            Err(e) => {
+                refused = Some((i, e));
+                break;
+            }
+        }
+    }
+    let (i, e) = refused.expect("a document past 16 MiB was accepted");
+    assert!(
+        matches!(&e, kvsync_store::StoreError::TooLarge { key, .. } if key == "big"),
+        "{e}"
+    );
+    assert!(i >= 4, "refused too early, at event {i}: {e}");
+    let stored = raw(&f)
+        .await
+        .find_one(doc! { "_id": "big" })
+        .await
+        .unwrap()
+        .unwrap();
+    let bytes = mongodb::bson::to_vec(&stored).unwrap().len();
+    assert!(bytes <= kvsync_store::MAX_DOCUMENT_BYTES, "{bytes}");
+    assert_eq!(
+        values(s, "big").await.unwrap().len(),
+        15 * i,
+        "nothing written"
+    );
+}
+
+#[tokio::test]
+async fn tombstones_are_found_through_an_index_of_their_own() {
+    let f = fixture().await;
+    let s = &f.store;
+    let names: Vec<String> = raw(&f).await.list_index_names().await.unwrap();
+    assert!(names.iter().any(|n| n.starts_with("dead_ver")), "{names:?}");
+    // A tombstone knows its version in the indexed field; a live pair does not, and a
+    // key written again loses it.
+    write(s, "k", 10, |st, at| {
+        st.replace(vec!["v".into()], at, 1).unwrap()
+    })
+    .await;
+    write(s, "k", 20, |st, at| st.delete(at)).await;
+    let dead = raw(&f)
+        .await
+        .find_one(doc! { "_id": "k" })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        dead.get_str("dead_ver").unwrap(),
+        dead.get_str("ver").unwrap()
+    );
+    write(s, "k", 30, |st, at| {
+        st.replace(vec!["w".into()], at, 1).unwrap()
+    })
+    .await;
+    let live = raw(&f)
+        .await
+        .find_one(doc! { "_id": "k" })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!live.contains_key("dead_ver"), "{live}");
+    // A tombstone of the earlier layout is collected once converted.
+    let mut earlier = tombstone("old", 10, 20);
+    assert!(earlier.remove("dead_ver").is_some());
+    raw(&f).await.insert_one(earlier).await.unwrap();
+    let cutoff = version(500, "n1").to_string();
+    assert_eq!(s.collect_tombstones(&cutoff, 10).await.unwrap(), 0);
+    assert_eq!(s.convert_legacy().await.unwrap(), 1);
+    assert_eq!(s.collect_tombstones(&cutoff, 10).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn positions_are_saved_per_topic() {
+    let f = fixture().await;
+    let s = &f.store;
+    assert!(s.positions("t").await.unwrap().is_empty());
+    let at: std::collections::BTreeMap<i32, i64> = [(0, 5), (1, 0), (2, 123_456_789_012)].into();
+    s.save_positions("t", &at).await.unwrap();
+    assert_eq!(s.positions("t").await.unwrap(), at);
+    assert!(s.positions("other").await.unwrap().is_empty());
+    let later: std::collections::BTreeMap<i32, i64> = [(0, 9)].into();
+    s.save_positions("t", &later).await.unwrap();
+    assert_eq!(s.positions("t").await.unwrap(), later);
+}

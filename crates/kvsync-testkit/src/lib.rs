@@ -194,18 +194,51 @@ impl Service {
     }
 }
 
-/// A tansu broker with durable (SQLite) storage in its own directory.
+/// Real servers to test against instead of the test servers, when set: the Kafka
+/// bootstrap servers (`KVSYNC_TEST_KAFKA_BROKERS`), and a MongoDB connection string
+/// (`KVSYNC_TEST_MONGODB_URI`; each server this kit would start gets a database of its
+/// own there). Tests that kill, pause or cut off a server need the test servers.
+fn external(var: &str) -> Option<String> {
+    std::env::var(var).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// A name no other run shares: for topics and databases on external servers.
+fn unique_name(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{prefix}_{}_{nanos:x}_{n}", std::process::id())
+}
+
+/// A tansu broker with durable (SQLite) storage in its own directory, or the external
+/// brokers of `KVSYNC_TEST_KAFKA_BROKERS`.
 pub struct Broker {
     /// The port clients connect to (the proxy's, if the broker is behind one).
     pub port: u16,
     service: Service,
     proxy: Option<Proxy>,
+    external: Option<String>,
 }
 
 impl Broker {
     /// On `port`, or on a free port if 0.
     pub async fn start(tools: &Tools, dir: &Path, port: u16) -> Result<Self> {
+        if let Some(brokers) = external("KVSYNC_TEST_KAFKA_BROKERS") {
+            return Ok(Self {
+                port: 0,
+                service: Service::new("tansu", &tools.tansu, dir, 0)?,
+                proxy: None,
+                external: Some(brokers),
+            });
+        }
         on_free_port(port, |port| Self::start_on(tools, dir, port, None)).await
+    }
+
+    /// Whether this is an external broker (shared by every test: topics must be unique).
+    pub fn is_external(&self) -> bool {
+        self.external.is_some()
     }
 
     /// Behind a [`Proxy`] that every client goes through (the broker advertises the
@@ -250,11 +283,15 @@ impl Broker {
             port: advertised_port.unwrap_or(service.port),
             service,
             proxy: None,
+            external: None,
         })
     }
 
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        match &self.external {
+            Some(brokers) => brokers.clone(),
+            None => format!("127.0.0.1:{}", self.port),
+        }
     }
 
     /// The proxy in front of the broker, if it was started behind one.
@@ -337,16 +374,32 @@ impl Broker {
     }
 }
 
-/// An nx-27017 MongoDB-protocol server on SQLite.
+/// An nx-27017 MongoDB-protocol server on SQLite, or a database of its own on the
+/// external server of `KVSYNC_TEST_MONGODB_URI`.
 pub struct Mongo {
     pub port: u16,
     service: Service,
+    external: Option<String>,
+    database: String,
 }
 
 impl Mongo {
     /// On `port`, or on a free port if 0.
     pub async fn start(tools: &Tools, dir: &Path, port: u16) -> Result<Self> {
+        if let Some(uri) = external("KVSYNC_TEST_MONGODB_URI") {
+            return Ok(Self {
+                port: 0,
+                service: Service::new("nx-27017", &tools.nx_27017, dir, 0)?,
+                external: Some(uri),
+                database: unique_name("kvsync_test"),
+            });
+        }
         on_free_port(port, |port| Self::start_on(tools, dir, port)).await
+    }
+
+    /// The database a node on this server keeps its pairs in.
+    pub fn database(&self) -> &str {
+        &self.database
     }
 
     async fn start_on(tools: &Tools, dir: &Path, port: u16) -> Result<Self> {
@@ -369,11 +422,16 @@ impl Mongo {
         Ok(Self {
             port: service.port,
             service,
+            external: None,
+            database: "kvsync".into(),
         })
     }
 
     pub fn uri(&self) -> String {
-        format!("mongodb://127.0.0.1:{}", self.port)
+        match &self.external {
+            Some(uri) => uri.clone(),
+            None => format!("mongodb://127.0.0.1:{}", self.port),
+        }
     }
 
     pub async fn resume_service(&mut self) -> Result<()> {
@@ -440,6 +498,9 @@ impl Node {
             .env("KVSYNC_KAFKA_BROKERS", &s.brokers)
             .env("KVSYNC_KAFKA_TOPIC", &s.topic)
             .env("KVSYNC_LOG", "info")
+            // The test broker holds every fetch for the whole wait (Apache Kafka answers
+            // when data arrives, which the node's default of 100 ms suits).
+            .env("KVSYNC_KAFKA_FETCH_WAIT_MS", "5")
             .envs(s.env.iter().map(|(k, v)| (k, v)));
         let mut proc = Proc::spawn(&format!("kvsync-node {}", s.id), &mut cmd, &self.log_path())?;
         wait_for_port(s.http_port, &mut proc, Duration::from_secs(30)).await?;
@@ -603,6 +664,10 @@ impl Cluster {
         } else {
             Broker::start(&tools, &dir.join("broker"), options.broker_port).await?
         };
+        let mut options = options;
+        if broker.is_external() {
+            options.topic = unique_name(&options.topic);
+        }
         let mut c = Self {
             broker,
             mongos: Vec::new(),
@@ -653,7 +718,8 @@ impl Cluster {
             port(self.options.mongo_port),
         )
         .await?;
-        let mut env = self.options.env.clone();
+        let mut env = vec![("KVSYNC_MONGODB_DB".to_owned(), mongo.database().to_owned())];
+        env.extend(self.options.env.iter().cloned());
         env.extend(extra.iter().cloned());
         if self.options.movable_clocks {
             let shim = build_shim(&self.dir.join("clock"))?;

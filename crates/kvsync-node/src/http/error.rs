@@ -99,6 +99,9 @@ impl From<ValuesError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
+            StoreError::TooLarge { .. } => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+            }
             StoreError::Unavailable(_) => {
                 tracing::warn!(error = %e, "database unavailable");
                 Self::new(
@@ -141,6 +144,9 @@ impl From<AppError> for ApiError {
                 )
             },
             AppError::Values(e) => e.into(),
+            e @ AppError::TooLarge { .. } => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+            }
             AppError::Contended => Self::new(
                 StatusCode::CONFLICT,
                 "contended",

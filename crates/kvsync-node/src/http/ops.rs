@@ -81,6 +81,7 @@ pub async fn readyz(State(ctx): State<Ctx>) -> Response {
     reasons.extend(ctx.replication.problems());
     reasons.extend(ctx.app.clock.problems());
     reasons.extend(ctx.app.cluster.join_problem());
+    reasons.extend(ctx.app.oversized.problems());
     let ready = reasons.is_empty();
     let body = Readiness {
         ready,
@@ -120,6 +121,13 @@ pub async fn metrics(State(ctx): State<Ctx>) -> Response {
     for (peer, up, lag) in ctx.app.cluster.peer_lags(&own) {
         m.peer(&peer, up, lag);
     }
+    for limit in crate::oversize::Limit::ALL {
+        m.oversized_keys
+            .get_or_create(&crate::metrics::LimitLabels {
+                limit: limit.label().to_owned(),
+            })
+            .set(ctx.app.oversized.count(limit) as i64);
+    }
     m.clock_off.set(match ctx.app.clock.own() {
         kvsync_core::OwnClock::Agrees => 0,
         kvsync_core::OwnClock::Ahead { .. } => 1,
@@ -149,6 +157,9 @@ pub struct NodeStatus {
     clock: serde_json::Value,
     /// Local writes not yet published; null when MongoDB cannot be asked.
     outbox_backlog: Option<u64>,
+    /// Keys whose state is too large to publish, or to store merged with a peer's
+    /// change: they do not replicate until they shrink (also in `/readyz`).
+    oversized_keys: Vec<crate::oversize::OversizedKey>,
     counters: NodeCounters,
 }
 
@@ -183,6 +194,7 @@ pub async fn node(State(ctx): State<Ctx>) -> Json<NodeStatus> {
         consumer: ctx.replication.report(),
         clock: ctx.app.clock.report(),
         outbox_backlog: backlog,
+        oversized_keys: ctx.app.oversized.report(),
         counters: NodeCounters {
             local_writes: m.local_writes.get(),
             events_published: m.published.get(),
