@@ -562,6 +562,25 @@ impl PairState {
         }
     }
 
+    /// Collects the `n` oldest tombstones, as [`PairState::collect`] does beyond
+    /// [`MAX_TOMBSTONES`]: for a state whose event would be too large to publish. Run on
+    /// local writes only. Returns how many went.
+    pub fn collect_oldest(&mut self, n: usize) -> usize {
+        let base = self.base.clone();
+        let oldest: Vec<ElemId> = self
+            .elements
+            .values()
+            .filter(|e| !e.visible_under(base.as_ref()))
+            .take(n)
+            .map(|e| e.id.clone())
+            .collect();
+        for id in &oldest {
+            self.elements.remove(id);
+            self.floor = self.floor.take().max(Some(id.clone()));
+        }
+        oldest.len()
+    }
+
     /// Moves the element texts to where they belong: present exactly while visible.
     fn normalize(&mut self) {
         let base = self.base.clone();

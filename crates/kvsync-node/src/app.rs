@@ -419,7 +419,8 @@ impl App {
             let version = self.next_version(state.version());
             let element = op(&mut state, &version)?;
             state.collect(now_ms(), self.tombstone_horizon_ms);
-            let event = Event::of_state(key.clone(), version, state);
+            let mut event = Event::of_state(key.clone(), version, state);
+            self.fit(&mut event);
             self.publishable(&event, stored.as_ref().map(|p| &p.state))?;
             let rev = stored.as_ref().map(|p| p.rev);
             match self
@@ -691,6 +692,23 @@ impl App {
         }
         self.cache.put(applied.pair);
         Ok(applied.outcome)
+    }
+
+    /// Collects the oldest tombstones of an event too large to publish, as many as it
+    /// takes to fit (or all): a key rewritten again and again gathers up to
+    /// `MAX_TOMBSTONES` of them, a few hundred bytes each, and whether a write is taken
+    /// should depend on the values it leaves, not on the key's history.
+    fn fit(&self, event: &mut Event) {
+        // A tombstone takes at least this much of an event.
+        const TOMBSTONE_BYTES: usize = 120;
+        let mut bytes = event.encoded_len();
+        while bytes > self.max_event_bytes {
+            let n = (bytes - self.max_event_bytes).div_ceil(TOMBSTONE_BYTES);
+            if event.state.collect_oldest(n) == 0 {
+                return;
+            }
+            bytes = event.encoded_len();
+        }
     }
 
     /// Refuses a change whose event the node would not publish: whatever it acknowledges

@@ -249,6 +249,7 @@ async fn a_merge_too_large_to_store_is_skipped_reported_and_heals() {
     let a = c.nodes[0].client();
     let now = now_ms();
     let value = "z".repeat(64 * 1024);
+    let mut all = PairState::default();
     for n in 0..10 {
         let origin = format!("peer{n}");
         let mut state = PairState::default();
@@ -257,6 +258,7 @@ async fn a_merge_too_large_to_store_is_skipped_reported_and_heals() {
             at = version(now + i, &origin);
             state.append(value.clone(), &at, 3).unwrap();
         }
+        all.merge(&state);
         let event = Event::of_state(Key::parse("big").unwrap(), at, state);
         c.broker
             .produce(c.topic(), "big", &event.encode())
@@ -289,12 +291,11 @@ async fn a_merge_too_large_to_store_is_skipped_reported_and_heals() {
         .await
         .unwrap();
     a.wait_for_values("other", Some(&["o"]), T).await.unwrap();
-    // A peer replaces the list: the merge is small again, stored, and the node is ready.
-    let shrink = Event::new(
-        Key::parse("big").unwrap(),
-        version(now + 1_000, "peer0"),
-        kvsync_core::Op::Put(kvsync_core::Values::new(vec!["small".into()], 3).unwrap()),
-    );
+    // A peer that holds every one of those changes replaces the list: the merge is small
+    // again, stored, and the node is ready.
+    let at = version(now + 1_000, "peer0");
+    all.replace(vec!["small".into()], &at, 3).unwrap();
+    let shrink = Event::of_state(Key::parse("big").unwrap(), at, all);
     c.broker
         .produce(c.topic(), "big", &shrink.encode())
         .await

@@ -735,7 +735,7 @@ async fn tombstones_are_found_through_an_index_of_their_own() {
     let f = fixture().await;
     let s = &f.store;
     let names: Vec<String> = raw(&f).await.list_index_names().await.unwrap();
-    assert!(names.iter().any(|n| n.starts_with("dead_ver")), "{names:?}");
+    assert!(names.iter().any(|n| n.contains("dead_ver")), "{names:?}");
     // A tombstone knows its version in the indexed field; a live pair does not, and a
     // key written again loses it.
     write(s, "k", 10, |st, at| {

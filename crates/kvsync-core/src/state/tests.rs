@@ -329,6 +329,30 @@ fn tombstones_are_bounded_by_count() {
 }
 
 #[test]
+fn the_oldest_tombstones_go_first_and_stay_dead() {
+    let mut a = Node::new("a");
+    let ids: Vec<_> = (0..5).map(|i| a.append(&i.to_string())).collect();
+    let early = a.state.clone();
+    for id in &ids[..4] {
+        a.remove(id);
+    }
+    assert_eq!(a.state.tombstone_count(), 4);
+    assert_eq!(a.state.collect_oldest(3), 3);
+    assert_eq!(a.state.tombstone_count(), 1);
+    assert_eq!(a.values(), ["4"]);
+    assert_eq!(a.state.collect_oldest(10), 1, "as many as there are");
+    // A state from before the removals does not bring the collected values back, and a
+    // peer that held them converges to the collected state.
+    let (changed, _) = a.state.merge(&early);
+    assert!(!changed);
+    let mut b = Node::new("b");
+    b.receive(&early);
+    b.receive(&a.state);
+    assert_eq!(b.values(), ["4"]);
+    assert_eq!(b.state, a.state);
+}
+
+#[test]
 fn local_limits() {
     let mut a = Node::new("a");
     let at = a.stamp();
