@@ -12,7 +12,9 @@ set -euo pipefail
 TOOLS="${KVSYNC_TOOLS:-$HOME/.cache/kvsync-tools}"
 TANSU_VERSION=0.6.0
 CARGO_DENY_VERSION=0.20.2
-NX_VERSION="${NX_27017_VERSION:-}"
+# Pinned: a fresh machine gets what the suite last passed with (override to try another).
+NX_VERSION="${NX_27017_VERSION:-0.8.1}"
+PLAYWRIGHT_VERSION="${PLAYWRIGHT_CORE_VERSION:-1.65.2}"
 mkdir -p "$TOOLS"
 
 want_browser=0
@@ -75,7 +77,7 @@ if [ $want_browser -eq 1 ]; then
   if [ ! -d "$TOOLS/node/node_modules/playwright-core" ]; then
     log "installing playwright-core into $TOOLS/node"
     mkdir -p "$TOOLS/node"
-    (cd "$TOOLS/node" && npm install --silent --no-audit --no-fund playwright-core@1 >/dev/null)
+    (cd "$TOOLS/node" && npm install --silent --no-audit --no-fund "playwright-core@$PLAYWRIGHT_VERSION" >/dev/null)
   fi
 fi
 
