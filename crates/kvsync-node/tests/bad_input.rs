@@ -105,9 +105,10 @@ fn list(name: &str, query: &str, error: &'static str) -> Case {
     )
 }
 
-/// The table. `existing` holds one value; `big` holds 15 values of 64 KiB, so one more
-/// full-size value would take it over the pair limit. `other_version` is a well-formed
-/// version that is not `existing`'s.
+/// The table. `existing` holds one value; `big` holds 14 values of 64 KiB, so one more
+/// full-size value would take its event over the size a node publishes (950,000 bytes;
+/// the pair limit, 1 MiB, lies beyond it). `other_version` is a well-formed version that
+/// is not `existing`'s.
 fn cases(other_version: &str) -> Vec<Case> {
     let ok_put = values_json(&["v".into()]);
     let long_key = vec![b'k'; MAX_KEY_BYTES + 1];
@@ -270,7 +271,7 @@ fn cases(other_version: &str) -> Vec<Case> {
         append("value over 64 KiB (append)", k, 413, "too_large")
             .json(json!({ "value": over_value }).to_string()),
         put("pair over 1 MiB", k, 413, "too_large").json(values_json(&over_pair)),
-        append("append past the pair limit", b"big", 413, "too_large")
+        append("append past the event limit", b"big", 413, "too_large")
             .json(json!({ "value": full_value }).to_string()),
         put("too many values", k, 413, "too_large").json(values_json(&too_many)),
         put("body over the body limit", k, 413, "body_too_large").json(over_body),
@@ -687,7 +688,7 @@ async fn bad_requests_get_json_errors_and_write_nothing() {
     let (a, b) = (&clients[0], &clients[1]);
     let existing = a.put("existing", &["v1"]).await.unwrap();
     let chunk = "x".repeat(MAX_VALUE_BYTES);
-    a.put("big", &vec![chunk.as_str(); 15]).await.unwrap();
+    a.put("big", &vec![chunk.as_str(); 14]).await.unwrap();
     c.converged(T).await.unwrap();
     let before = snapshot(&clients).await;
     let pairs_before = a.list_all().await.unwrap();
