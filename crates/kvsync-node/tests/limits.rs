@@ -13,12 +13,9 @@ use serde_json::{json, Value};
 const T: Duration = Duration::from_secs(60);
 
 async fn cluster(nodes: usize) -> Cluster {
-    Cluster::start(ClusterOptions {
-        nodes,
-        ..Default::default()
-    })
-    .await
-    .expect("cluster starts")
+    Cluster::start(ClusterOptions::nodes(nodes))
+        .await
+        .expect("cluster starts")
 }
 
 /// PUTs `values` to `key`: the status and the JSON body.

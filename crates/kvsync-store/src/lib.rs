@@ -1047,13 +1047,15 @@ impl Store {
     /// Records that this node is alive and replicating at `ms`, so that after a long
     /// absence it knows it was away.
     pub async fn set_alive(&self, ms: u64) -> Result<(), StoreError> {
+        self.set_meta("alive", doc! { "ms": ms as i64 }).await
+    }
+
+    /// Sets `fields` on the `meta` document `id`, creating it if need be.
+    async fn set_meta(&self, id: &str, fields: Document) -> Result<(), StoreError> {
         self.bounded(async {
             self.db
                 .collection::<Document>(META)
-                .update_one(
-                    doc! { "_id": "alive" },
-                    doc! { "$set": { "ms": ms as i64 } },
-                )
+                .update_one(doc! { "_id": id }, doc! { "$set": fields })
                 .upsert(true)
                 .await?;
             Ok(())
@@ -1072,18 +1074,8 @@ impl Store {
             .iter()
             .map(|(p, o)| (p.to_string(), Bson::Int64(*o)))
             .collect();
-        self.bounded(async {
-            self.db
-                .collection::<Document>(META)
-                .update_one(
-                    doc! { "_id": "positions" },
-                    doc! { "$set": { "topic": topic, "at": at } },
-                )
-                .upsert(true)
-                .await?;
-            Ok(())
-        })
-        .await
+        self.set_meta("positions", doc! { "topic": topic, "at": at })
+            .await
     }
 
     /// The positions last saved for `topic` (none for another topic).

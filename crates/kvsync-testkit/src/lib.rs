@@ -617,6 +617,16 @@ pub struct ClusterOptions {
     pub movable_clocks: bool,
 }
 
+impl ClusterOptions {
+    /// `nodes` nodes, every other option at its default.
+    pub fn nodes(nodes: usize) -> Self {
+        Self {
+            nodes,
+            ..Default::default()
+        }
+    }
+}
+
 impl Default for ClusterOptions {
     fn default() -> Self {
         Self {
