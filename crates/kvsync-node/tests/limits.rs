@@ -120,7 +120,8 @@ async fn a_pair_at_every_api_limit_is_refused_whole_or_replicated() {
     assert_eq!(a.get("fits").await.unwrap().unwrap(), before);
     c.converged(T).await.unwrap();
     for node in [&a, &b] {
-        assert_eq!(readyz(node).await.0, StatusCode::OK);
+        // Waited for, not asked once: a loaded machine may delay a probe.
+        wait_readyz(node, StatusCode::OK, None).await;
         assert_eq!(
             node.keys().await.unwrap(),
             ["fits", "many-small", "quotes-that-fit"]
@@ -234,7 +235,7 @@ async fn concurrent_whole_list_puts_keep_every_document_under_16_mib() {
         }
     }
     for node in [&a, &b] {
-        assert_eq!(readyz(node).await.0, StatusCode::OK);
+        wait_readyz(node, StatusCode::OK, None).await;
     }
 }
 
