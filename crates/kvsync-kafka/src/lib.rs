@@ -256,8 +256,13 @@ impl Publisher {
     /// Sends one event, keyed by its pair key so one key's changes stay in one partition.
     /// Returns where the broker stored it: `(partition, offset)`.
     pub async fn publish(&self, event: &Event) -> Result<(i32, i64), BusError> {
-        self.send(&self.topic, event.key.as_str(), &event.encode())
+        self.publish_encoded(event.key.as_str(), &event.encode())
             .await
+    }
+
+    /// [`Publisher::publish`] for an event already encoded, keyed by its pair key.
+    pub async fn publish_encoded(&self, key: &str, payload: &[u8]) -> Result<(i32, i64), BusError> {
+        self.send(&self.topic, key, payload).await
     }
 
     /// Sends one record to `topic`; returns its `(partition, offset)`.

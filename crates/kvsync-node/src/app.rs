@@ -420,8 +420,8 @@ impl App {
             let element = op(&mut state, &version)?;
             state.collect(now_ms(), self.tombstone_horizon_ms);
             let mut event = Event::of_state(key.clone(), version, state);
-            self.fit(&mut event);
-            self.publishable(&event, stored.as_ref().map(|p| &p.state))?;
+            let bytes = self.fit(&mut event);
+            self.publishable(&event, bytes, stored.as_ref().map(|p| &p.state))?;
             let rev = stored.as_ref().map(|p| p.rev);
             match self
                 .store
@@ -674,7 +674,7 @@ impl App {
         self.check_clock()?;
         let version = self.next_version(state.version());
         let event = Event::republish(key, version, state);
-        self.publishable(&event, None)?;
+        self.publishable(&event, event.encoded_len(), None)?;
         let applied = match self.store.import(&event, now_ms() as i64).await {
             Ok(applied) => applied,
             Err(e) => {
@@ -698,25 +698,32 @@ impl App {
     /// takes to fit (or all): a key rewritten again and again gathers up to
     /// `MAX_TOMBSTONES` of them, a few hundred bytes each, and whether a write is taken
     /// should depend on the values it leaves, not on the key's history.
-    fn fit(&self, event: &mut Event) {
+    /// Returns the event's encoded size.
+    fn fit(&self, event: &mut Event) -> usize {
         // A tombstone takes at least this much of an event.
         const TOMBSTONE_BYTES: usize = 120;
         let mut bytes = event.encoded_len();
         while bytes > self.max_event_bytes {
             let n = (bytes - self.max_event_bytes).div_ceil(TOMBSTONE_BYTES);
             if event.state.collect_oldest(n) == 0 {
-                return;
+                break;
             }
             bytes = event.encoded_len();
         }
+        bytes
     }
 
     /// Refuses a change whose event the node would not publish: whatever it acknowledges
     /// must reach its peers. A state that merges of concurrent writes took past the limit
     /// may still shrink (a removal, a smaller list): such a change is taken, and waits in
     /// the outbox, reported, until the key fits again.
-    fn publishable(&self, event: &Event, before: Option<&PairState>) -> Result<(), AppError> {
-        let bytes = event.encoded_len();
+    /// `bytes` is the event's encoded size.
+    fn publishable(
+        &self,
+        event: &Event,
+        bytes: usize,
+        before: Option<&PairState>,
+    ) -> Result<(), AppError> {
         if bytes <= self.max_event_bytes {
             return Ok(());
         }
@@ -736,7 +743,11 @@ impl App {
     /// Whether `event` is small enough to publish; if not, the key is reported (see
     /// `oversize`), for re-publications that no client waits on.
     pub fn fits(&self, event: &Event) -> bool {
-        let bytes = event.encoded_len();
+        self.fits_encoded(&event.key, event.encoded_len())
+    }
+
+    /// [`App::fits`] for an event already encoded in `bytes` bytes.
+    pub fn fits_encoded(&self, key: &Key, bytes: usize) -> bool {
         if bytes <= self.max_event_bytes {
             return true;
         }
@@ -745,8 +756,8 @@ impl App {
             "its event is {bytes} bytes; KVSYNC_MAX_EVENT_BYTES is {}",
             self.max_event_bytes
         );
-        if self.oversized.note(Limit::Publish, &event.key, why) {
-            tracing::error!(key = %event.key, bytes, "a key's state is too large to publish; reported in /readyz");
+        if self.oversized.note(Limit::Publish, key, why) {
+            tracing::error!(key = %key, bytes, "a key's state is too large to publish; reported in /readyz");
         }
         false
     }

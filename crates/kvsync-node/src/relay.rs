@@ -292,17 +292,22 @@ impl Relay {
         let publish = async move {
             crate::fault::point("publish", event.key.as_str());
             let event = app.refresh_if_old(event);
-            let result = if app.fits(&event) {
-                publisher.publish(&event).await.map_err(|e| {
-                    if e.is_too_large() {
-                        Refusal::TooLarge(format!(
-                            "the broker or producer refuses its {}-byte event: {e}",
-                            event.encoded_len()
-                        ))
-                    } else {
-                        Refusal::Failed(e)
-                    }
-                })
+            // Encoded once: measured against the limit, then sent.
+            let payload = event.encode();
+            let result = if app.fits_encoded(&event.key, payload.len()) {
+                publisher
+                    .publish_encoded(event.key.as_str(), &payload)
+                    .await
+                    .map_err(|e| {
+                        if e.is_too_large() {
+                            Refusal::TooLarge(format!(
+                                "the broker or producer refuses its {}-byte event: {e}",
+                                payload.len()
+                            ))
+                        } else {
+                            Refusal::Failed(e)
+                        }
+                    })
             } else {
                 Err(Refusal::Noted)
             };
