@@ -72,11 +72,15 @@ impl ClockWatch {
 
     /// Records a heartbeat received now.
     pub fn heard(&self, hb: &Heartbeat) {
+        self.heard_at(hb, Instant::now(), now_ms());
+    }
+
+    /// Records a heartbeat received at `now`, when this node's wall clock read `local_ms`.
+    fn heard_at(&self, hb: &Heartbeat, now: Instant, local_ms: u64) {
         if hb.node == self.node {
             return;
         }
-        let now = Instant::now();
-        let sample = offset_sample(hb.wall_ms, now_ms());
+        let sample = offset_sample(hb.wall_ms, local_ms);
         let mut peers = self.peers.lock().expect("peers lock");
         if !peers.contains_key(&hb.node) && peers.len() >= MAX_PEERS {
             return;
@@ -133,13 +137,30 @@ impl ClockWatch {
         own_clock(&offsets, self.settings.max_skew_ms)
     }
 
-    /// Whether `event` can be applied now (see `kvsync_core::skew::admit`).
-    pub fn admit(&self, event: &Event) -> Admission {
+    /// Whether `event`, received at `received`, can be applied now (see
+    /// `kvsync_core::skew::admit`).
+    pub fn admit(&self, event: &Event, received: Instant) -> Admission {
+        self.admit_at(event, received, now_ms())
+    }
+
+    /// The sender's clock counts as agreeing only on a heartbeat heard after the event
+    /// arrived: a clock that has just jumped ahead stamps events before its next
+    /// heartbeat tells the peers, and those events must be held, not trusted on the
+    /// strength of an older heartbeat.
+    fn admit_at(&self, event: &Event, received: Instant, local_ms: u64) -> Admission {
+        let offset = {
+            let peers = self.peers.lock().expect("peers lock");
+            peers
+                .get(&event.origin)
+                .filter(|p| p.last_heard.elapsed() <= self.settings.away_after)
+                .filter(|p| p.last_heard >= received)
+                .and_then(Peer::offset)
+        };
         admit(
             event.version.ts.wall_ms,
-            now_ms(),
+            local_ms,
             self.settings.max_skew_ms,
-            self.offset_of(&event.origin),
+            offset,
             self.settings.max_jump_ms,
         )
     }
@@ -242,5 +263,80 @@ impl ClockWatch {
             "peers": peers,
             "held": held,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvsync_core::{Key, Op, Timestamp, Version};
+
+    const T0: u64 = 1_800_000_000_000;
+    const AHEAD: u64 = 600_000;
+
+    fn watch() -> ClockWatch {
+        let settings = ClockSettings {
+            max_skew_ms: 300_000,
+            max_jump_ms: 3_600_000,
+            away_after: Duration::from_secs(30),
+        };
+        ClockWatch::new(NodeId::parse("node1").unwrap(), settings, Metrics::new())
+    }
+
+    fn beat(w: &ClockWatch, at: Instant, peer_offset_ms: i64) {
+        let hb = Heartbeat::new(
+            NodeId::parse("node3").unwrap(),
+            T0.saturating_add_signed(peer_offset_ms),
+            T0,
+        );
+        w.heard_at(&hb, at, T0);
+    }
+
+    fn stamped_ahead() -> Event {
+        let version = Version::new(
+            Timestamp::new(T0 + AHEAD, 0),
+            NodeId::parse("node3").unwrap(),
+        );
+        Event::new(Key::parse("k").unwrap(), version, Op::Delete)
+    }
+
+    #[test]
+    fn a_far_ahead_stamp_is_held_until_a_later_heartbeat_vouches_for_its_sender() {
+        let w = watch();
+        let start = Instant::now();
+        beat(&w, start, 0);
+        // The sender's clock agreed a moment ago, but that says nothing of an event
+        // stamped since: its clock may have jumped after that heartbeat.
+        let received = start + Duration::from_millis(500);
+        let held = w.admit_at(&stamped_ahead(), received, T0);
+        assert_eq!(held, Admission::Hold { ahead_ms: AHEAD });
+        // A heartbeat heard after the event arrived, still agreeing: the stamp is a
+        // leftover of a clock error already fixed, and within the jump bound.
+        beat(&w, received + Duration::from_millis(500), 0);
+        assert_eq!(w.admit_at(&stamped_ahead(), received, T0), Admission::Apply);
+    }
+
+    #[test]
+    fn a_far_ahead_stamp_stays_held_when_the_next_heartbeat_shows_the_jump() {
+        let w = watch();
+        let start = Instant::now();
+        beat(&w, start, 0);
+        let received = start + Duration::from_millis(500);
+        beat(&w, received + Duration::from_millis(500), AHEAD as i64);
+        assert_eq!(
+            w.admit_at(&stamped_ahead(), received, T0),
+            Admission::Hold { ahead_ms: AHEAD }
+        );
+    }
+
+    #[test]
+    fn a_stamp_within_the_bound_needs_no_heartbeat() {
+        let w = watch();
+        let version = Version::new(
+            Timestamp::new(T0 + 1_000, 0),
+            NodeId::parse("node3").unwrap(),
+        );
+        let event = Event::new(Key::parse("k").unwrap(), version, Op::Delete);
+        assert_eq!(w.admit_at(&event, Instant::now(), T0), Admission::Apply);
     }
 }

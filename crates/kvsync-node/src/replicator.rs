@@ -288,6 +288,9 @@ struct Job {
     event: Event,
     partition: i32,
     offset: i64,
+    /// When the consumer received it: a far-ahead stamp is trusted only on a heartbeat
+    /// of its sender heard after this (see `ClockWatch::admit`).
+    received: Instant,
 }
 
 /// A job's end: `(partition, offset, done)`. `done` is false only when shutdown
@@ -479,7 +482,12 @@ impl<'a> Generation<'a> {
                         self.pending.entry(partition).or_default().insert(offset, bytes);
                         self.pending_count += 1;
                         self.pending_bytes += bytes;
-                        let job = Job { event, partition, offset };
+                        let job = Job {
+                            event,
+                            partition,
+                            offset,
+                            received: Instant::now(),
+                        };
                         if senders[lane_of(&job.event.key)].send(job).is_err() {
                             continue; // The lane died: join_next reports it.
                         }
@@ -860,7 +868,7 @@ async fn lane(
                     queue.push_back(job);
                     continue;
                 }
-                match app.clock.admit(&job.event) {
+                match app.clock.admit(&job.event, job.received) {
                     Admission::Apply => {
                         if !settle(&app, job, &settled, &stop).await {
                             break;
@@ -877,7 +885,7 @@ async fn lane(
                 for key in keys {
                     let queue = parked.get_mut(&key).expect("parked key");
                     while let Some(job) = queue.front() {
-                        if let Admission::Hold { .. } = app.clock.admit(&job.event) {
+                        if let Admission::Hold { .. } = app.clock.admit(&job.event, job.received) {
                             break;
                         }
                         let job = queue.pop_front().expect("front");
