@@ -1,6 +1,6 @@
 //! `/api/events`: the change feed as Server-Sent Events, resumable (see `crate::feed`).
 
-use std::convert::Infallible;
+use std::{convert::Infallible, time::Duration};
 
 use axum::{
     extract::State,
@@ -12,6 +12,11 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use super::{error::ApiError, extract::Q, Ctx};
+
+/// How often the stream sends a `heartbeat` event. A client that hears nothing for a few
+/// of these knows the node stopped answering (a stopped process keeps its connections
+/// open, so the browser sees no error), and says so instead of showing itself live.
+pub const HEARTBEAT: Duration = Duration::from_secs(3);
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -69,12 +74,27 @@ pub async fn events(
         // goes away.
         let _slot = slot;
         let mut feed = std::pin::pin!(feed);
-        while let Some(sent) = feed.next().await {
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // `next` is cancel-safe: a heartbeat in between loses no change.
+            let sent = tokio::select! {
+                sent = feed.next() => sent,
+                _ = beat.tick() => {
+                    // No id: a heartbeat is no place to resume from. EventSource drops an
+                    // event without data, hence the empty object.
+                    yield Ok(Event::default().event("heartbeat").data("{}"));
+                    continue;
+                }
+            };
+            let Some(sent) = sent else { break };
             let mut event = Event::default().event(sent.name).data(sent.data);
             if let Some(id) = sent.id {
                 event = event.id(id);
             }
             yield Ok(event);
+            // Any event shows the stream is alive: the next heartbeat is due a period later.
+            beat.reset();
         }
     };
     // End the stream at shutdown, or graceful shutdown would wait for it forever.
