@@ -142,7 +142,7 @@ describe('concurrent changes from two nodes\' pages', { concurrency: false }, ()
       `PUT /api/pairs/${key}/values/${x.id} 200`,
       `DELETE /api/pairs/${key}/values/${drop.id} 200`,
     ]);
-    assert.equal(writesA[0].ifMatch, `"${seen.version}"`);
+    assert.equal(writesA[0].ifMatch, `"${seen.etag}"`);
   });
 
   test('concurrent edits of one value: one wins everywhere, both pages name the lost value, Restore and Dismiss', async (t) => {

@@ -430,7 +430,6 @@ fn pair_path(key: &str) -> Result<String, Error> {
     ))
 }
 
-/// `If-Match` with the version as an entity tag (quoted), as the node's ETag gives it.
 /// Asks the node to answer once the write has reached its peers, within the request's
 /// own timeout.
 fn with_wait(r: RequestBuilder, wait: &WaitArgs) -> RequestBuilder {
@@ -443,8 +442,9 @@ fn with_wait(r: RequestBuilder, wait: &WaitArgs) -> RequestBuilder {
     }
 }
 
-fn with_if_match(r: RequestBuilder, version: Option<&str>) -> RequestBuilder {
-    match version {
+/// `If-Match` with the pair's entity tag (quoted), as the node's ETag gives it.
+fn with_if_match(r: RequestBuilder, tag: Option<&str>) -> RequestBuilder {
+    match tag {
         None => r,
         Some(v) if v == "*" || v.starts_with('"') => r.header(header::IF_MATCH, v),
         Some(v) => r.header(header::IF_MATCH, format!("\"{v}\"")),

@@ -76,8 +76,9 @@ enum Command {
         /// The input is a JSON array of strings (for values with newlines).
         #[arg(long)]
         json_values: bool,
-        /// Only if the pair's version is still this one (from `get --json`).
-        #[arg(long, value_name = "VERSION")]
+        /// Only if the pair is still in this state: its entity tag (`etag` in
+        /// `get --json`, or the ETag header).
+        #[arg(long, value_name = "ETAG")]
         if_match: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,
@@ -88,8 +89,8 @@ enum Command {
         #[arg(value_parser = non_empty())]
         key: String,
         value: String,
-        /// Only if the pair's version is still this one.
-        #[arg(long, value_name = "VERSION")]
+        /// Only if the pair is still in this state (its `etag`).
+        #[arg(long, value_name = "ETAG")]
         if_match: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,
@@ -99,8 +100,8 @@ enum Command {
         /// The key (percent-encoded for the URL by kvsync).
         #[arg(value_parser = non_empty())]
         key: String,
-        /// Only if the pair's version is still this one.
-        #[arg(long, value_name = "VERSION")]
+        /// Only if the pair is still in this state (its `etag`).
+        #[arg(long, value_name = "ETAG")]
         if_match: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,

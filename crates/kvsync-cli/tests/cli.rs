@@ -317,13 +317,13 @@ async fn put_and_get(u1: &str, a: &Client, b: &Client) {
 
 async fn preconditions_and_missing_keys(u1: &str, a: &Client) {
     kvsync(u1, &["put", "guarded", "v1"]).await.ok();
-    let v1 = kvsync(u1, &["get", "guarded", "--json"]).await.json()["version"]
+    let v1 = kvsync(u1, &["get", "guarded", "--json"]).await.json()["etag"]
         .as_str()
         .unwrap()
         .to_owned();
     let v2 = kvsync(u1, &["put", "guarded", "v2", "--if-match", &v1, "--json"])
         .await
-        .json()["version"]
+        .json()["etag"]
         .as_str()
         .unwrap()
         .to_owned();

@@ -7,6 +7,7 @@
 pub mod clock;
 pub mod cluster;
 pub mod digest;
+pub mod etag;
 pub mod event;
 pub mod feed;
 pub mod index;
@@ -22,6 +23,7 @@ pub mod version;
 
 pub use clock::{Clock, Timestamp};
 pub use digest::Digest;
+pub use etag::{EntityTag, EntityTagError};
 pub use event::{Event, EventError, Op};
 pub use key::{Key, KeyError};
 pub use keymatch::{folder_of, KeyMatch};

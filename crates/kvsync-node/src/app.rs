@@ -8,7 +8,7 @@ use std::{
 };
 
 use kvsync_core::{
-    Clock, Conflict, ElemId, Event, Key, NodeId, Outcome, PairState, StateError, Values,
+    Clock, Conflict, ElemId, EntityTag, Event, Key, NodeId, Outcome, PairState, StateError, Values,
     ValuesError, Version,
 };
 use kvsync_store::{CasError, RecordedConflict, Store, StoreError, StoredPair};
@@ -72,8 +72,8 @@ impl From<StateError> for AppError {
 pub enum Precondition {
     #[default]
     None,
-    /// The live pair's version must be one of these.
-    IfMatch(Vec<Version>),
+    /// The live pair's entity tag must be one of these.
+    IfMatch(Vec<EntityTag>),
     /// A live pair must exist (`If-Match: *`).
     Exists,
     /// No live pair may exist (`If-None-Match: *`).
@@ -84,8 +84,8 @@ impl Precondition {
     fn check(&self, live: Option<&StoredPair>) -> bool {
         match self {
             Precondition::None => true,
-            Precondition::IfMatch(versions) => {
-                live.is_some_and(|p| p.version().is_some_and(|v| versions.contains(v)))
+            Precondition::IfMatch(tags) => {
+                live.is_some_and(|p| EntityTag::of(&p.state).is_some_and(|t| tags.contains(&t)))
             }
             Precondition::Exists => live.is_some(),
             Precondition::Absent => live.is_none(),
@@ -124,6 +124,9 @@ pub struct Change {
     pub elements: Option<Vec<ValueBody>>,
     pub deleted: bool,
     pub version: String,
+    /// The pair's entity tag (absent when deleted): it changes whenever the values do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
     pub origin: String,
     pub updated_at: String,
 }
@@ -146,6 +149,7 @@ impl Change {
             elements,
             deleted: !live,
             version: version.map(ToString::to_string).unwrap_or_default(),
+            etag: EntityTag::of(state).map(|t| t.to_string()),
             origin: origin.to_string(),
             updated_at: rfc3339(version.map_or(0, |v| v.ts.wall_ms)),
         }

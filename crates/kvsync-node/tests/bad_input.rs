@@ -107,9 +107,9 @@ fn list(name: &str, query: &str, error: &'static str) -> Case {
 
 /// The table. `existing` holds one value; `big` holds 14 values of 64 KiB, so one more
 /// full-size value would take its event over the size a node publishes (950,000 bytes;
-/// the pair limit, 1 MiB, lies beyond it). `other_version` is a well-formed version that
+/// the pair limit, 1 MiB, lies beyond it). `other_tag` is a well-formed entity tag that
 /// is not `existing`'s.
-fn cases(other_version: &str) -> Vec<Case> {
+fn cases(other_tag: &str) -> Vec<Case> {
     let ok_put = values_json(&["v".into()]);
     let long_key = vec![b'k'; MAX_KEY_BYTES + 1];
     // 257 two-byte characters: within 512 characters, over 512 bytes.
@@ -281,7 +281,7 @@ fn cases(other_version: &str) -> Vec<Case> {
             .header(IF_MATCH, "garbage"),
         put("If-Match weak tag", k, 400, "invalid_precondition")
             .json(ok_put.clone())
-            .header(IF_MATCH, &format!("W/\"{other_version}\"")),
+            .header(IF_MATCH, &format!("W/\"{other_tag}\"")),
         put("If-Match empty", k, 400, "invalid_precondition")
             .json(ok_put.clone())
             .header(IF_MATCH, ""),
@@ -295,10 +295,10 @@ fn cases(other_version: &str) -> Vec<Case> {
             "invalid_precondition",
         )
         .json(ok_put.clone())
-        .header(IF_MATCH, &format!("\"{other_version}\", \"garbage\"")),
-        put("If-Match mismatched version", k, 412, "precondition_failed")
+        .header(IF_MATCH, &format!("\"{other_tag}\", \"garbage\"")),
+        put("If-Match mismatched tag", k, 412, "precondition_failed")
             .json(ok_put.clone())
-            .header(IF_MATCH, &format!("\"{other_version}\"")),
+            .header(IF_MATCH, &format!("\"{other_tag}\"")),
         put(
             "If-Match on a missing key",
             b"absent",
@@ -306,7 +306,7 @@ fn cases(other_version: &str) -> Vec<Case> {
             "precondition_failed",
         )
         .json(ok_put.clone())
-        .header(IF_MATCH, &format!("\"{other_version}\"")),
+        .header(IF_MATCH, &format!("\"{other_tag}\"")),
         put(
             "If-Match * on a missing key",
             b"absent",
@@ -325,7 +325,7 @@ fn cases(other_version: &str) -> Vec<Case> {
         .header(IF_NONE_MATCH, "*"),
         put("If-None-Match with a tag", k, 400, "invalid_precondition")
             .json(ok_put.clone())
-            .header(IF_NONE_MATCH, &format!("\"{other_version}\"")),
+            .header(IF_NONE_MATCH, &format!("\"{other_tag}\"")),
         put("If-Match and If-None-Match", k, 400, "invalid_precondition")
             .json(ok_put.clone())
             .header(IF_MATCH, "*")
@@ -345,7 +345,7 @@ fn cases(other_version: &str) -> Vec<Case> {
             412,
             "precondition_failed",
         )
-        .header(IF_MATCH, &format!("\"{other_version}\"")),
+        .header(IF_MATCH, &format!("\"{other_tag}\"")),
         case(
             "DELETE a missing key",
             Method::DELETE,
@@ -361,7 +361,7 @@ fn cases(other_version: &str) -> Vec<Case> {
             412,
             "precondition_failed",
         )
-        .header(IF_MATCH, &format!("\"{other_version}\"")),
+        .header(IF_MATCH, &format!("\"{other_tag}\"")),
         case(
             "DELETE If-Match * on a missing key",
             Method::DELETE,
@@ -380,7 +380,7 @@ fn cases(other_version: &str) -> Vec<Case> {
             "precondition_failed",
         )
         .json(r#"{"value":"a"}"#)
-        .header(IF_MATCH, &format!("\"{other_version}\"")),
+        .header(IF_MATCH, &format!("\"{other_tag}\"")),
         append(
             "append If-Match on a missing key",
             b"absent",
@@ -695,9 +695,9 @@ async fn bad_requests_get_json_errors_and_write_nothing() {
     let applied_before = b.counter("events_applied").await.unwrap();
 
     // Well-formed, and older than anything this node issues now.
-    let other_version = "0000000000000001-00000000-node1".to_owned();
-    assert_ne!(existing.version, other_version);
-    let table = cases(&other_version);
+    let other_tag = "0000000000000001-00000000-node1~0000000000000000".to_owned();
+    assert_ne!(existing.etag, other_tag);
+    let table = cases(&other_tag);
     let mut failures = Vec::new();
     for case in &table {
         let resp = send(a, case).await;

@@ -349,8 +349,8 @@ async fn value_level_writes_check_their_input_and_preconditions() {
         }
     };
     let body = Some(serde_json::json!({ "value": "x2" }));
-    let stale = Some(format!("\"{}\"", pair.version));
-    // A stale version: 412, nothing written.
+    let stale = Some(format!("\"{}\"", pair.etag));
+    // A stale tag: 412, nothing written.
     a.append("k", "z").await.unwrap();
     assert_eq!(
         send(

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use kvsync_testkit::{wait_until, Client, Cluster, ClusterOptions};
+use kvsync_testkit::{wait_until, Client, Cluster, ClusterOptions, Cut};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -213,7 +213,7 @@ async fn conditional_requests_and_status_codes() {
     .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     let etag = r.headers()["etag"].to_str().unwrap().to_owned();
-    let v1 = r.json::<serde_json::Value>().await.unwrap()["version"]
+    let v1 = r.json::<serde_json::Value>().await.unwrap()["etag"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -258,6 +258,76 @@ async fn conditional_requests_and_status_codes() {
         r.json::<serde_json::Value>().await.unwrap()["error"],
         "not_found"
     );
+}
+
+/// An ETag names the state, not only the version. Merging an older concurrent append
+/// changes the values and keeps the version: a client that read before the merge must
+/// get 412, not overwrite a value it never saw.
+#[tokio::test]
+async fn an_etag_read_before_a_concurrent_append_merged_in_no_longer_matches() {
+    let c = Cluster::start(ClusterOptions {
+        nodes: 2,
+        broker_proxy: true,
+        ..Default::default()
+    })
+    .await
+    .expect("cluster starts");
+    let (a, b) = (c.nodes[0].client(), c.nodes[1].client());
+    let proxy = c.broker.proxy().expect("broker behind a proxy");
+    // node2 appends first, cut off from the broker: its change waits in its outbox.
+    proxy.cut(c.nodes[1].pid().unwrap(), Cut::Blackhole);
+    b.append("doc", "b").await.unwrap();
+    // node1 writes the key later, not knowing of the append.
+    a.put("doc", &["a"]).await.unwrap();
+    let read = a
+        .request(Method::GET, &a.pair_url("doc"))
+        .send()
+        .await
+        .unwrap();
+    let etag = read.headers()["etag"].to_str().unwrap().to_owned();
+    let seen: serde_json::Value = read.json().await.unwrap();
+    assert_eq!(seen["values"], json!(["a"]));
+    assert_eq!(etag, format!("\"{}\"", seen["etag"].as_str().unwrap()));
+
+    proxy.heal();
+    wait_until(T, "node1 to merge node2's append", || async {
+        a.get("doc")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|p| p.values.iter().any(|v| v == "b"))
+    })
+    .await
+    .unwrap();
+    let merged = a.get("doc").await.unwrap().unwrap();
+    // The case this test is about: same version, other values.
+    assert_eq!(merged.version, seen["version"].as_str().unwrap());
+    assert_ne!(format!("\"{}\"", merged.etag), etag);
+
+    let put = |tag: String| {
+        a.request(Method::PUT, &a.pair_url("doc"))
+            .header("if-match", tag)
+            .json(&json!({"values": ["a", "c"]}))
+            .send()
+    };
+    let stale = put(etag).await.unwrap();
+    assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
+    let body: serde_json::Value = stale.json().await.unwrap();
+    assert!(
+        body["current"]["values"].to_string().contains("\"b\""),
+        "{body}"
+    );
+    // Nothing was written; with the tag of what it now shows, the write goes through.
+    assert!(a
+        .get("doc")
+        .await
+        .unwrap()
+        .unwrap()
+        .values
+        .contains(&"b".to_owned()));
+    let fresh = put(format!("\"{}\"", merged.etag)).await.unwrap();
+    assert_eq!(fresh.status(), StatusCode::OK);
+    wait_for(&b, "doc", Some(&["a", "c"])).await;
 }
 
 #[tokio::test]

@@ -19,6 +19,9 @@ pub struct Pair {
     #[serde(default)]
     pub elements: Vec<Element>,
     pub version: String,
+    /// The entity tag (what `If-Match` takes): the version and a digest of the values.
+    #[serde(default)]
+    pub etag: String,
     pub updated_at: String,
     pub origin: String,
 }

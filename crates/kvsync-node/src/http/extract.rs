@@ -4,7 +4,7 @@ use axum::{
     extract::{FromRequest, FromRequestParts, Path, Query},
     http::{header, request::Parts, HeaderMap},
 };
-use kvsync_core::{state::ElemIdError, ElemId, Key, Version};
+use kvsync_core::{state::ElemIdError, ElemId, EntityTag, Key};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -69,8 +69,9 @@ fn percent_decodes_to_utf8(query: &str) -> bool {
         .is_ok()
 }
 
-/// `If-Match` / `If-None-Match` as a [`Precondition`]. Entity tags are versions; weak
-/// tags never match (If-Match uses strong comparison), so they are refused outright.
+/// `If-Match` / `If-None-Match` as a [`Precondition`]. Entity tags are those this
+/// service issues (version and state digest, see `kvsync_core::etag`); weak tags never
+/// match (If-Match uses strong comparison), so they are refused outright.
 pub fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
     let text = |name: header::HeaderName| -> Result<Option<String>, ApiError> {
         let values: Vec<_> = headers.get_all(&name).iter().collect();
@@ -107,10 +108,10 @@ pub fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
                     .strip_prefix('"')
                     .and_then(|t| t.strip_suffix('"'))
                     .unwrap_or(tag);
-                inner.parse::<Version>().map_err(|_| {
+                inner.parse::<EntityTag>().map_err(|_| {
                     ApiError::bad_request(
                         "invalid_precondition",
-                        format!("If-Match: {tag:?} is not a version this node issues (use the ETag of a GET)"),
+                        format!("If-Match: {tag:?} is not an entity tag this service issues (use the ETag of a GET, or a pair's `etag`)"),
                     )
                 })
             })
@@ -149,7 +150,7 @@ mod tests {
 
     #[test]
     fn parses_preconditions() {
-        let v = "0000019361a2b3c4-00000003-node1";
+        let v = "0000019361a2b3c4-00000003-node1~0123456789abcdef";
         assert_eq!(precondition(&HeaderMap::new()).unwrap(), Precondition::None);
         assert_eq!(
             precondition(&with(header::IF_MATCH, &format!("\"{v}\""))).unwrap(),
@@ -167,7 +168,13 @@ mod tests {
             precondition(&with(header::IF_NONE_MATCH, "*")).unwrap(),
             Precondition::Absent
         );
-        for bad in ["\"nope\"", "W/\"0000019361a2b3c4-00000003-node1\"", ""] {
+        // A bare version is no longer a tag: it cannot tell a merged-in value apart.
+        for bad in [
+            "\"nope\"",
+            "W/\"0000019361a2b3c4-00000003-node1~0123456789abcdef\"",
+            "\"0000019361a2b3c4-00000003-node1\"",
+            "",
+        ] {
             assert!(precondition(&with(header::IF_MATCH, bad)).is_err(), "{bad}");
         }
         assert!(precondition(&with(header::IF_NONE_MATCH, "\"x\"")).is_err());

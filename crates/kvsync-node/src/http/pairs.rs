@@ -10,7 +10,7 @@ use axum::{
     Json,
 };
 use futures::StreamExt;
-use kvsync_core::{folder_of, Key, KeyMatch, Values, Version};
+use kvsync_core::{folder_of, EntityTag, Key, KeyMatch, Values, Version};
 use kvsync_store::StoredPair;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -53,7 +53,7 @@ pub struct IdParam {
 #[into_params(parameter_in = Header)]
 #[allow(dead_code)] // Only its schema is used.
 pub struct Preconditions {
-    /// Write only if the pair's version is one of these ETags (or `*`: if it exists).
+    /// Write only if the pair's entity tag is one of these ETags (or `*`: if it exists).
     /// Weak tags are refused.
     #[param(rename = "If-Match")]
     if_match: Option<String>,
@@ -82,9 +82,14 @@ pub struct PairBody {
     pub values: Vec<String>,
     /// The same values with their ids, for writes of one value.
     pub elements: Vec<ValueBody>,
-    /// The version of the last write (also the `ETag`, quoted).
+    /// The version of the last write: it orders the pair's states.
     #[schema(example = "0000019361a2b3c4-00000003-node1")]
     pub version: String,
+    /// The entity tag (the `ETag` header, unquoted): the version and a digest of the
+    /// values. It changes whenever the values do, merges included; send it back in
+    /// `If-Match`.
+    #[schema(example = "0000019361a2b3c4-00000003-node1~9f86d081884c7d65")]
+    pub etag: String,
     /// When the last write was made (RFC 3339), by its node's clock.
     pub updated_at: String,
     /// The node that made the last write.
@@ -103,6 +108,9 @@ impl From<&StoredPair> for PairBody {
             values: values_of(&elements),
             elements,
             version: version.map(ToString::to_string).unwrap_or_default(),
+            etag: EntityTag::of(&p.state)
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
             updated_at: rfc3339(version.map_or(0, |v| v.ts.wall_ms)),
             origin: version.map(|v| v.node.to_string()).unwrap_or_default(),
             conflicts: p
@@ -114,15 +122,17 @@ impl From<&StoredPair> for PairBody {
     }
 }
 
-fn etag(version: &Version) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{version}\"")).expect("versions are ASCII")
+/// Sets the `ETag` header of a response showing `pair` (none when it is deleted).
+fn set_etag(response: &mut Response, pair: &StoredPair) {
+    if let Some(tag) = EntityTag::of(&pair.state) {
+        let value = HeaderValue::from_str(&format!("\"{tag}\"")).expect("tags are ASCII");
+        response.headers_mut().insert(header::ETAG, value);
+    }
 }
 
 fn pair_response(status: StatusCode, pair: &StoredPair) -> Response {
     let mut response = (status, Json(PairBody::from(pair))).into_response();
-    if let Some(version) = pair.version() {
-        response.headers_mut().insert(header::ETAG, etag(version));
-    }
+    set_etag(&mut response, pair);
     response
 }
 
@@ -270,9 +280,7 @@ async fn answer(ctx: &Ctx, w: Written, wait: Option<(WaitFor, Duration)>) -> Res
         replication: Some(r.clone()),
     };
     let mut response = (status, Json(body)).into_response();
-    if let Some(version) = w.pair.version() {
-        response.headers_mut().insert(header::ETAG, etag(version));
-    }
+    set_etag(&mut response, &w.pair);
     replicated_header(&mut response, &r);
     response
 }
@@ -541,7 +549,7 @@ pub struct ReadParams {
     tag = "pairs",
     params(KeyParam, ReadParams),
     responses(
-        (status = 200, description = "The pair", body = PairBody, headers(("ETag" = String, description = "The pair's version, quoted: send it back in `If-Match`"))),
+        (status = 200, description = "The pair", body = PairBody, headers(("ETag" = String, description = "The pair's entity tag, quoted: send it back in `If-Match`"))),
         (status = 400, description = "`invalid_key`, or `invalid_query` (an unknown parameter, a malformed `min_version`, `timeout_ms` without `min_version`)", body = ErrorBody),
         (status = 404, description = "`not_found`: no such pair (or it was deleted)", body = ErrorBody),
         (status = 503, description = "`version_not_here_yet`: this node did not reach `min_version` in time; `database_unavailable`", body = ErrorBody),
@@ -597,8 +605,8 @@ pub struct PutBody {
     params(KeyParam, WaitParams, Preconditions),
     request_body = PutBody,
     responses(
-        (status = 200, description = "Replaced", body = WrittenBody, headers(("ETag" = String, description = "The pair's new version, quoted"), ("Kvsync-Replicated" = String, description = "Only with `?wait=`: `all` (enough peers confirmed), `partial` (some did) or `none`"))),
-        (status = 201, description = "Created", body = WrittenBody, headers(("ETag" = String, description = "The pair's new version, quoted"), ("Kvsync-Replicated" = String, description = "Only with `?wait=`: `all` (enough peers confirmed), `partial` (some did) or `none`"))),
+        (status = 200, description = "Replaced", body = WrittenBody, headers(("ETag" = String, description = "The pair's new entity tag, quoted"), ("Kvsync-Replicated" = String, description = "Only with `?wait=`: `all` (enough peers confirmed), `partial` (some did) or `none`"))),
+        (status = 201, description = "Created", body = WrittenBody, headers(("ETag" = String, description = "The pair's new entity tag, quoted"), ("Kvsync-Replicated" = String, description = "Only with `?wait=`: `all` (enough peers confirmed), `partial` (some did) or `none`"))),
         (status = 400, description = BAD_WRITE, body = ErrorBody),
         (status = 409, description = CONTENDED, body = ErrorBody),
         (status = 412, description = PRECONDITION, body = ErrorBody),
@@ -637,8 +645,8 @@ pub struct AppendBody {
     params(KeyParam, WaitParams, Preconditions),
     request_body = AppendBody,
     responses(
-        (status = 200, description = "Appended", body = WrittenBody, headers(("ETag" = String, description = "The pair's new version, quoted"), ("Kvsync-Replicated" = String, description = "Only with `?wait=`: `all` (enough peers confirmed), `partial` (some did) or `none`"))),
-        (status = 201, description = "Created with this one value", body = WrittenBody, headers(("ETag" = String, description = "The pair's new version, quoted"), ("Kvsync-Replicated" = String, description = "Only with `?wait=`: `all` (enough peers confirmed), `partial` (some did) or `none`"))),
+        (status = 200, description = "Appended", body = WrittenBody, headers(("ETag" = String, description = "The pair's new entity tag, quoted"), ("Kvsync-Replicated" = String, description = "Only with `?wait=`: `all` (enough peers confirmed), `partial` (some did) or `none`"))),
+        (status = 201, description = "Created with this one value", body = WrittenBody, headers(("ETag" = String, description = "The pair's new entity tag, quoted"), ("Kvsync-Replicated" = String, description = "Only with `?wait=`: `all` (enough peers confirmed), `partial` (some did) or `none`"))),
         (status = 400, description = BAD_WRITE, body = ErrorBody),
         (status = 409, description = CONTENDED, body = ErrorBody),
         (status = 412, description = PRECONDITION, body = ErrorBody),
@@ -676,7 +684,7 @@ pub struct ValueBodyIn {
     params(KeyParam, IdParam, WaitParams, Preconditions),
     request_body = ValueBodyIn,
     responses(
-        (status = 200, description = "Changed", body = WrittenBody, headers(("ETag" = String, description = "The pair's new version, quoted"), ("Kvsync-Replicated" = String, description = "Only with `?wait=`: `all` (enough peers confirmed), `partial` (some did) or `none`"))),
+        (status = 200, description = "Changed", body = WrittenBody, headers(("ETag" = String, description = "The pair's new entity tag, quoted"), ("Kvsync-Replicated" = String, description = "Only with `?wait=`: `all` (enough peers confirmed), `partial` (some did) or `none`"))),
         (status = 400, description = BAD_VALUE_WRITE, body = ErrorBody),
         (status = 404, description = NO_VALUE, body = ErrorBody),
         (status = 409, description = CONTENDED, body = ErrorBody),
@@ -706,7 +714,7 @@ pub async fn edit_value(
     tag = "pairs",
     params(KeyParam, IdParam, WaitParams, Preconditions),
     responses(
-        (status = 200, description = "Removed: the pair without the value", body = WrittenBody, headers(("ETag" = String, description = "The pair's new version, quoted"), ("Kvsync-Replicated" = String, description = "Only with `?wait=`: `all` (enough peers confirmed), `partial` (some did) or `none`"))),
+        (status = 200, description = "Removed: the pair without the value", body = WrittenBody, headers(("ETag" = String, description = "The pair's new entity tag, quoted"), ("Kvsync-Replicated" = String, description = "Only with `?wait=`: `all` (enough peers confirmed), `partial` (some did) or `none`"))),
         (status = 400, description = BAD_VALUE_PATH, body = ErrorBody),
         (status = 404, description = NO_VALUE, body = ErrorBody),
         (status = 409, description = CONTENDED, body = ErrorBody),
