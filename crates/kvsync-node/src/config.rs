@@ -236,6 +236,21 @@ pub struct Config {
     #[arg(long, env = "KVSYNC_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=MAX_BOUND))]
     pub max_connections: u64,
 
+    /// A connection must send a whole request head within this long of being opened,
+    /// or of the first byte of a later request; otherwise it is closed.
+    #[arg(long, env = "KVSYNC_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_ms: u64,
+
+    /// A kept-alive connection with no request for this long after its last answer is
+    /// closed (so idle sockets cannot hold every place under --max-connections).
+    #[arg(long, env = "KVSYNC_IDLE_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_ms: u64,
+
+    /// A request's body must have arrived within this long of its head; past it the node
+    /// answers 408 with a JSON error (`body_timeout`).
+    #[arg(long, env = "KVSYNC_BODY_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout_ms: u64,
+
     /// Most event streams (`/api/events`) served at once; one more is answered 503 with a
     /// JSON error (`too_many_streams`).
     #[arg(long, env = "KVSYNC_MAX_EVENT_STREAMS", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=MAX_BOUND))]
@@ -393,6 +408,14 @@ impl Config {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn connection_timeouts(&self) -> crate::http::Timeouts {
+        crate::http::Timeouts {
+            header_read: Duration::from_millis(self.header_read_timeout_ms),
+            idle: Duration::from_millis(self.idle_timeout_ms),
+            body: Duration::from_millis(self.body_timeout_ms),
+        }
     }
 }
 

@@ -124,7 +124,11 @@ impl Node {
                 .api_token
                 .as_ref()
                 .map(|t| http::Token::new(t.expose_secret())),
-            limits: http::Limits::new(config.request_timeout(), config.max_event_streams),
+            limits: http::Limits::new(
+                config.request_timeout(),
+                config.connection_timeouts(),
+                config.max_event_streams,
+            ),
             shutdown: http_shutdown.clone(),
         });
         let router = http::router(ctx, &config.cors_origins);
@@ -270,12 +274,19 @@ impl Node {
         });
 
         tracing::info!(addr = %listener.local_addr()?, "listening");
-        let listener =
-            http::CappedListener::new(listener, config.max_connections, app.metrics.clone());
+        let listener = http::CappedListener::new(
+            listener,
+            config.max_connections,
+            config.connection_timeouts(),
+            app.metrics.clone(),
+        );
         let http_stop = CancellationToken::new();
         let mut http = tokio::spawn(
-            axum::serve(listener, router)
-                .with_graceful_shutdown(http_stop.clone().cancelled_owned())
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<http::ConnMeta>(),
+            )
+            .with_graceful_shutdown(http_stop.clone().cancelled_owned())
                 .into_future(),
         );
 

@@ -302,14 +302,23 @@ async fn event_streams_and_connections_are_capped() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// Writes `n` pairs `prefix000000`... with a few concurrent writers.
+/// Writes `n` pairs `prefix000000`... with a few concurrent writers. A write the node
+/// refuses for a slow database (a loaded machine, with a short database timeout) is
+/// made again: rewriting the same values is harmless.
 async fn fill(a: &Client, prefix: &str, n: usize) {
     let tasks: Vec<_> = (0..8)
         .map(|lane| {
             let (a, prefix) = (a.clone(), prefix.to_owned());
             tokio::spawn(async move {
                 for i in (0..n).filter(|i| i % 8 == lane) {
-                    a.put(&format!("{prefix}{i:06}"), &["v"]).await.unwrap();
+                    let key = format!("{prefix}{i:06}");
+                    let mut attempts = 0;
+                    while let Err(e) = a.put(&key, &["v"]).await {
+                        attempts += 1;
+                        let unavailable = e.to_string().contains("database_unavailable");
+                        assert!(unavailable && attempts < 20, "{key}: {e}");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                 }
             })
         })
@@ -525,4 +534,110 @@ async fn measure_clearing_a_large_database() {
     );
     assert_eq!(deleted, n);
     assert!(a.keys().await.unwrap().is_empty());
+}
+
+/// Idle connections used to hold their places for good: a client holding as many idle
+/// sockets as the cap (some silent since they connected, some kept alive after a
+/// request) locked every other client out. Each is now closed after the header-read or
+/// idle timeout, and a normal client is served within that timeout and a second. An
+/// event stream, busy for its whole life, is not idle.
+#[tokio::test]
+async fn idle_connections_cannot_lock_other_clients_out() {
+    const CONNECTIONS: usize = 8;
+    const TIMEOUT_MS: u64 = 2_000;
+    let c = one_node(&[
+        ("KVSYNC_MAX_CONNECTIONS", "8"),
+        ("KVSYNC_HEADER_READ_TIMEOUT_MS", "2000"),
+        ("KVSYNC_IDLE_TIMEOUT_MS", "2000"),
+        ("KVSYNC_BODY_TIMEOUT_MS", "2000"),
+    ])
+    .await;
+    let base = c.nodes[0].url.clone();
+    let healthz = raw::build("GET", "/healthz", &[], None);
+
+    let (_stream_head, mut stream) = open_stream(&base).await;
+    let mut held = Vec::new();
+    for i in 0..CONNECTIONS - 1 {
+        let mut conn = raw::connect(&base).await.unwrap();
+        if i % 2 == 0 {
+            // Kept alive after one request.
+            let r = raw::exchange(&mut conn, &healthz, T).await.unwrap();
+            assert_eq!(r.status, 200, "{}", r.head);
+        } else {
+            // Half a request head, then silence.
+            use tokio::io::AsyncWriteExt;
+            conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+        }
+        held.push(conn);
+    }
+    let locked_at = Instant::now();
+    // Every place is taken: a new client is refused at once...
+    let r = raw::request(&base, &healthz, T).await.unwrap();
+    assert_eq!(r.status, 503, "{}", r.head);
+    // ...until the idle ones are closed.
+    let mut served = None;
+    while locked_at.elapsed() < T {
+        if let Ok(r) = raw::request(&base, &healthz, T).await {
+            if r.status == 200 {
+                served = Some(locked_at.elapsed());
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let served = served.expect("a normal client is served once idle connections are closed");
+    eprintln!("served {served:?} after every place was taken by idle connections");
+    assert!(
+        served <= Duration::from_millis(TIMEOUT_MS + 1_000),
+        "served after {served:?}, past the idle timeout and a second"
+    );
+
+    // The event stream lived on through it, and still carries changes.
+    c.nodes[0].client().put("after/idle", &["x"]).await.unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + T;
+    use tokio::io::AsyncReadExt;
+    while !String::from_utf8_lossy(&seen).contains("after/idle") {
+        let mut buf = [0u8; 4096];
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, stream.read(&mut buf))
+            .await
+            .expect("the event stream carries the change")
+            .unwrap();
+        assert!(n > 0, "the event stream was closed as idle");
+        seen.extend_from_slice(&buf[..n]);
+    }
+
+    // A body that stops arriving is answered 408 once the body timeout has passed.
+    let mut conn = raw::connect(&base).await.unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        conn.write_all(
+            b"PUT /api/pairs/slow HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n\
+              content-length: 100\r\n\r\n{\"values\":",
+        )
+        .await
+        .unwrap();
+    }
+    let mut answer = Vec::new();
+    let started = Instant::now();
+    while !String::from_utf8_lossy(&answer).contains("}") {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(T, conn.read(&mut buf))
+            .await
+            .expect("an answer to a stalled body")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(TIMEOUT_MS - 100));
+    assert_eq!(c.nodes[0].client().get("slow").await.unwrap(), None);
+    drop(held);
 }

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 
 use axum::{
     body::{Body, Bytes},
-    extract::State,
+    extract::{rejection::BytesRejection, State},
     http::{header, StatusCode},
     response::{IntoResponse, Response},
     Json,
@@ -173,12 +173,17 @@ pub async fn export(State(ctx): State<Ctx>, Q(p): Q<ExportParams>) -> Result<Res
     responses(
         (status = 200, description = "Merged", body = ImportSummary),
         (status = 400, description = "`invalid_import`: not UTF-8, too many lines, or a bad line (its number is in `detail`); nothing was written", body = ErrorBody),
+        (status = 408, description = "`body_timeout`: the body did not arrive within `KVSYNC_BODY_TIMEOUT_MS`", body = ErrorBody),
         (status = 409, description = "`contended`", body = ErrorBody),
         (status = 413, description = "`body_too_large`: over 4 MiB", body = ErrorBody),
         (status = 503, description = "`database_unavailable` or `clock_skew`", body = ErrorBody),
     )
 )]
-pub async fn import(State(ctx): State<Ctx>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn import(
+    State(ctx): State<Ctx>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_request("invalid_import", "the body is not UTF-8"))?;
     let mut lines = Vec::new();

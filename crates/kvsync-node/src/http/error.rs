@@ -1,7 +1,7 @@
 //! The one place where errors become HTTP responses: `{"error": code, "detail": text}`.
 
 use axum::{
-    extract::rejection::{JsonRejection, PathRejection, QueryRejection},
+    extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection},
     http::{header, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     Json,
@@ -160,8 +160,33 @@ impl From<AppError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// A body that did not arrive in time (see `conn`), if `e` is one.
+    fn body_timeout(e: &(dyn std::error::Error + 'static)) -> Option<Self> {
+        super::conn::is_body_timeout(e)
+            .map(|t| Self::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", t.to_string()))
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        if let Some(e) = Self::body_timeout(&r) {
+            return e;
+        }
+        let error = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            "body_too_large"
+        } else {
+            "invalid_body"
+        };
+        Self::new(r.status(), error, r.body_text())
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
+        if let Some(e) = Self::body_timeout(&r) {
+            return e;
+        }
         let error = match &r {
             JsonRejection::JsonSyntaxError(_) => "malformed_json",
             JsonRejection::JsonDataError(_) => "invalid_body",

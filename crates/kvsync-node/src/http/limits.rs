@@ -24,20 +24,26 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
 };
 
-use super::{error::ApiError, Ctx};
+use super::{
+    conn::{ConnPhase, ReadDeadline, Timeouts},
+    error::ApiError,
+    Ctx,
+};
 use crate::metrics::Metrics;
 
 /// The request timeout and the event-stream slots, shared by every request.
 pub struct Limits {
     pub request_timeout: Duration,
+    pub timeouts: Timeouts,
     event_streams: Arc<Semaphore>,
     max_event_streams: u64,
 }
 
 impl Limits {
-    pub fn new(request_timeout: Duration, max_event_streams: u64) -> Self {
+    pub fn new(request_timeout: Duration, timeouts: Timeouts, max_event_streams: u64) -> Self {
         Self {
             request_timeout,
+            timeouts,
             event_streams: Arc::new(Semaphore::new(max_event_streams as usize)),
             max_event_streams,
         }
@@ -93,21 +99,24 @@ const REFUSAL_READ: Duration = Duration::from_secs(1);
 
 /// A listener that holds at most `max` connections: past that, it reads the request
 /// head, answers 503 with a JSON error and closes.
+/// Accepted connections are closed when they wait too long for a request (see `conn`).
 pub struct CappedListener {
     inner: TcpListener,
     slots: Arc<Semaphore>,
     refusals: Arc<Semaphore>,
     max: u64,
+    timeouts: Timeouts,
     metrics: Metrics,
 }
 
 impl CappedListener {
-    pub fn new(inner: TcpListener, max: u64, metrics: Metrics) -> Self {
+    pub fn new(inner: TcpListener, max: u64, timeouts: Timeouts, metrics: Metrics) -> Self {
         Self {
             inner,
             slots: Arc::new(Semaphore::new(max as usize)),
             refusals: Arc::new(Semaphore::new(MAX_REFUSALS)),
             max,
+            timeouts,
             metrics,
         }
     }
@@ -127,7 +136,15 @@ impl Listener for CappedListener {
                 tracing::debug!(%addr, error = %e, "could not disable Nagle's algorithm");
             }
             if let Ok(slot) = self.slots.clone().try_acquire_owned() {
-                return (Counted { io, _slot: slot }, addr);
+                let deadline = ReadDeadline::new(ConnPhase::new(), self.timeouts);
+                return (
+                    Counted {
+                        io,
+                        deadline,
+                        _slot: slot,
+                    },
+                    addr,
+                );
             }
             self.metrics.connections_refused.inc();
             tracing::debug!(%addr, max = self.max, "connection refused: too many open");
@@ -176,7 +193,14 @@ async fn refuse(mut io: TcpStream, max: u64, _refusal: OwnedSemaphorePermit) {
 /// A connection that holds its place under the cap until it closes.
 pub struct Counted {
     io: TcpStream,
+    deadline: ReadDeadline,
     _slot: OwnedSemaphorePermit,
+}
+
+impl Counted {
+    pub fn phase(&self) -> &ConnPhase {
+        self.deadline.phase()
+    }
 }
 
 impl AsyncRead for Counted {
@@ -185,7 +209,10 @@ impl AsyncRead for Counted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let this = &mut *self;
+        let io = &mut this.io;
+        this.deadline
+            .poll_read(cx, buf, |cx, buf| Pin::new(io).poll_read(cx, buf))
     }
 }
 
@@ -229,7 +256,12 @@ mod tests {
     async fn accepted_connections_send_small_writes_at_once() {
         let inner = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = inner.local_addr().unwrap();
-        let mut listener = CappedListener::new(inner, 4, Metrics::new());
+        let timeouts = Timeouts {
+            header_read: Duration::from_secs(5),
+            idle: Duration::from_secs(5),
+            body: Duration::from_secs(5),
+        };
+        let mut listener = CappedListener::new(inner, 4, timeouts, Metrics::new());
         let client = tokio::spawn(TcpStream::connect(addr));
         let (accepted, _) = listener.accept().await;
         let _client = client.await.unwrap().unwrap();

@@ -2,6 +2,7 @@
 
 mod auth;
 mod backup;
+mod conn;
 mod error;
 mod events;
 mod extract;
@@ -28,6 +29,7 @@ use tower_http::{
 
 pub use auth::Token;
 pub use error::ApiError;
+pub use conn::{ConnMeta, Timeouts};
 pub use limits::{CappedListener, Limits};
 
 use crate::{app::App, metrics::HttpLabels, replicator::ReplicationStatus};
@@ -63,6 +65,7 @@ pub fn router(ctx: Ctx, cors_origins: &[String]) -> Router {
             limits::time_limit,
         ))
         .layer(middleware::from_fn_with_state(ctx.clone(), count_requests))
+        .layer(middleware::from_fn_with_state(ctx.clone(), conn::track))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // 5xx answers are logged once where they arise (see ApiError); readiness
         // probes answer 503 on purpose.
