@@ -218,10 +218,10 @@ function plural(n) {
 }
 
 /** A conditional write; see `api.put`. */
-async function conditional(method, path, body, version) {
+async function conditional(method, path, body, tag) {
   const headers = {};
-  if (version === null) headers['If-None-Match'] = '*';
-  else if (version !== undefined) headers['If-Match'] = `"${version}"`;
+  if (tag === null) headers['If-None-Match'] = '*';
+  else if (tag !== undefined) headers['If-Match'] = `"${tag}"`;
   const r = await request(method, path, { body, headers, accept: [404, 412] });
   if (r.status === 412) return { ok: false, current: r.data ? r.data.current ?? null : null };
   if (r.status === 404) return { ok: false, gone: true };
@@ -253,28 +253,28 @@ export const api = {
   append: (key, value) => request('POST', keyPath(key) + '/values', { body: { value } }).then((r) => r.data),
 
   /**
-   * Replaces the whole list. `version` is the version the edit was based on (If-Match);
+   * Replaces the whole list. `tag` is the ETag of the state the edit was based on (If-Match);
    * `null` means "only if it does not exist" (If-None-Match: *); `undefined` means unconditional.
    * Resolves to { ok: true, pair } or { ok: false, current } on a 412 conflict.
    */
-  put: (key, values, version) => conditional('PUT', keyPath(key), { values }, version),
+  put: (key, values, tag) => conditional('PUT', keyPath(key), { values }, tag),
 
   /**
-   * Changes one value in place, if the pair is still at `version`. Resolves like `put`, or to
+   * Changes one value in place, if the pair is still in state `tag`. Resolves like `put`, or to
    * { ok: false, gone: true } when the value is no longer there.
    */
-  editValue: (key, id, value, version) => conditional('PUT', valuePath(key, id), { value }, version),
+  editValue: (key, id, value, tag) => conditional('PUT', valuePath(key, id), { value }, tag),
 
-  /** Removes one value (the pair stays), if the pair is still at `version`; resolves like `editValue`. */
-  removeValue: (key, id, version) => conditional('DELETE', valuePath(key, id), undefined, version),
+  /** Removes one value (the pair stays), if the pair is still in state `tag`; resolves like `editValue`. */
+  removeValue: (key, id, tag) => conditional('DELETE', valuePath(key, id), undefined, tag),
 
   /** Forgets the conflicts this node recorded for the key. */
   dismissConflicts: (key) => request('DELETE', keyPath(key) + '/conflicts').then(() => undefined),
 
-  /** Deletes the pair; with `version`, only if it is still that version. */
-  async remove(key, version) {
+  /** Deletes the pair; with `tag` (its ETag), only if it is still in that state. */
+  async remove(key, tag) {
     const headers = {};
-    if (version !== undefined && version !== null) headers['If-Match'] = `"${version}"`;
+    if (tag !== undefined && tag !== null) headers['If-Match'] = `"${tag}"`;
     const r = await request('DELETE', keyPath(key), { headers, accept: [404, 412] });
     if (r.status === 412) return { ok: false, current: r.data ? r.data.current ?? null : null };
     return { ok: true, existed: r.status !== 404 };

@@ -6,6 +6,9 @@ import { LiveConnection } from './live.js';
 import { ClusterPanel } from './cluster.js';
 import { h } from './dom.js';
 import { clockTime, dateTime, groupDigits } from './format.js';
+import { clearTransient, messageOf, notify, notifyError, resolved, setNoticeRoot } from './notices.js';
+import { slowText, watchSlow } from './writes.js';
+import { countMatches, looksLikeGlob, matchesSearch as matchesKey } from './search.js';
 
 const PAGE_SIZE = 100; // the first page: shown quickly
 const MORE_SIZE = 500; // each page loaded as the list is scrolled
@@ -45,6 +48,8 @@ const el = {
   searchGlob: $('#search-glob'),
   searchCase: $('#search-case'),
   folderSep: $('#folder-sep'),
+  globHint: $('#glob-hint'),
+  globUse: $('#glob-use'),
   folderPath: $('#folder-path'),
   folderList: $('#folder-list'),
   count: $('#pair-count'),
@@ -75,6 +80,8 @@ const el = {
   tokenForget: $('#token-forget'),
 };
 
+setNoticeRoot(el.messages);
+
 const state = {
   filter: '',
   search: { text: '', glob: false, ignoreCase: false }, // a substring or glob, on the node
@@ -85,6 +92,7 @@ const state = {
   heights: new Map(), // key -> the row's measured height (px)
   measured: { sum: 0, n: 0 }, // for the estimate of rows not measured yet
   total: null, // live pairs matching the filter, as the node counted them
+  found: null, // what the search found: { found, scanned, done }, counted in the background
   elsewhere: 0, // changes to keys this page does not show, since the last load
   moreFailed: false, // loading more failed: scrolling does not retry until a reload or a click
   next: null, // cursor for "load more"; null once everything matching the filter is loaded
@@ -94,7 +102,7 @@ const state = {
   reloadAfter: null, // options of a load to start once the one under way is done
   busy: 0, // loads in flight; live changes are queued meanwhile and replayed afterwards
   queue: [],
-  edits: new Map(), // key -> { base: Map(id -> value), baseVersion, conflict: null | { current, why }, saving }
+  edits: new Map(), // key -> { base: Map(id -> value), baseTag (its ETag), conflict: null | { current, why }, saving }
   conflicts: new Map(), // key -> conflicts the node settled for it (shown until dismissed)
   restoring: new Set(), // keys with a Restore under way
   rows: new Map(), // key -> <tr>
@@ -198,41 +206,15 @@ function olderThan(a, b) {
   return a < b;
 }
 
-function messageOf(err) {
-  if (err instanceof ApiError) return err.message;
-  return 'Something went wrong in this page. Reload it and try again.';
-}
-
-// ---------------------------------------------------------------------------------------------
-// Messages
-
 /**
- * Shows a notice. The same notice again replaces the one shown; a `transient` one (the node
- * could not be reached) goes by itself once the node is back.
+ * Whether `pair` (null: deleted), of `version`, should replace `shown`: unless it is older. A
+ * merge of an older concurrent write changes the values and keeps the version, so a state
+ * that differs at the same version replaces too.
  */
-function notify(text, kind = 'info', { timeout, transient = false } = {}) {
-  const ms = timeout ?? (kind === 'error' ? 0 : 4000);
-  for (const old of el.messages.querySelectorAll(`.msg-${kind}`)) {
-    if (old.querySelector('.msg-text').textContent === text) old.remove();
-  }
-  const close = h('button', { type: 'button', class: 'msg-close', 'aria-label': 'Dismiss message', text: '×' });
-  const box = h('div', { class: `msg msg-${kind}`, role: kind === 'error' ? 'alert' : 'status', dataset: transient ? { transient: '' } : {} },
-    h('span', { class: 'msg-text', text }), close);
-  close.addEventListener('click', () => box.remove());
-  el.messages.prepend(box);
-  while (el.messages.children.length > 4) el.messages.lastElementChild.remove();
-  if (ms > 0) setTimeout(() => box.remove(), ms);
-  return box;
-}
-
-/** An error notice; one about reaching the node goes once the node is back. */
-function notifyError(text, err) {
-  const unreachable = err instanceof ApiError && (err.status === 0 || err.status >= 500 || err.status === 401);
-  return notify(`${text} ${messageOf(err)}`, 'error', { transient: unreachable });
-}
-
-function clearTransient() {
-  el.messages.querySelectorAll('.msg[data-transient]').forEach((m) => m.remove());
+function replaces(shown, pair, version) {
+  if (!shown) return true;
+  if (olderThan(version, shown.version)) return false;
+  return !pair || !samePair(shown, pair);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -306,35 +288,9 @@ function inView(key) {
  * Loads the list again: as far as it was loaded (page by page), so a refresh or reconnect
  * keeps every row loaded and the scroll position; the first load reads one short page.
  */
-/** Whether `key` matches the search as the node does (see the API's contains and glob). */
+/** Whether `key` matches the search, as the node does. */
 function matchesSearch(key) {
-  const { text, glob, ignoreCase } = state.search;
-  if (!text) return true;
-  const k = ignoreCase ? key.toLowerCase() : key;
-  const t = ignoreCase ? text.toLowerCase() : text;
-  if (!glob) return k.includes(t);
-  const p = [...t];
-  const s = [...k];
-  let pi = 0;
-  let si = 0;
-  let star = -1;
-  let mark = 0;
-  while (si < s.length) {
-    if (pi < p.length && (p[pi] === '?' || (p[pi] !== '*' && p[pi] === s[si]))) {
-      pi += 1;
-      si += 1;
-    } else if (pi < p.length && p[pi] === '*') {
-      star = pi++;
-      mark = si;
-    } else if (star >= 0) {
-      pi = star + 1;
-      si = ++mark;
-    } else {
-      return false;
-    }
-  }
-  while (pi < p.length && p[pi] === '*') pi += 1;
-  return pi === p.length;
+  return matchesKey(key, state.search);
 }
 
 /** The list request's query for the prefix, the search and the folder view. */
@@ -392,9 +348,12 @@ async function reload({ flashChanges = false } = {}) {
     state.next = after;
     state.loaded = true;
     state.total = total;
+    state.found = after === null && state.search.text ? { found: state.pairs.size, done: true } : null;
+    if (!state.found && state.search.text) countSoon(seq, query);
     state.folders = folders;
     state.elsewhere = 0;
     clearTransient();
+    resolved('load');
     state.moreFailed = false;
     if (flashChanges) {
       for (const [key, p] of state.pairs) if (before.get(key) !== p) state.flash.add(key);
@@ -407,7 +366,7 @@ async function reload({ flashChanges = false } = {}) {
     }
   } catch (err) {
     if (seq === state.loadSeq) {
-      notifyError('Could not load the pairs.', err);
+      notifyError('Could not load the pairs.', err, { topic: 'load' });
       // A busy or briefly unreachable node: try again soon rather than stay empty.
       const transient = err instanceof ApiError && (err.status === 0 || err.status >= 500);
       if (transient) setTimeout(() => { if (seq === state.loadSeq) reload({ flashChanges }); }, 3000);
@@ -426,6 +385,14 @@ async function reload({ flashChanges = false } = {}) {
       reload(opts);
     }
   }
+}
+
+/** Counts what a search finds beyond the loaded rows (the total shows as it grows). */
+function countSoon(seq, query) {
+  countMatches(api.list, query, (found) => {
+    state.found = found;
+    scheduleRender();
+  }, () => seq !== state.loadSeq).catch(() => { /* the count stays "so far" */ });
 }
 
 /** Takes a page of pairs from the node, keeping the objects of those unchanged since `before`. */
@@ -460,7 +427,7 @@ async function loadMore() {
     state.moreFailed = false;
   } catch (err) {
     state.moreFailed = true;
-    notifyError('Could not load more pairs.', err);
+    notifyError('Could not load more pairs.', err, { topic: 'load' });
   } finally {
     loadingMore = false;
     state.busy -= 1;
@@ -491,7 +458,7 @@ function applyChange(change) {
   if (known && olderThan(change.version, known.version)) return;
   const pair = change.deleted || change.values == null
     ? null
-    : { key, values: change.values, elements: change.elements || [], version: change.version, updated_at: change.updated_at, origin: change.origin };
+    : { key, values: change.values, elements: change.elements || [], version: change.version, etag: change.etag, updated_at: change.updated_at, origin: change.origin };
 
   if (pair) {
     if (known && samePair(known, pair)) return; // already shown (e.g. our own save)
@@ -513,7 +480,7 @@ function applyChange(change) {
 
   const edit = state.edits.get(key);
   if (edit && !edit.saving && (edit.conflict || clashes(edit, pair))) noteRemoteChange(key, pair);
-  if (key === state.view && (!state.viewPair || olderThan(state.viewPair.version, change.version))) {
+  if (key === state.view && replaces(state.viewPair, pair, change.version)) {
     state.viewPair = pair;
     renderKeyView();
   }
@@ -574,7 +541,7 @@ function adopt(key, pair, { show = state.pairs.has(key) || inView(key) } = {}) {
     }
     return;
   }
-  if (!show || (known && !olderThan(known.version, pair.version))) return;
+  if (!show || (known && !replaces(known, pair, pair.version))) return;
   setPair(key, pair);
   state.flash.add(key);
 }
@@ -763,12 +730,16 @@ function renderCount() {
     const total = state.total ?? n;
     const what = state.filter ? plural(total, 'match', 'matches') : plural(total, 'pair', 'pairs');
     if (state.search.text) {
-      el.count.textContent = state.next !== null ? `${plural(n, 'match', 'matches')} so far, searching on as you scroll` : plural(n, 'match', 'matches');
+      const f = state.next === null ? { found: n, done: true } : state.found;
+      el.count.textContent = f?.done
+        ? plural(f.found, 'match', 'matches')
+        : `${plural(Math.max(n, f?.found ?? 0), 'match', 'matches')} so far${f ? ` (${plural(f.scanned, 'key', 'keys')} searched)` : ''}, counting on…`;
     } else {
       el.count.textContent = state.next !== null ? `${what} · ${groupDigits(n)} loaded` : what;
     }
   }
   renderFolders();
+  el.globHint.hidden = !looksLikeGlob({ text: el.search.value, glob: el.searchGlob.checked });
   el.elsewhere.hidden = state.elsewhere === 0;
   el.elsewhere.textContent = `${plural(state.elsewhere, 'change', 'changes')} elsewhere`;
   el.elsewhere.title = state.filter
@@ -915,10 +886,9 @@ let editorSeq = 0;
 function valueInputItem(value, index, id) {
   const cid = `ev-${++editorSeq}`;
   // A text field would drop line breaks: values with some get a text area.
+  // Every value gets a text area: a pasted value keeps its line breaks (Enter adds one).
   const lines = value.split(/\r\n|\r|\n/).length;
-  const control = lines > 1
-    ? h('textarea', { id: cid, class: 'value-input', rows: String(Math.min(8, lines)), spellcheck: 'false' })
-    : h('input', { id: cid, type: 'text', class: 'value-input', autocomplete: 'off', spellcheck: 'false' });
+  const control = h('textarea', { id: cid, class: 'value-input', rows: String(Math.min(8, lines)), spellcheck: 'false', autocomplete: 'off' });
   control.value = value;
   const li = h('li', { class: 'edit-value', dataset: id ? { id } : {} },
     h('label', { class: 'visually-hidden', for: cid, text: `Value ${index + 1}` }),
@@ -948,7 +918,7 @@ function editorRow(key, edit) {
     h('div', { class: 'editor-actions' },
       h('button', { type: 'submit', class: 'btn btn-primary', dataset: { action: 'save' }, text: 'Save' }),
       h('button', { type: 'button', class: 'btn btn-secondary', dataset: { action: 'cancel' }, text: 'Cancel' }),
-      h('span', { class: 'editor-hint', text: 'Enter saves (Ctrl+Enter in a multi-line value) · Esc cancels' })));
+      h('span', { class: 'editor-hint', text: 'Ctrl+Enter saves · Enter starts a new line · Esc cancels' })));
   return h('tr', { class: 'pair-row editing', dataset: { key } },
     h('td', { colspan: '4', class: 'editor-cell' }, form));
 }
@@ -1095,9 +1065,9 @@ function openKey(key, { push = true } = {}) {
   el.keyViewKey.closest('section').querySelector('h2').focus();
   api.get(key).then((pair) => {
     if (state.view !== key) return;
-    if (!state.viewPair || !pair || olderThan(state.viewPair.version, pair.version)) state.viewPair = pair;
+    if (!pair || replaces(state.viewPair, pair, pair.version)) state.viewPair = pair;
     renderKeyView();
-  }, (err) => notifyError(`Could not load “${key}”.`, err));
+  }, (err) => notifyError(`Could not load “${key}”.`, err, { topic: 'load' }));
 }
 
 function closeKey() {
@@ -1172,7 +1142,7 @@ function startEdit(key) {
   const pair = state.pairs.get(key);
   if (!pair) return;
   const base = new Map(pair.elements.map((e) => [e.id, e.value]));
-  state.edits.set(key, { base, baseVersion: pair.version, conflict: null, saving: false });
+  state.edits.set(key, { base, baseTag: pair.etag, conflict: null, saving: false });
   render();
 }
 
@@ -1185,29 +1155,29 @@ function stopEdit(key, { focus = true } = {}) {
 
 /**
  * Writes `ops` to `key` one at a time: { id, seen, value } changes a value, { id, seen, remove }
- * removes one, { value } appends. Each is conditional on the version last seen; when the pair
- * changed meanwhile (412), the write is made again on the new version as long as every value
+ * removes one, { value } appends. Each is conditional on the state last seen (its ETag `tag`); when
+ * the pair changed meanwhile (412), the write is made again on the new state as long as every value
  * still to be written is as it was seen, so changes elsewhere to other values (and appends)
  * stay. Resolves to { pair } once all are written, or to { current } (null: deleted) when
  * one of those values was changed or removed elsewhere; `onWritten(op, pair)` sees each write.
  */
-async function writeOps(key, ops, version, onWritten = () => {}) {
+async function writeOps(key, ops, tag, onWritten = () => {}) {
   let pair = null;
   for (let i = 0; i < ops.length; i++) {
     const op = ops[i];
     let res;
     for (let attempt = 0; ; attempt++) {
       if (op.id === undefined) res = { ok: true, pair: await api.append(key, op.value) };
-      else if (op.remove) res = await api.removeValue(key, op.id, version);
-      else res = await api.editValue(key, op.id, op.value, version);
+      else if (op.remove) res = await api.removeValue(key, op.id, tag);
+      else res = await api.editValue(key, op.id, op.value, tag);
       if (res.ok) break;
       const current = res.gone ? await api.get(key) : res.current;
       const asSeen = (o) => o.id === undefined || current?.elements.some((e) => e.id === o.id && e.value === o.seen);
       if (res.gone || !current || attempt >= 5 || !ops.slice(i).every(asSeen)) return { current: current ?? null };
-      version = current.version;
+      tag = current.etag;
     }
     pair = res.pair;
-    version = pair.version;
+    tag = pair.etag;
     onWritten(op, pair);
   }
   return { pair };
@@ -1215,7 +1185,7 @@ async function writeOps(key, ops, version, onWritten = () => {}) {
 
 /** After one write of a save: the editor's base follows, so saving again does not repeat it. */
 function settleOp(edit, op, pair) {
-  edit.baseVersion = pair.version;
+  edit.baseTag = pair.etag;
   if (op.remove) {
     edit.base.delete(op.id);
     return;
@@ -1239,33 +1209,42 @@ async function save(key, row, { overwrite = false } = {}) {
   }
   edit.saving = true;
   row.querySelectorAll('button').forEach((b) => { b.disabled = true; });
+  const topic = `save:${key}`;
+  // Past the deadline the save goes on (it is never sent twice): Cancel leaves the editor.
+  const onSlow = () => {
+    notify(`Saving “${key}”: ${slowText()}`, 'error', { topic });
+    const cancel = state.rows.get(key)?.querySelector('[data-action="cancel"]');
+    if (cancel) cancel.disabled = false;
+  };
   try {
     let res;
     if (overwrite) {
       // The one whole-list write: still conditional, on the version just shown, so a third change is not lost.
-      const version = edit.conflict ? (edit.conflict.current ? edit.conflict.current.version : null) : edit.baseVersion;
-      const put = await api.put(key, draftValues(row, edit), version);
+      const tag = edit.conflict ? (edit.conflict.current ? edit.conflict.current.etag : null) : edit.baseTag;
+      const put = await watchSlow(api.put(key, draftValues(row, edit), tag), onSlow);
       res = put.ok ? { pair: put.pair } : { current: put.current ?? null };
     } else {
-      res = await writeOps(key, ops, edit.baseVersion, (op, pair) => settleOp(edit, op, pair));
+      res = await watchSlow(writeOps(key, ops, edit.baseTag, (op, pair) => settleOp(edit, op, pair)), onSlow);
     }
     if (res.pair) {
-      state.edits.delete(key);
+      const editing = state.edits.get(key) === edit;
+      if (editing) state.edits.delete(key);
       syncOrder(key);
       adopt(key, res.pair);
       render();
-      state.rows.get(key)?.querySelector('[data-action="edit"]')?.focus();
-      notify(`Saved “${key}”.`, 'success');
+      if (editing) state.rows.get(key)?.querySelector('[data-action="edit"]')?.focus();
+      notify(`Saved “${key}”.`, 'success', { topic });
       return;
     }
     // A value this save touches was changed or removed elsewhere: keep the draft and show what is there now.
     adopt(key, res.current);
+    resolved(topic);
     edit.conflict = { current: res.current, why: 'save' };
   } catch (err) {
-    notify(`Could not save “${key}”. ${messageOf(err)}`, 'error');
+    notify(`Could not save “${key}”. ${messageOf(err)}`, 'error', { topic });
   } finally {
     const still = state.edits.get(key);
-    if (still) {
+    if (still === edit) {
       still.saving = false;
       const r = state.rows.get(key);
       r?.querySelectorAll('button').forEach((b) => { b.disabled = false; });
@@ -1289,17 +1268,18 @@ async function restore(key, index) {
   state.restoring.add(key);
   render();
   try {
-    const res = await writeOps(key, ops, pair.version);
+    const res = await watchSlow(writeOps(key, ops, pair.etag),
+      () => notify(`Restoring in “${key}”: ${slowText()}`, 'error', { topic: `restore:${key}` }));
     if (!res.pair) {
       adopt(key, res.current);
-      notify(`“${key}” was changed elsewhere meanwhile, so nothing was restored. Its newest values are shown now.`, 'error');
+      notify(`“${key}” was changed elsewhere meanwhile, so nothing was restored. Its newest values are shown now.`, 'error', { topic: `restore:${key}` });
       return;
     }
     adopt(key, res.pair);
-    notify(`Restored ${plural(c.lost.length, 'value', 'values')} of “${key}”.`, 'success');
+    notify(`Restored ${plural(c.lost.length, 'value', 'values')} of “${key}”.`, 'success', { topic: `restore:${key}` });
     if (notes.length === 1) await dismiss(key);
   } catch (err) {
-    notify(`Could not restore the lost ${c.lost.length === 1 ? 'value' : 'values'} of “${key}”. ${messageOf(err)}`, 'error');
+    notify(`Could not restore the lost ${c.lost.length === 1 ? 'value' : 'values'} of “${key}”. ${messageOf(err)}`, 'error', { topic: `restore:${key}` });
   } finally {
     state.restoring.delete(key);
     render();
@@ -1311,9 +1291,10 @@ async function dismiss(key) {
   try {
     await api.dismissConflicts(key);
     state.conflicts.delete(key);
+    resolved(`dismiss:${key}`);
     render();
   } catch (err) {
-    notify(`Could not dismiss the notice about “${key}”. ${messageOf(err)}`, 'error');
+    notify(`Could not dismiss the notice about “${key}”. ${messageOf(err)}`, 'error', { topic: `dismiss:${key}` });
   }
 }
 
@@ -1341,11 +1322,12 @@ async function deletePair(key) {
   }
   const neighbour = state.rows.get(key)?.nextElementSibling || state.rows.get(key)?.previousElementSibling;
   try {
-    const res = await api.remove(key, pair.version);
+    const res = await watchSlow(api.remove(key, pair.etag),
+      () => notify(`Deleting “${key}”: ${slowText()}`, 'error', { topic: `delete:${key}` }));
     if (!res.ok) {
       adopt(key, res.current);
       render();
-      notify(`“${key}” was changed elsewhere after you loaded it, so it was not deleted. Its newest values are shown now.`, 'error');
+      notify(`“${key}” was changed elsewhere after you loaded it, so it was not deleted. Its newest values are shown now.`, 'error', { topic: `delete:${key}` });
       return;
     }
     if (dropPair(key)) {
@@ -1354,11 +1336,11 @@ async function deletePair(key) {
     }
     state.conflicts.delete(key);
     render();
-    notify(res.existed ? `Deleted “${key}”.` : `“${key}” was already deleted elsewhere.`, 'success');
+    notify(res.existed ? `Deleted “${key}”.` : `“${key}” was already deleted elsewhere.`, 'success', { topic: `delete:${key}` });
     const next = neighbour?.isConnected && !neighbour.classList.contains('removing') ? neighbour.querySelector('[data-action="edit"]') : null;
     (next || document.getElementById('pairs-heading')).focus();
   } catch (err) {
-    notify(`Could not delete “${key}”. ${messageOf(err)}`, 'error');
+    notify(`Could not delete “${key}”. ${messageOf(err)}`, 'error', { topic: `delete:${key}` });
   }
 }
 
@@ -1368,7 +1350,7 @@ async function confirmClear() {
   try {
     total = (await api.list({ limit: 1, count: true })).total ?? null;
   } catch (err) {
-    notifyError('Could not count the pairs.', err);
+    notifyError('Could not count the pairs.', err, { topic: 'clear' });
     return false;
   }
   el.clearText.textContent = typeof total === 'number'
@@ -1411,15 +1393,26 @@ async function clearAll() {
     const res = await api.clear(onProgress);
     const n = res && typeof res.deleted === 'number' ? res.deleted : null;
     progress?.remove();
-    notify(n === null ? 'The database was cleared.' : `The database was cleared (${plural(n, 'pair', 'pairs')} deleted).`, 'success');
+    notify(n === null ? 'The database was cleared.' : `The database was cleared (${plural(n, 'pair', 'pairs')} deleted).`, 'success', { topic: 'clear' });
     await reload();
   } catch (err) {
     progress?.remove();
-    notify(`Could not clear the database. ${messageOf(err)}`, 'error');
+    notify(`Could not clear the database. ${messageOf(err)}`, 'error', { topic: 'clear' });
   } finally {
     el.clear.disabled = el.live.dataset.state === 'reconnecting' || el.live.dataset.state === 'locked';
   }
 }
+
+// Adds past their deadline, still waiting for the node's answer: never sent a second time.
+const waitingAdds = new Set();
+
+function showAddError(text, pending = '') {
+  el.addError.textContent = text;
+  el.addError.dataset.pending = pending;
+  el.addError.hidden = false;
+}
+
+const offline = () => el.live.dataset.state === 'reconnecting' || el.live.dataset.state === 'locked';
 
 async function addValue(ev) {
   ev.preventDefault();
@@ -1427,15 +1420,26 @@ async function addValue(ev) {
   const value = el.addValue.value;
   const problem = keyProblem(key) || (value === '' ? 'Enter a value to add.' : '');
   if (problem) {
-    el.addError.textContent = problem;
-    el.addError.hidden = false;
+    showAddError(problem);
     (keyProblem(key) ? el.addKey : el.addValue).focus();
+    return;
+  }
+  const pending = JSON.stringify([key, value]);
+  if (waitingAdds.has(pending)) {
+    showAddError(`This value is still on its way to “${key}”: the node has not answered yet. It is not sent twice.`, pending);
     return;
   }
   el.addError.hidden = true;
   el.addSubmit.disabled = true;
+  let slow = false;
+  const onSlow = () => {
+    slow = true;
+    waitingAdds.add(pending);
+    showAddError(`Adding to “${key}”: ${slowText()}`, pending);
+    el.addSubmit.disabled = offline();
+  };
   try {
-    const pair = await api.append(key, value);
+    const pair = await watchSlow(api.append(key, value), onSlow);
     // Show the pair even if it sorts beyond the loaded pages: the person just touched it.
     const shown = state.pairs.has(key) || (state.loaded && key.startsWith(state.filter));
     if (pair && shown) {
@@ -1444,14 +1448,19 @@ async function addValue(ev) {
     }
     notify(shown || !pair
       ? `Added a value to “${key}”.`
-      : `Added a value to “${key}” (not shown: it does not match the filter).`, 'success');
-    el.addValue.value = '';
-    el.addValue.focus();
+      : `Added a value to “${key}” (not shown: it does not match the filter).`, 'success', { topic: 'add' });
+    if (el.addError.dataset.pending === pending) el.addError.hidden = true;
+    // A late answer leaves alone what was typed since.
+    if (!slow || (el.addKey.value === key && el.addValue.value === value)) {
+      el.addValue.value = '';
+      fitAddValue();
+      if (!slow) el.addValue.focus();
+    }
   } catch (err) {
-    el.addError.textContent = `Could not add the value. ${messageOf(err)}`;
-    el.addError.hidden = false;
+    showAddError(`Could not add the value${slow ? ` to “${key}”` : ''}. ${messageOf(err)}`);
   } finally {
-    el.addSubmit.disabled = el.live.dataset.state === 'reconnecting' || el.live.dataset.state === 'locked';
+    waitingAdds.delete(pending);
+    if (!slow) el.addSubmit.disabled = offline();
   }
 }
 
@@ -1459,6 +1468,18 @@ async function addValue(ev) {
 // Wiring
 
 el.addForm.addEventListener('submit', addValue);
+el.addValue.addEventListener('keydown', (ev) => {
+  if (ev.key === 'Enter' && (ev.ctrlKey || ev.metaKey)) {
+    ev.preventDefault(); // Enter alone makes a new line
+    el.addForm.requestSubmit();
+  }
+});
+// The field grows with its lines (up to a point; then it scrolls).
+const fitAddValue = () => {
+  el.addValue.style.height = 'auto';
+  el.addValue.style.height = `${Math.min(el.addValue.scrollHeight + 2, 240)}px`;
+};
+el.addValue.addEventListener('input', fitAddValue);
 for (const input of [el.addKey, el.addValue]) {
   input.addEventListener('input', () => { el.addError.hidden = true; });
 }
@@ -1540,6 +1561,15 @@ const onSearch = () => {
   }, 250);
 };
 el.search.addEventListener('input', onSearch);
+el.search.addEventListener('input', () => {
+  el.globHint.hidden = !looksLikeGlob({ text: el.search.value, glob: el.searchGlob.checked });
+});
+el.globUse.addEventListener('click', () => {
+  el.searchGlob.checked = true;
+  el.globHint.hidden = true;
+  onSearch();
+  el.search.focus();
+});
 for (const c of [el.searchGlob, el.searchCase, el.folderSep]) c.addEventListener('change', onSearch);
 // A folder link opens the folder: it becomes the prefix (the URL follows, so Back goes up).
 document.addEventListener('click', (ev) => {
@@ -1590,7 +1620,7 @@ el.body.addEventListener('click', (ev) => {
       const list = row.querySelector('.edit-values');
       const item = valueInputItem('', list.children.length);
       list.append(item);
-      item.querySelector('input').focus();
+      item.querySelector('.value-input').focus();
       break;
     }
     case 'remove-value': {
@@ -1630,8 +1660,8 @@ el.body.addEventListener('keydown', (ev) => {
   if (ev.key === 'Escape') {
     ev.preventDefault();
     stopEdit(row.dataset.key);
-  } else if (ev.key === 'Enter' && (ev.ctrlKey || ev.metaKey) && ev.target.tagName === 'TEXTAREA') {
-    ev.preventDefault(); // in a text area, Enter makes a new line
+  } else if (ev.key === 'Enter' && (ev.ctrlKey || ev.metaKey)) {
+    ev.preventDefault(); // Enter alone makes a new line
     save(row.dataset.key, row);
   }
 });
@@ -1668,7 +1698,7 @@ function showStatus(s, info = {}) {
       ? 'This node needs an access token: use "Token" to enter it.'
       : 'The node cannot be reached: nothing can be written until it is back. The list reloads then.';
   if (s === 'reconnecting' && info.delay) {
-    const at = Date.now() + info.delay;
+    const at = info.at ?? Date.now() + info.delay;
     const tick = () => {
       const left = Math.ceil((at - Date.now()) / 1000);
       el.liveText.textContent = left > 0 ? `Reconnecting… (retry in ${left} s)` : LIVE_TEXT.reconnecting;
@@ -1717,7 +1747,7 @@ async function start() {
   showListSettings();
   followUrl();
   api.node().then((n) => n && setNode(n.node_id)).catch((err) => {
-    if (!(err instanceof ApiError && err.status === 0)) notifyError("Could not read the node's details.", err);
+    if (!(err instanceof ApiError && err.status === 0)) notifyError("Could not read the node's details.", err, { topic: 'node' });
   });
   live.start();
   cluster.start();

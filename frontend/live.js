@@ -1,8 +1,10 @@
-// Live connection to the node's Server-Sent Events stream, reconnecting with backoff and
-// resuming after the last event seen (the node then sends what changed meanwhile).
+// The page's live connection to the node's event stream. One stream per browser and
+// node is shared by all its tabs through a SharedWorker (live-worker.js); where there is
+// none, the page holds its own. A page put away in the back/forward cache lets go of the
+// stream, and follows it again when it is shown.
+import { EventStream } from './stream.js';
 
-const MIN_DELAY_MS = 500;
-const MAX_DELAY_MS = 10_000;
+const PING_MS = 15_000; // tells the worker this tab is still there
 
 export class LiveConnection {
   /**
@@ -17,13 +19,11 @@ export class LiveConnection {
    */
   constructor(o) {
     this.o = o;
-    this.es = null;
-    this.attempt = 0;
-    this.timer = null;
-    this.everConnected = false;
     this.state = 'idle';
-    // Id of the last event that had one: where a new stream resumes.
-    this.lastId = '';
+    this.port = null; // the shared worker's, or null when the page holds its own stream
+    this.own = null; // the page's own EventStream
+    this.greeted = false; // a hello came since start: the next one is a reconnect
+    this.away = false; // in the back/forward cache
   }
 
   start() {
@@ -31,88 +31,103 @@ export class LiveConnection {
     document.addEventListener('visibilitychange', () => {
       if (document.visibilityState === 'visible' && this.state === 'reconnecting') this.reconnectNow();
     });
-    this.connect();
-  }
-
-  setState(state, info = {}) {
-    this.state = state;
-    this.o.onStatus(state, info);
-  }
-
-  connect() {
-    clearTimeout(this.timer);
-    this.timer = null;
-    if (this.es) this.es.close();
-    this.setState(this.everConnected ? 'reconnecting' : 'connecting', { attempt: this.attempt });
-
-    const es = new EventSource(this.streamUrl());
-    this.es = es;
-    // Remember every id (a browser sends it by itself only on its own reconnects).
-    const track = (ev) => {
-      if (this.es === es && ev.lastEventId) this.lastId = ev.lastEventId;
-    };
-    for (const name of ['hello', 'change', 'resync']) es.addEventListener(name, track);
-
-    es.addEventListener('hello', (ev) => {
-      if (this.es !== es) return;
-      const reconnect = this.everConnected;
-      this.everConnected = true;
-      this.attempt = 0;
-      this.setState('live');
-      this.o.onHello(parse(ev.data) || {}, reconnect);
+    window.addEventListener('pagehide', () => {
+      this.away = true;
+      this.close();
     });
-    es.addEventListener('change', (ev) => {
-      if (this.es !== es) return;
-      const change = parse(ev.data);
-      if (change && typeof change.key === 'string') this.o.onChange(change);
+    window.addEventListener('pageshow', (ev) => {
+      if (!ev.persisted || !this.away) return;
+      this.away = false;
+      this.open();
     });
-    es.addEventListener('conflict', (ev) => {
-      if (this.es !== es) return;
-      const conflict = parse(ev.data);
-      if (conflict && typeof conflict.key === 'string') this.o.onConflict(conflict);
-    });
-    es.addEventListener('resync', () => {
-      if (this.es !== es) return;
-      this.o.onResync();
-    });
-    es.onerror = () => {
-      if (this.es !== es) return;
-      // Take reconnection into our own hands so we can back off and reload the list afterwards.
-      es.close();
-      this.es = null;
-      this.scheduleReconnect();
-      if (this.o.onDrop) Promise.resolve(this.o.onDrop()).catch(() => {});
-    };
+    this.port = sharedPort();
+    if (this.port) {
+      this.port.onmessage = (m) => this.fromWorker(m.data || {});
+      setInterval(() => this.port?.postMessage({ type: 'ping' }), PING_MS);
+    }
+    this.open();
   }
 
-  /** The stream URL, resuming after the last event seen, if any. */
-  streamUrl() {
-    const url = this.o.url();
-    if (!this.lastId) return url;
-    const sep = url.includes('?') ? '&' : '?';
-    return `${url}${sep}last_event_id=${encodeURIComponent(this.lastId)}`;
+  /** Follows the stream (again), through the worker or on the page's own. */
+  open() {
+    const url = new URL(this.o.url(), location.href).href;
+    if (this.port) {
+      this.port.postMessage({ type: 'follow', url });
+      return;
+    }
+    this.own?.stop();
+    this.own = new EventStream({
+      url,
+      onEvent: (name, data) => (name === 'hello' ? this.hello(data, this.greeted) : this.event(name, data)),
+      onStatus: (state, info) => this.status(state, info),
+      onDrop: () => this.dropped(),
+    });
+    this.own.connect();
   }
 
-  scheduleReconnect() {
-    const base = Math.min(MAX_DELAY_MS, MIN_DELAY_MS * 2 ** this.attempt);
-    const delay = Math.round(base * (0.75 + Math.random() * 0.5));
-    this.attempt += 1;
-    this.setState('reconnecting', { delay, attempt: this.attempt });
-    clearTimeout(this.timer);
-    this.timer = setTimeout(() => this.connect(), delay);
+  close() {
+    if (this.port) this.port.postMessage({ type: 'leave' });
+    this.own?.stop();
+    this.own = null;
   }
 
-  /** Reconnects at once (e.g. after a new token was entered or the network came back). */
+  fromWorker(msg) {
+    if (this.away) return;
+    if (msg.type === 'hello') this.hello(msg.data, msg.reconnect || this.greeted);
+    else if (msg.type === 'event') this.event(msg.name, msg.data);
+    else if (msg.type === 'status') this.status(msg.state, msg.info || {});
+    else if (msg.type === 'drop') this.dropped();
+  }
+
+  hello(data, reconnect) {
+    this.greeted = true;
+    this.status('live', {});
+    this.o.onHello(parse(data) || {}, reconnect);
+  }
+
+  event(name, data) {
+    const item = parse(data);
+    if (name === 'change' && item && typeof item.key === 'string') this.o.onChange(item);
+    else if (name === 'conflict' && item && typeof item.key === 'string') this.o.onConflict(item);
+    else if (name === 'resync') this.o.onResync();
+  }
+
+  status(state, info) {
+    if (state === 'idle') return;
+    // A tab that joins a stream that is up waits for its own hello before it is live.
+    this.state = state === 'connecting' && this.greeted ? 'reconnecting' : state;
+    this.o.onStatus(this.state, info);
+  }
+
+  dropped() {
+    if (this.o.onDrop) Promise.resolve(this.o.onDrop()).catch(() => {});
+  }
+
+  /** Reconnects at once (e.g. after the network came back). */
   reconnectNow() {
-    if (this.state === 'live' && this.es) return;
-    this.attempt = 0;
-    this.connect();
+    if (this.port) this.port.postMessage({ type: 'reconnect' });
+    else this.own?.reconnectNow();
   }
 
-  /** Drops the current stream and opens a new one (e.g. with a new token). */
+  /** Drops the current stream and follows a new one (e.g. with a new token). */
   restart() {
-    this.attempt = 0;
-    this.connect();
+    this.close();
+    this.open();
+  }
+}
+
+/** A port to the shared worker, or null where there is none. */
+function sharedPort() {
+  if (typeof SharedWorker !== 'function') return null;
+  try {
+    const worker = new SharedWorker(new URL('live-worker.js', import.meta.url), { type: 'module', name: 'kvsync-live' });
+    worker.port.start();
+    window.addEventListener('pagehide', (ev) => {
+      if (!ev.persisted) worker.port.postMessage({ type: 'bye' });
+    });
+    return worker.port;
+  } catch {
+    return null;
   }
 }
 

@@ -5,6 +5,7 @@
 #
 #   scripts/e2e.sh                 # build, then run all browser tests
 #   KVSYNC_E2E_SKIP_BUILD=1 scripts/e2e.sh   # reuse the existing debug build
+#   scripts/e2e.sh tests/e2e/ui.test.mjs     # only these test files
 #
 # Needs: scripts/install-deps.sh --browser (Chromium, playwright-core) and Node.js >= 18.
 set -euo pipefail
@@ -28,4 +29,15 @@ if [ "${KVSYNC_E2E_SKIP_BUILD:-0}" != "1" ] && [ -z "${KVSYNC_CLUSTER_BIN:-}" ];
 fi
 
 mkdir -p "${CARGO_TARGET_DIR:-target}/e2e-artifacts"
-exec node --test --test-concurrency=1 --test-timeout=600000 "$@" tests/e2e/*.test.mjs
+# Test files given as arguments run alone (e.g. scripts/e2e.sh tests/e2e/ui.test.mjs); other
+# arguments go to node --test.
+files=()
+opts=()
+for arg in "$@"; do
+  case "$arg" in
+    *.test.mjs) files+=("$arg") ;;
+    *) opts+=("$arg") ;;
+  esac
+done
+[ ${#files[@]} -gt 0 ] || files=(tests/e2e/*.test.mjs)
+exec node --test --test-concurrency=1 --test-timeout=600000 "${opts[@]}" "${files[@]}"

@@ -93,9 +93,9 @@ describe('concurrent changes from two nodes\' pages', { concurrency: false }, ()
         await page.getByLabel('Key', { exact: true }).fill(key);
         await page.getByLabel('Value', { exact: true }).fill(v);
       }
-      // Enter submits the form: a click could land beside the button while a notice above
-      // it appears or goes and moves it.
-      const add = (page) => page.getByLabel('Value', { exact: true }).press('Enter');
+      // Ctrl+Enter submits the form: a click could land beside the button while a notice
+      // appears or goes and moves it.
+      const add = (page) => page.getByLabel('Value', { exact: true }).press('Control+Enter');
       await Promise.all([add(pageA), add(pageB)]);
       await Promise.all([settle(pageA), settle(pageB)]);
       const values = await converged(key, (vs) => vs.length === 2 * (i + 1));

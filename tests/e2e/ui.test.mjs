@@ -329,7 +329,7 @@ describe('kvsync web UI on two nodes', { concurrency: false }, () => {
     await pageA.keyboard.press('Tab');
     assert.equal(await pageA.evaluate(() => document.activeElement.id), 'add-value');
     await pageA.keyboard.type('typed');
-    await pageA.keyboard.press('Enter');
+    await pageA.keyboard.press('Control+Enter'); // Enter alone starts a new line
     await waitForRow(pageA, key, ['typed']);
 
     await row(pageA, key).locator('[data-action="edit"]').focus();
@@ -337,7 +337,7 @@ describe('kvsync web UI on two nodes', { concurrency: false }, () => {
     await pageA.waitForFunction(() => document.activeElement?.classList.contains('value-input'));
     await pageA.keyboard.press('End');
     await pageA.keyboard.type('!');
-    await pageA.keyboard.press('Enter'); // Enter saves
+    await pageA.keyboard.press('Control+Enter'); // saves
     await waitForRow(pageA, key, ['typed!']);
     await waitForRow(pageB, key, ['typed!']);
     assert.equal(await pageA.evaluate(() => document.activeElement?.dataset.action), 'edit', 'focus returns to the Edit button');

@@ -1,0 +1,236 @@
+// Browser tests of a UI that never misleads: multi-line values kept, any number of tabs on
+// one node, "Live" only while the node answers, writes that end with a clear message,
+// notices that neither cover the status nor outstay what they reported, a visible focus
+// ring in every colour scheme, and searches that help.
+// Run with scripts/e2e.sh, or: node --test --test-concurrency=1 tests/e2e/honest.test.mjs
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import {
+  LIVE_TIMEOUT,
+  apiClient,
+  eventually,
+  launchBrowser,
+  openPage as openPageIn,
+  rowSel,
+  startCluster,
+  uniq,
+  waitForRow,
+} from './harness.mjs';
+
+let cluster;
+let browser;
+let node1;
+let node2;
+let api1;
+let api2;
+let pageA; // on node 1, kept open
+const errors = [];
+const dialogs = [];
+
+const openPage = (url, opts = {}) => openPageIn(browser, url, { errors, dialogs, ...opts });
+const row = (page, key) => page.locator(rowSel(key));
+
+before(async () => {
+  cluster = await startCluster({ nodes: 2 });
+  [node1, node2] = cluster.info.nodes;
+  api1 = apiClient(node1.url);
+  api2 = apiClient(node2.url);
+  browser = await launchBrowser();
+  pageA = await openPage(node1.url + '/');
+});
+
+after(async () => {
+  try {
+    if (browser) await browser.close();
+  } finally {
+    if (cluster) await cluster.stop();
+  }
+});
+
+/** Shows only keys starting with `prefix` and waits for that list. */
+async function filterTo(page, prefix) {
+  await page.getByLabel('Filter by key prefix').fill(prefix);
+  await page.waitForFunction((p) => (new URL(location.href).searchParams.get('filter') ?? '') === p, prefix, { timeout: LIVE_TIMEOUT })
+    .catch((e) => { throw new Error(`${e.message}; at ${page.url()}, filter field: ${JSON.stringify(prefix)}`); });
+}
+
+function overlaps(a, b) {
+  return a && b && a.x < b.x + b.width && b.x < a.x + a.width && a.y < b.y + b.height && b.y < a.y + a.height;
+}
+
+describe('a web UI that never misleads', { concurrency: false }, () => {
+  test('a multi-line value typed into the add form, or a new value of the editor, keeps its line breaks', async () => {
+    const key = uniq('lines');
+    await filterTo(pageA, key);
+    await pageA.getByLabel('Key', { exact: true }).fill(key);
+    await pageA.getByLabel('Value', { exact: true }).fill('first line\nsecond line');
+    await pageA.getByRole('button', { name: 'Add value', exact: true }).click();
+    await eventually(async () => (await api1.get(key)).status === 200, { what: 'the add' });
+    assert.deepEqual((await api1.get(key)).json.values, ['first line\nsecond line']);
+    await waitForRow(pageA, key, ['first line\nsecond line']);
+
+    // Typed: Enter starts a new line, Ctrl+Enter adds.
+    const value = pageA.getByLabel('Value', { exact: true });
+    await value.fill('');
+    await value.focus();
+    await pageA.keyboard.type('typed one');
+    await pageA.keyboard.press('Enter');
+    await pageA.keyboard.type('typed two');
+    await pageA.keyboard.press('Control+Enter');
+    await waitForRow(pageA, key, ['first line\nsecond line', 'typed one\ntyped two']);
+
+    // A new value in the editor.
+    await row(pageA, key).locator('[data-action="edit"]').click();
+    const editor = row(pageA, key);
+    await editor.getByRole('button', { name: '+ Add value' }).click();
+    const third = editor.getByLabel('Value 3', { exact: true });
+    await third.focus();
+    await pageA.keyboard.type('pem begin');
+    await pageA.keyboard.press('Enter');
+    await pageA.keyboard.type('pem end');
+    await pageA.keyboard.press('Control+Enter'); // saves
+    await eventually(async () => (await api1.get(key)).json.values.length === 3, { what: 'the save' });
+    assert.deepEqual((await api1.get(key)).json.values, ['first line\nsecond line', 'typed one\ntyped two', 'pem begin\npem end']);
+    await filterTo(pageA, '');
+  });
+
+  test('notices never cover the connection status, and an error notice goes once the thing works again', async () => {
+    const key = uniq('notice');
+    await api1.put(key, ['v']);
+    await filterTo(pageA, key);
+    await waitForRow(pageA, key, ['v']);
+    await row(pageA, key).locator('[data-action="edit"]').click();
+    // Too large for the node (a value is at most 64 KiB): the save fails.
+    await row(pageA, key).getByLabel('Value 1', { exact: true }).fill('x'.repeat(70_000));
+    await row(pageA, key).getByRole('button', { name: 'Save' }).click();
+    const failed = pageA.locator('#messages .msg-error').filter({ hasText: `Could not save “${key}”` });
+    await failed.waitFor({ timeout: LIVE_TIMEOUT });
+    for (const viewport of [{ width: 1280, height: 860 }, { width: 375, height: 740 }]) {
+      await pageA.setViewportSize(viewport);
+      await pageA.evaluate(() => window.scrollTo(0, 0));
+      const status = await pageA.locator('#live-status').boundingBox();
+      const notice = await failed.boundingBox();
+      assert.ok(!overlaps(status, notice), `at ${viewport.width} px the notice ${JSON.stringify(notice)} covers the status ${JSON.stringify(status)}`);
+    }
+    await pageA.setViewportSize({ width: 1280, height: 860 });
+    // Saved after all: the error notice about it goes.
+    await row(pageA, key).getByLabel('Value 1', { exact: true }).fill('small');
+    await row(pageA, key).getByRole('button', { name: 'Save' }).click();
+    await waitForRow(pageA, key, ['small']);
+    await failed.waitFor({ state: 'detached', timeout: LIVE_TIMEOUT });
+    await filterTo(pageA, '');
+  });
+
+  test('the focus ring is visible in light, dark and forced colours', async () => {
+    const page = await openPage(node1.url + '/');
+    try {
+      for (const media of [{ colorScheme: 'light' }, { colorScheme: 'dark' }, { forcedColors: 'active' }]) {
+        await page.emulateMedia(media);
+        for (const sel of ['#refresh-btn', '#filter-input']) {
+          // Reached from the keyboard, as :focus-visible wants.
+          await page.locator(sel).focus();
+          await page.keyboard.press('Shift+Tab');
+          await page.keyboard.press('Tab');
+          const ring = await page.evaluate(() => {
+            const s = getComputedStyle(document.activeElement);
+            return { id: document.activeElement.id, style: s.outlineStyle, width: parseFloat(s.outlineWidth), color: s.outlineColor };
+          });
+          assert.equal(ring.id, sel.slice(1));
+          assert.ok(ring.style !== 'none' && ring.width >= 2 && !/rgba\(.*, 0\)$/.test(ring.color) && ring.color !== 'transparent',
+            `${JSON.stringify(media)}: ${sel} shows ${JSON.stringify(ring)}`);
+        }
+      }
+    } finally {
+      await page.context().close();
+    }
+  });
+
+  test('a glob typed without "Glob" ticked is offered as a glob, and a search shows how many keys it found', async () => {
+    const root = uniq('many');
+    // More matches than the first page of a search holds.
+    const keys = Array.from({ length: 150 }, (_, i) => `${root}/k${String(i).padStart(3, '0')}`);
+    for (let i = 0; i < keys.length; i += 15) await Promise.all(keys.slice(i, i + 15).map((k) => api1.put(k, ['v'])));
+    const page = await openPage(node1.url + '/');
+    try {
+      await page.getByLabel('Search keys').fill(`${root}/k?4*`);
+      const hint = page.locator('#glob-hint');
+      await hint.waitFor({ timeout: LIVE_TIMEOUT });
+      await hint.getByRole('button', { name: 'Search as a glob' }).click();
+      assert.ok(await page.getByLabel('Glob (* and ?)').isChecked());
+      await page.locator('#pair-count').filter({ hasText: /^20 matches$/ }).waitFor({ timeout: LIVE_TIMEOUT });
+      await hint.waitFor({ state: 'hidden' });
+
+      await page.getByLabel('Glob (* and ?)').uncheck();
+      await page.getByLabel('Search keys').fill(`${root}/k`);
+      // Only the first 100 rows are loaded, but the total is counted.
+      await page.locator('#pair-count').filter({ hasText: /^150 matches/ }).waitFor({ timeout: LIVE_TIMEOUT });
+      assert.equal(await page.locator('#pairs-body tr.pair-row').count() <= 150, true);
+    } finally {
+      await page.context().close();
+    }
+  });
+
+  test('eight tabs opened one after the other on one node all load and all show a change live', async (t) => {
+    const context = await browser.newContext({ viewport: { width: 1000, height: 700 } });
+    const key = uniq('tabs');
+    try {
+      const pages = [];
+      for (let i = 0; i < 8; i++) {
+        const page = await context.newPage();
+        page.on('pageerror', (err) => errors.push(`tab ${i + 1}: ${err.message}`));
+        await page.goto(`${node1.url}/?filter=${encodeURIComponent(key)}`, { timeout: 30_000 });
+        await page.locator('#live-status[data-state="live"]').waitFor({ timeout: 30_000 });
+        await page.locator('#empty-state').filter({ hasText: 'No keys start with' }).waitFor({ timeout: 30_000 });
+        pages.push(page);
+      }
+      t.diagnostic('8 tabs loaded and live');
+      await api2.put(key, ['seen by all']);
+      await Promise.all(pages.map((p) => waitForRow(p, key, ['seen by all'])));
+    } finally {
+      await context.close();
+    }
+  });
+
+  test('the page of a stopped node stops saying "Live" within 15 s, a write there ends with a clear message and applies once', async (t) => {
+    const page = await openPage(node2.url + '/');
+    const key = uniq('frozen');
+    try {
+      await filterTo(page, key);
+      await page.locator('#empty-state').filter({ hasText: 'No keys start with' }).waitFor({ timeout: LIVE_TIMEOUT });
+      await page.getByLabel('Key', { exact: true }).fill(key);
+      await page.getByLabel('Value', { exact: true }).fill('once');
+      cluster.pauseNode(node2.id);
+      const stopped = Date.now();
+      try {
+        await page.getByRole('button', { name: 'Add value', exact: true }).click();
+        await page.locator('#live-status:not([data-state="live"])').waitFor({ timeout: 15_000 });
+        t.diagnostic(`not "Live" ${Date.now() - stopped} ms after the node stopped`);
+        assert.match(await page.locator('#live-status').textContent(), /Reconnecting/);
+        const slow = page.locator('#add-error').filter({ hasText: 'did not answer within 10 s' });
+        await slow.waitFor({ timeout: 20_000 });
+        t.diagnostic(`the write's message ${Date.now() - stopped} ms after the node stopped`);
+        assert.match(await slow.textContent(), /may still be applied/);
+        // Asked again, the page does not send it twice.
+        await page.getByLabel('Value', { exact: true }).press('Control+Enter');
+        await page.locator('#add-error').filter({ hasText: 'not sent twice' }).waitFor({ timeout: LIVE_TIMEOUT });
+      } finally {
+        cluster.resumeNode(node2.id);
+      }
+      await page.locator('#live-status[data-state="live"]').waitFor({ timeout: 60_000 });
+      t.diagnostic(`"Live" again ${Date.now() - stopped} ms after the node stopped`);
+      // The write applied when the node went on, once; the page shows it.
+      await waitForRow(page, key, ['once'], 60_000);
+      await page.locator('#messages .msg-success').filter({ hasText: `Added a value to “${key}”` }).waitFor({ timeout: LIVE_TIMEOUT });
+      const both = async () => [(await api1.get(key)).json?.values, (await api2.get(key)).json?.values];
+      await eventually(async () => JSON.stringify(await both()) === JSON.stringify([['once'], ['once']]), { what: 'both nodes to hold the value once' });
+    } finally {
+      await page.context().close();
+    }
+  });
+
+  test('no script errors on any page', () => {
+    assert.deepEqual(errors, []);
+    assert.deepEqual(dialogs, []);
+  });
+});
