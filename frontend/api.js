@@ -268,6 +268,9 @@ export const api = {
   /** Removes one value (the pair stays), if the pair is still in state `tag`; resolves like `editValue`. */
   removeValue: (key, id, tag) => conditional('DELETE', valuePath(key, id), undefined, tag),
 
+  /** The conflicts this node recorded for the key, oldest first. */
+  conflicts: (key) => request('GET', keyPath(key) + '/conflicts', { prompt: false }).then((r) => r.data?.conflicts || []),
+
   /** Forgets the conflicts this node recorded for the key. */
   dismissConflicts: (key) => request('DELETE', keyPath(key) + '/conflicts').then(() => undefined),
 

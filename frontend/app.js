@@ -9,6 +9,8 @@ import { clockTime, dateTime, groupDigits } from './format.js';
 import { clearTransient, messageOf, notify, notifyError, resolved, setNoticeRoot } from './notices.js';
 import { slowText, watchSlow } from './writes.js';
 import { countMatches, looksLikeGlob, matchesSearch as matchesKey } from './search.js';
+import { conflictList, mergeNotes, tallyText } from './conflicts.js';
+import { valueEditor } from './valueedit.js';
 
 const PAGE_SIZE = 100; // the first page: shown quickly
 const MORE_SIZE = 500; // each page loaded as the list is scrolled
@@ -49,6 +51,8 @@ const el = {
   searchCase: $('#search-case'),
   folderSep: $('#folder-sep'),
   globHint: $('#glob-hint'),
+  conflictCount: $('#conflict-count'),
+  keyViewConflicts: $('#key-view-conflicts'),
   globUse: $('#glob-use'),
   folderPath: $('#folder-path'),
   folderList: $('#folder-list'),
@@ -104,6 +108,9 @@ const state = {
   queue: [],
   edits: new Map(), // key -> { base: Map(id -> value), baseTag (its ETag), conflict: null | { current, why }, saving }
   conflicts: new Map(), // key -> conflicts the node settled for it (shown until dismissed)
+  tally: new Map(), // key -> conflicts, of every key this page heard of (loaded or live): the header's count
+  viewConflicts: [], // the conflicts of the key shown on its own
+  viewEditors: new Map(), // value id -> its open editor in the key's own view (kept across renders)
   restoring: new Set(), // keys with a Restore under way
   rows: new Map(), // key -> <tr>
   fading: new Set(), // <tr> elements on their way out
@@ -400,7 +407,10 @@ function addLoaded(pairs = [], before = state.pairs) {
   for (const p of pairs) {
     const old = before.get(p.key);
     state.pairs.set(p.key, old && samePair(old, p) ? old : p);
-    if (p.conflicts?.length) state.conflicts.set(p.key, p.conflicts);
+    if (p.conflicts?.length) {
+      state.conflicts.set(p.key, p.conflicts);
+      state.tally.set(p.key, p.conflicts);
+    } else state.tally.delete(p.key);
   }
 }
 
@@ -473,6 +483,7 @@ function applyChange(change) {
     dropPair(key);
     if (state.total !== null) state.total = Math.max(0, state.total - 1);
     state.conflicts.delete(key);
+    state.tally.delete(key);
     state.fade.add(key);
   } else if (!inView(key)) {
     noteElsewhere();
@@ -520,12 +531,17 @@ function applyConflict(note) {
     return;
   }
   const key = note.key;
-  if (!state.pairs.has(key) && !inView(key)) return;
-  const notes = state.conflicts.get(key) || [];
   const id = (c) => JSON.stringify([c.kind, c.element, c.lost_version, c.won_version]);
-  if (notes.some((c) => id(c) === id(note))) return; // already listed (by a reload meanwhile)
-  state.conflicts.set(key, [...notes, note]);
+  const add = (notes = []) => (notes.some((c) => id(c) === id(note)) ? notes : [...notes, note]);
+  state.tally.set(key, add(state.tally.get(key)));
+  if (key === state.view) {
+    state.viewConflicts = add(state.viewConflicts);
+    renderKeyView();
+  }
   scheduleRender();
+  if (!state.pairs.has(key) && !inView(key)) return;
+  // Already listed (by a reload meanwhile) or not, the row shows it.
+  state.conflicts.set(key, add(state.conflicts.get(key)));
 }
 
 /**
@@ -606,6 +622,22 @@ function visibleWindow() {
   let below = 0;
   for (; i < n; i++) below += rowHeight(order[i], est);
   return { start, end, above, below };
+}
+
+/** Brings a row into sight (it may sort far below, not even in the page yet). */
+function revealRow(key) {
+  const i = orderIndex(key);
+  if (state.order[i] !== key) return;
+  if (!state.rows.get(key)?.isConnected) {
+    const est = state.measured.n ? state.measured.sum / state.measured.n : EST_ROW_PX;
+    let y = 0;
+    for (let j = 0; j < i; j++) y += rowHeight(state.order[j], est);
+    window.scrollTo({ top: Math.max(0, el.body.getBoundingClientRect().top + window.scrollY + y - window.innerHeight / 2) });
+    settled = true;
+    render();
+  }
+  const r = state.rows.get(key)?.getBoundingClientRect();
+  if (r && (r.top < 0 || r.bottom > window.innerHeight)) state.rows.get(key).scrollIntoView({ block: 'center' });
 }
 
 /** Brings the table in line with `state`, touching only rows that changed. */
@@ -740,6 +772,9 @@ function renderCount() {
   }
   renderFolders();
   el.globHint.hidden = !looksLikeGlob({ text: el.search.value, glob: el.searchGlob.checked });
+  const conflicts = tallyText(state.tally);
+  el.conflictCount.hidden = !conflicts;
+  el.conflictCount.textContent = conflicts ? `⚠ ${conflicts}` : '';
   el.elsewhere.hidden = state.elsewhere === 0;
   el.elsewhere.textContent = `${plural(state.elsewhere, 'change', 'changes')} elsewhere`;
   el.elsewhere.title = state.filter
@@ -821,60 +856,6 @@ function viewRow(pair, notes, busy) {
         h('button', { type: 'button', class: 'btn btn-small btn-danger-ghost', dataset: { action: 'delete' }, 'aria-label': `Delete ${pair.key}`, text: 'Delete' }))));
   Object.assign(row, { _pair: pair, _notes: notes, _busy: busy });
   return row;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Conflicts: where two writes on different nodes were concurrent and one had to lose
-
-function quote(value) {
-  const chars = [...value];
-  return `“${chars.length > 60 ? chars.slice(0, 59).join('') + '…' : value}”`;
-}
-
-function conflictText(c) {
-  const won = c.won_origin || 'another node';
-  const lostBy = c.lost_origin || 'another node';
-  const lost = c.lost || [];
-  const wonValue = typeof c.won === 'string' ? c.won : null;
-  switch (c.kind) {
-    case 'edit':
-      return `A concurrent edit from ${won} replaced ${quote(lost[0] ?? '')}${wonValue === null ? '' : ` with ${quote(wonValue)}`}.`;
-    case 'replace': {
-      const shown = lost.slice(0, 5).map(quote).join(', ') + (lost.length > 5 ? `, +${lost.length - 5} more` : '');
-      return `A concurrent edit from ${won} replaced the list [${shown}].`;
-    }
-    case 'remove':
-      return `A concurrent edit from ${won} kept a value that ${lostBy} removed${wonValue === null ? '' : `: ${quote(wonValue)}`}.`;
-    case 'delete':
-      return `A concurrent edit from ${won} kept the key that ${lostBy} deleted.`;
-    default:
-      return `A concurrent write from ${won} won over one from ${lostBy}.`;
-  }
-}
-
-/** Whether a conflict lost values that are not back in the pair (only edits and replacements lose any). */
-function restorable(c, pair) {
-  const lost = c.lost || [];
-  if (c.kind === 'edit') {
-    const e = pair.elements.find((x) => x.id === c.element);
-    return e ? e.value !== lost[0] : !pair.values.includes(lost[0]);
-  }
-  return c.kind === 'replace' && lost.some((v) => !pair.values.includes(v));
-}
-
-function mergeNotes(pair, notes, busy) {
-  const lines = notes.map((c, i) => {
-    const canRestore = restorable(c, pair);
-    return h('li', { class: 'merge-note' },
-      h('span', { text: conflictText(c) }),
-      !canRestore && (c.kind === 'edit' || c.kind === 'replace') ? h('span', { class: 'merge-done', text: ' It is back in the list.' }) : null,
-      canRestore
-        ? h('button', { type: 'button', class: 'btn btn-small btn-warning', dataset: { action: 'restore', note: String(i) }, disabled: busy, 'aria-label': `Restore what ${pair.key} lost`, title: c.kind === 'edit' ? 'Puts the lost value back in its place' : 'Adds the lost values to the end of the list', text: 'Restore' })
-        : null);
-  });
-  return h('div', { class: 'merge-notes' },
-    h('ul', { class: 'merge-list' }, lines),
-    h('button', { type: 'button', class: 'btn btn-small btn-ghost', dataset: { action: 'dismiss' }, disabled: busy, 'aria-label': `Dismiss the notice about ${pair.key}`, text: 'Dismiss' }));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1055,8 +1036,18 @@ function followUrl() {
 
 function openKey(key, { push = true } = {}) {
   if (push) history.pushState(null, '', linkTo({ key }));
+  if (state.view !== key) state.viewEditors.clear();
   state.view = key;
   state.viewPair = state.pairs.get(key);
+  state.viewConflicts = state.tally.get(key) || [];
+  api.conflicts(key).then((notes) => {
+    if (state.view !== key) return;
+    state.viewConflicts = notes;
+    if (notes.length) state.tally.set(key, notes);
+    else state.tally.delete(key);
+    renderKeyView();
+    scheduleRender();
+  }, () => { /* the notes stay as known */ });
   el.keyView.hidden = false;
   el.addCard.hidden = true;
   el.pairsCard.hidden = true;
@@ -1073,6 +1064,7 @@ function openKey(key, { push = true } = {}) {
 function closeKey() {
   if (state.view === null) return;
   state.view = null;
+  state.viewEditors.clear();
   el.keyView.hidden = true;
   el.addCard.hidden = false;
   el.pairsCard.hidden = false;
@@ -1109,6 +1101,9 @@ function renderKeyView() {
   const flag = keyFlag(key);
   if (flag) el.keyViewKey.after(flag);
   el.keyViewMissing.hidden = pair !== null;
+  const notes = state.viewConflicts;
+  el.keyViewConflicts.hidden = !notes.length;
+  el.keyViewConflicts.replaceChildren(...(notes.length ? [conflictList(key, notes)] : []));
   if (!pair) {
     el.keyViewValues.replaceChildren();
     el.keyViewMeta.textContent = pair === undefined ? 'Loading…' : '';
@@ -1116,7 +1111,12 @@ function renderKeyView() {
   }
   const when = formatTime(pair.updated_at);
   el.keyViewMeta.textContent = `${plural(pair.values.length, 'value', 'values')} · ${groupDigits(encoder.encode(pair.values.join('')).length)} bytes · last change ${when.text}${pair.origin ? ` on ${pair.origin}` : ''}`;
+  for (const id of state.viewEditors.keys()) {
+    if (!pair.elements.some((e) => e.id === id)) state.viewEditors.delete(id);
+  }
   el.keyViewValues.replaceChildren(...pair.values.map((v, i) => {
+    const elementId = pair.elements[i]?.id;
+    const editor = state.viewEditors.get(elementId);
     const pretty = prettyJson(v);
     const pre = h('pre', { class: 'key-value-text', text: v });
     const toggle = pretty === null ? null : h('button', { type: 'button', class: 'btn btn-small btn-ghost', 'aria-pressed': 'false', text: 'Pretty JSON' });
@@ -1127,12 +1127,45 @@ function renderKeyView() {
     });
     const copy = h('button', { type: 'button', class: 'btn btn-small btn-secondary', 'aria-label': `Copy value ${i + 1}`, text: 'Copy' });
     copy.addEventListener('click', () => copyText(v, `value ${i + 1}`));
+    const edit = editor || !elementId ? null : h('button', { type: 'button', class: 'btn btn-small', 'aria-label': `Edit value ${i + 1}`, text: 'Edit' });
+    edit?.addEventListener('click', () => openValueEditor(key, elementId, v, i));
     return h('li', { class: 'key-value' },
       h('div', { class: 'key-value-head' },
         h('span', { text: `Value ${i + 1} · ${groupDigits(encoder.encode(v).length)} bytes` }),
-        h('span', { class: 'spacer' }), toggle, copy),
-      pre);
+        h('span', { class: 'spacer' }), editor ? null : toggle, edit, copy),
+      editor || pre);
   }));
+}
+
+/** Opens the editor of one value in the key's own view; a save writes that value only. */
+function openValueEditor(key, id, seen, index) {
+  const close = () => {
+    state.viewEditors.delete(id);
+    renderKeyView();
+  };
+  const editor = valueEditor(seen, index, {
+    onCancel: close,
+    async onSave(value) {
+      if (value === seen) return close();
+      const tag = state.viewPair?.etag;
+      const res = await watchSlow(writeOps(key, [{ id, seen, value }], tag),
+        () => notify(`Saving “${key}”: ${slowText()}`, 'error', { topic: `save:${key}` }));
+      if (!res.pair) {
+        state.viewPair = res.current;
+        adopt(key, res.current);
+        throw new Error(res.current ? 'This value was changed elsewhere meanwhile, so yours was not saved. It shows the new one above; copy yours before you cancel.' : 'This key was deleted elsewhere.');
+      }
+      state.viewEditors.delete(id);
+      state.viewPair = res.pair;
+      adopt(key, res.pair);
+      renderKeyView();
+      scheduleRender();
+      notify(`Saved “${key}”.`, 'success', { topic: `save:${key}` });
+    },
+  });
+  state.viewEditors.set(id, editor);
+  renderKeyView();
+  editor._area.focus();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1291,6 +1324,11 @@ async function dismiss(key) {
   try {
     await api.dismissConflicts(key);
     state.conflicts.delete(key);
+    state.tally.delete(key);
+    if (key === state.view) {
+      state.viewConflicts = [];
+      renderKeyView();
+    }
     resolved(`dismiss:${key}`);
     render();
   } catch (err) {
@@ -1445,6 +1483,7 @@ async function addValue(ev) {
     if (pair && shown) {
       adopt(key, pair, { show: true });
       render();
+      if (!slow) revealRow(key);
     }
     notify(shown || !pair
       ? `Added a value to “${key}”.`
@@ -1454,7 +1493,7 @@ async function addValue(ev) {
     if (!slow || (el.addKey.value === key && el.addValue.value === value)) {
       el.addValue.value = '';
       fitAddValue();
-      if (!slow) el.addValue.focus();
+      if (!slow) el.addValue.focus({ preventScroll: true }); // the new row stays in sight
     }
   } catch (err) {
     showAddError(`Could not add the value${slow ? ` to “${key}”` : ''}. ${messageOf(err)}`);
@@ -1598,6 +1637,14 @@ el.keyBack.addEventListener('click', (ev) => {
   closeKey();
 });
 el.copyKey.addEventListener('click', () => copyText(state.view ?? '', 'key'));
+el.keyViewConflicts.addEventListener('click', (ev) => {
+  if (ev.target.closest('[data-action="dismiss-view"]') && state.view !== null) dismiss(state.view);
+});
+// The header's count of conflicts opens the first key that has any.
+el.conflictCount.addEventListener('click', () => {
+  const [first] = [...state.tally.keys()].sort(cmpKeys);
+  if (first !== undefined) openKey(first);
+});
 window.addEventListener('popstate', followUrl);
 
 el.body.addEventListener('click', (ev) => {

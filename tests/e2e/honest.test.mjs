@@ -171,6 +171,94 @@ describe('a web UI that never misleads', { concurrency: false }, () => {
     }
   });
 
+  test('a lost concurrent edit is counted in the header and shown in the key view, where it can be dismissed', async () => {
+    const pageB = await openPage(node2.url + '/');
+    try {
+      const key = uniq('clash');
+      const put = await api1.put(key, ['shared']);
+      await eventually(async () => (await api2.get(key)).status === 200, { what: 'replication to node 2' });
+      const id = put.json.elements[0].id;
+      // With the broker paused, neither node hears of the other's edit before making its own.
+      cluster.pauseBroker();
+      try {
+        assert.equal((await api1.editValue(key, id, 'from node1')).status, 200);
+        assert.equal((await api2.editValue(key, id, 'from node2')).status, 200);
+      } finally {
+        cluster.resumeBroker();
+      }
+      const loser = await eventually(async () => {
+        for (const n of [node1, node2]) if ((await apiClient(n.url).conflicts(key)).json?.conflicts?.length) return n;
+        return null;
+      }, { timeout: 60_000, what: 'a node to record the conflict' });
+      const page = loser === node1 ? pageA : pageB;
+      const count = page.locator('#conflict-count');
+      await count.filter({ hasText: /^⚠ 1 conflict$/ }).waitFor({ timeout: LIVE_TIMEOUT });
+      await count.click();
+      await page.locator('#key-view-conflicts').filter({ hasText: 'A concurrent edit from' }).waitFor({ timeout: LIVE_TIMEOUT });
+      assert.equal(new URL(page.url()).searchParams.get('key'), key);
+      await page.getByRole('link', { name: '← All pairs' }).click();
+
+      // A page opened on the key later shows it too, and Dismiss forgets it.
+      const fresh = await openPage(`${loser.url}/?key=${encodeURIComponent(key)}`);
+      try {
+        const notes = fresh.locator('#key-view-conflicts');
+        await notes.filter({ hasText: 'A concurrent edit from' }).waitFor({ timeout: LIVE_TIMEOUT });
+        await fresh.locator('#conflict-count').filter({ hasText: '1 conflict' }).waitFor({ timeout: LIVE_TIMEOUT });
+        await notes.getByRole('button', { name: `Dismiss the notice about ${key}` }).click();
+        await notes.waitFor({ state: 'hidden', timeout: LIVE_TIMEOUT });
+        await fresh.locator('#conflict-count').waitFor({ state: 'hidden', timeout: LIVE_TIMEOUT });
+        assert.deepEqual((await apiClient(loser.url).conflicts(key)).json.conflicts, []);
+      } finally {
+        await fresh.context().close();
+      }
+    } finally {
+      await pageB.context().close();
+    }
+  });
+
+  test('a key\'s view edits a value in place with a JSON check and Format; clipped values say so; an added key comes into sight', async () => {
+    const root = uniq('view');
+    const key = `${root}/json`;
+    const long = Array.from({ length: 12 }, (_, i) => `line ${i}`).join('\n');
+    await api1.put(key, ['{"a":1}', long]);
+    await Promise.all(Array.from({ length: 40 }, (_, i) => api1.put(`${root}/k${String(i).padStart(2, '0')}`, ['v'])));
+    const page = await openPage(`${node1.url}/?filter=${encodeURIComponent(root + '/')}`, { viewport: { width: 1000, height: 600 } });
+    try {
+      await waitForRow(page, key, ['{"a":1}', long]);
+      const cue = await row(page, key).locator('.value.clipped').evaluate((e) => getComputedStyle(e, '::after').content);
+      assert.match(cue, /more/, 'a clipped value shows a cue');
+
+      // Added to a key that sorts last, far below: the row is brought into sight.
+      await page.evaluate(() => window.scrollTo(0, 0));
+      const late = `${root}/zz-late`;
+      await page.getByLabel('Key', { exact: true }).fill(late);
+      await page.getByLabel('Value', { exact: true }).fill('here');
+      await page.getByRole('button', { name: 'Add value', exact: true }).click();
+      await waitForRow(page, late, ['here']);
+      await page.waitForFunction((sel) => {
+        const r = document.querySelector(sel)?.getBoundingClientRect();
+        return r && r.top >= 0 && r.bottom <= window.innerHeight + 1;
+      }, rowSel(late), { timeout: LIVE_TIMEOUT });
+
+      await row(page, key).getByRole('link').first().click();
+      await page.getByRole('button', { name: 'Edit value 1' }).click();
+      const area = page.locator('#key-view-values').getByLabel('Value 1', { exact: true });
+      await area.fill('{"a": 1,');
+      await page.locator('.json-check').filter({ hasText: 'Not valid JSON' }).waitFor();
+      await area.fill('{"a":1,"b":[2,3]}');
+      await page.locator('.json-check').filter({ hasText: 'Valid JSON' }).waitFor();
+      await page.getByRole('button', { name: 'Format JSON' }).click();
+      const pretty = JSON.stringify({ a: 1, b: [2, 3] }, null, 2);
+      assert.equal(await area.inputValue(), pretty);
+      await page.locator('#key-view-values').getByRole('button', { name: 'Save', exact: true }).click();
+      await eventually(async () => (await api1.get(key)).json.values[0] === pretty, { what: 'the save' });
+      assert.deepEqual((await api1.get(key)).json.values, [pretty, long]);
+      await page.locator('#key-view-values pre').first().filter({ hasText: '"b"' }).waitFor({ timeout: LIVE_TIMEOUT });
+    } finally {
+      await page.context().close();
+    }
+  });
+
   test('eight tabs opened one after the other on one node all load and all show a change live', async (t) => {
     const context = await browser.newContext({ viewport: { width: 1000, height: 700 } });
     const key = uniq('tabs');

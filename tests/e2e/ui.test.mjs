@@ -531,9 +531,9 @@ describe('kvsync web UI on two nodes', { concurrency: false }, () => {
       await authed.append(key, 'live');
       await waitForRow(page, key, ['authorized', 'live']);
 
-      // From the first accepted call on, no call was refused.
+      // From the first accepted call on, no call was refused. (The event stream is opened by
+      // the tabs' shared worker, out of the page's sight: the live value above came on it.)
       const later = seen.slice(seen.findIndex((r) => r.status !== 401));
-      assert.ok(later.some((r) => r.path === '/api/events'), 'the event stream was opened with the token');
       assert.ok(later.some((r) => r.path.startsWith('/api/pairs/')), 'writes went through');
       assert.deepEqual(later.filter((r) => r.status === 401), [], `no call after the token was entered was refused: ${JSON.stringify(seen)}`);
       assert.equal(await page.evaluate(() => sessionStorage.getItem('kvsync.token')), TOKEN);
