@@ -287,7 +287,7 @@ impl Node {
                 router.into_make_service_with_connect_info::<http::ConnMeta>(),
             )
             .with_graceful_shutdown(http_stop.clone().cancelled_owned())
-                .into_future(),
+            .into_future(),
         );
 
         // Supervise until shutdown or the first task that dies.

@@ -578,7 +578,6 @@ fn cases(other_tag: &str) -> Vec<Case> {
         list("unknown parameter", "sort=desc", "invalid_query"),
         list("count not a boolean", "count=yes", "invalid_query"),
         // Listing: search and folders.
-        list("contains and glob", "contains=a&glob=a*", "invalid_query"),
         list("contains empty", "contains=", "invalid_query"),
         list("glob empty", "glob=", "invalid_query"),
         list(
@@ -586,15 +585,9 @@ fn cases(other_tag: &str) -> Vec<Case> {
             &format!("glob={}", "k".repeat(513)),
             "invalid_query",
         ),
-        list("ignore_case alone", "ignore_case=true", "invalid_query"),
         list(
             "ignore_case not a boolean",
             "contains=a&ignore_case=1",
-            "invalid_query",
-        ),
-        list(
-            "count with a search",
-            "contains=a&count=true",
             "invalid_query",
         ),
         list("delimiter empty", "delimiter=", "invalid_query"),

@@ -444,6 +444,23 @@ async fn listing_searches_keys_and_shows_folders() {
         ]
     );
     assert_eq!(keys(&get("glob=logs%3A%3F".into()).await), ["logs:1"]);
+    // Parameters combine rather than refuse each other (the API document can state
+    // each parameter's rules, not rules between them): both searches must match, a
+    // count still counts the prefix, ignore_case alone changes nothing, and with a
+    // delimiter the search narrows the keys outside folders.
+    let v = get("contains=db&glob=*port&count=true".into()).await;
+    assert_eq!(keys(&v), ["app/db/port"]);
+    assert_eq!(v["total"], json!(8));
+    assert_eq!(
+        keys(&get("ignore_case=true&prefix=app%2Fd".into()).await),
+        ["app/db/host", "app/db/port"]
+    );
+    let v = get("delimiter=%2F&prefix=app%2F&contains=zzz".into()).await;
+    assert_eq!(keys(&v), Vec::<String>::new());
+    assert_eq!(
+        v["folders"],
+        json!(["app/User/", "app/db/", "app/user/", "app/z/"])
+    );
     // Paging a search: limit, then on from `next`.
     let v = get("contains=app&limit=2".into()).await;
     assert_eq!(keys(&v), ["app/User/1", "app/cfg"]);

@@ -206,7 +206,12 @@ pub async fn track(State(ctx): State<super::Ctx>, req: Request, next: Next) -> R
     let deadline = Instant::now() + body_timeout;
     let req = req.map(|b| Body::new(DeadlineBody::new(b, deadline, body_timeout)));
     let response = next.run(req).await;
-    response.map(|b| Body::new(Guarded { inner: b, _busy: guard }))
+    response.map(|b| {
+        Body::new(Guarded {
+            inner: b,
+            _busy: guard,
+        })
+    })
 }
 
 struct Busy(ConnPhase);
@@ -300,9 +305,7 @@ impl HttpBody for DeadlineBody {
             return Poll::Ready(frame);
         }
         match self.sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(BodyTimedOut(
-                self.timeout,
-            ))))),
+            Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(BodyTimedOut(self.timeout))))),
             Poll::Pending => Poll::Pending,
         }
     }

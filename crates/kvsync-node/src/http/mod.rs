@@ -3,6 +3,7 @@
 mod auth;
 mod backup;
 mod conn;
+mod contract;
 mod error;
 mod events;
 mod extract;
@@ -28,8 +29,8 @@ use tower_http::{
 };
 
 pub use auth::Token;
-pub use error::ApiError;
 pub use conn::{ConnMeta, Timeouts};
+pub use error::ApiError;
 pub use limits::{CappedListener, Limits};
 
 use crate::{app::App, metrics::HttpLabels, replicator::ReplicationStatus};

@@ -5,6 +5,7 @@
 use std::sync::LazyLock;
 
 use axum::{
+    extract::State,
     http::header,
     response::{IntoResponse, Response},
 };
@@ -78,16 +79,24 @@ pub fn document() -> Document {
     doc
 }
 
-/// The document as pretty JSON with a final newline (as committed in `docs/`).
-pub fn document_json() -> String {
-    let mut text = document()
-        .to_pretty_json()
-        .expect("the document serializes");
+/// The document as a node with (`auth`) or without an API token serves it, as pretty
+/// JSON with a final newline.
+pub fn document_json_for(auth: bool) -> String {
+    let mut doc = serde_json::to_value(document()).expect("the document serializes");
+    super::contract::refine(&mut doc, auth);
+    let mut text = serde_json::to_string_pretty(&doc).expect("the document serializes");
     text.push('\n');
     text
 }
 
-static DOCUMENT: LazyLock<String> = LazyLock::new(document_json);
+/// The document of a node with an API token, as committed in `docs/` (a node without
+/// one serves it without the security requirements and the 401 answers).
+pub fn document_json() -> String {
+    document_json_for(true)
+}
+
+static WITH_TOKEN: LazyLock<String> = LazyLock::new(|| document_json_for(true));
+static WITHOUT_TOKEN: LazyLock<String> = LazyLock::new(|| document_json_for(false));
 
 /// This document.
 #[utoipa::path(
@@ -96,12 +105,13 @@ static DOCUMENT: LazyLock<String> = LazyLock::new(document_json);
     tag = "operations",
     responses((status = 200, description = "The OpenAPI 3.1 document of this API", body = Object))
 )]
-async fn openapi_json() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        DOCUMENT.as_str(),
-    )
-        .into_response()
+async fn openapi_json(State(ctx): State<Ctx>) -> Response {
+    let doc = if ctx.token.is_some() {
+        &WITH_TOKEN
+    } else {
+        &WITHOUT_TOKEN
+    };
+    ([(header::CONTENT_TYPE, "application/json")], doc.as_str()).into_response()
 }
 
 /// What holds for every route, added once rather than on each: the auth schemes, 401 on

@@ -165,9 +165,10 @@ pub struct WrittenBody {
 pub struct WaitParams {
     /// Wait until `all` live peers, or this many (1 or more), have applied the write.
     /// The answer then has a `replication` field and a `Kvsync-Replicated` header.
-    #[param(pattern = "^(all|[1-9][0-9]*)$")]
+    #[param(pattern = "^(all|[1-9][0-9]{0,8})$")]
     wait: Option<String>,
-    /// How long to wait (default 5000), capped below the request timeout. Needs `wait`.
+    /// How long to wait (default 5000), capped below the request timeout. Without
+    /// `wait` there is nothing to wait for, and it is ignored.
     timeout_ms: Option<u64>,
 }
 
@@ -177,12 +178,6 @@ const DEFAULT_WAIT_MS: u64 = 5000;
 impl WaitParams {
     fn parse(&self, ctx: &Ctx) -> Result<Option<(WaitFor, Duration)>, ApiError> {
         let Some(wait) = &self.wait else {
-            if self.timeout_ms.is_some() {
-                return Err(ApiError::bad_request(
-                    "invalid_query",
-                    "timeout_ms needs wait=all or wait=N",
-                ));
-            }
             return Ok(None);
         };
         let wait = match wait.as_str() {
@@ -297,17 +292,19 @@ pub struct ListParams {
     /// Pairs per page, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
-    /// Adds `total`: how many live pairs the prefix matches (a count over an index).
+    /// Adds `total`: how many live pairs the prefix matches (a count over an index; a
+    /// search does not narrow it).
     #[serde(default)]
     count: bool,
-    /// Search: keys containing this text...
+    /// Search: keys containing this text (with `glob`, keys must match both).
     contains: Option<String>,
-    /// ...or keys this glob matches (`*`, `?`).
+    /// Search: keys this glob matches as a whole (`*`, `?`).
     glob: Option<String>,
-    /// The search ignores case.
+    /// The search ignores case (no effect without `contains` or `glob`).
     #[serde(default)]
     ignore_case: bool,
-    /// Folder view: keys with this separator after the prefix are grouped into folders.
+    /// Folder view: keys with this separator after the prefix are grouped into folders
+    /// (listed as they are; a search narrows the keys outside folders).
     delimiter: Option<String>,
 }
 
@@ -324,7 +321,7 @@ async fn search(
     ctx: &Ctx,
     p: &ListParams,
     limit: usize,
-    matcher: Option<KeyMatch>,
+    matchers: &[KeyMatch],
 ) -> Result<PageBody, ApiError> {
     let prefix = p.prefix.as_str();
     let delimiter = p.delimiter.as_deref();
@@ -386,7 +383,7 @@ async fn search(
                 }
                 continue 'scan; // skip the folder's keys: read on from past it
             }
-            if matcher.as_ref().is_none_or(|m| m.matches(k)) {
+            if matchers.iter().all(|m| m.matches(k)) {
                 keys.push(key.clone());
             }
             cursor = Some(k.to_owned());
@@ -479,32 +476,24 @@ pub async fn list(State(ctx): State<Ctx>, Q(p): Q<ListParams>) -> Result<Respons
             .map_err(|e| ApiError::bad_request("invalid_query", format!("prefix: {e}")))?;
     }
     let bad = |detail: &str| Err(ApiError::bad_request("invalid_query", detail.to_owned()));
-    let matcher = match (&p.contains, &p.glob) {
-        (Some(_), Some(_)) => return bad("contains and glob cannot be used together"),
-        (Some(text), None) => {
-            check_pattern("contains", text)?;
-            Some(KeyMatch::contains(text, p.ignore_case))
-        }
-        (None, Some(pattern)) => {
-            check_pattern("glob", pattern)?;
-            Some(KeyMatch::glob(pattern, p.ignore_case))
-        }
-        (None, None) if p.ignore_case => return bad("ignore_case needs contains or glob"),
-        (None, None) => None,
-    };
+    // Every combination means something, so none is refused: the document can state
+    // each parameter's own rules, not rules between parameters.
+    let mut matchers = Vec::new();
+    if let Some(text) = &p.contains {
+        check_pattern("contains", text)?;
+        matchers.push(KeyMatch::contains(text, p.ignore_case));
+    }
+    if let Some(pattern) = &p.glob {
+        check_pattern("glob", pattern)?;
+        matchers.push(KeyMatch::glob(pattern, p.ignore_case));
+    }
     if let Some(d) = &p.delimiter {
         if d.is_empty() || d.len() > MAX_DELIMITER_BYTES || d.chars().any(char::is_control) {
             return bad("delimiter must be 1 to 8 bytes, without control characters");
         }
-        if matcher.is_some() {
-            return bad("delimiter cannot be used with contains or glob");
-        }
     }
-    if matcher.is_some() || p.delimiter.is_some() {
-        if p.count && matcher.is_some() {
-            return bad("count counts a prefix; it cannot be used with contains or glob");
-        }
-        let mut body = search(&ctx, &p, limit, matcher).await?;
+    if !matchers.is_empty() || p.delimiter.is_some() {
+        let mut body = search(&ctx, &p, limit, &matchers).await?;
         if p.count {
             body.total = Some(ctx.app.store.count_live_prefix(&p.prefix).await?);
         }
@@ -528,6 +517,22 @@ pub async fn list(State(ctx): State<Ctx>, Q(p): Q<ListParams>) -> Result<Respons
     Ok(Json(body).into_response())
 }
 
+/// A version, or the version of an entity tag, with or without quotes.
+fn min_version(text: &str) -> Result<Version, ApiError> {
+    let bad = |e: &dyn std::fmt::Display| {
+        ApiError::bad_request("invalid_query", format!("min_version: {e}"))
+    };
+    let text = text.strip_prefix('"').unwrap_or(text);
+    let text = text.strip_suffix('"').unwrap_or(text);
+    if text.contains('~') {
+        return text
+            .parse::<EntityTag>()
+            .map(|t| t.version)
+            .map_err(|e| bad(&e));
+    }
+    text.parse().map_err(|e| bad(&e))
+}
+
 /// `?min_version=V&timeout_ms=T` on a read: wait until this node holds the key at
 /// version V or later (a version a write on any node returned), up to the timeout.
 #[derive(Deserialize, Default, utoipa::IntoParams)]
@@ -535,10 +540,13 @@ pub async fn list(State(ctx): State<Ctx>, Q(p): Q<ListParams>) -> Result<Respons
 #[into_params(parameter_in = Query)]
 pub struct ReadParams {
     /// Answer only once this node holds the key at this version or later (a version a
-    /// write on any node returned; quotes allowed, so an ETag works).
+    /// write on any node returned, or its entity tag; quotes allowed).
+    #[param(
+        pattern = r#"^"?[0-9a-fA-F]{16}-[0-9a-fA-F]{8}-[A-Za-z0-9._-]{1,64}(~[0-9a-f]{16})?"?$"#
+    )]
     min_version: Option<String>,
     /// How long to wait for `min_version` (default 5000), capped below the request
-    /// timeout. Needs `min_version`.
+    /// timeout. Without `min_version` there is nothing to wait for, and it is ignored.
     timeout_ms: Option<u64>,
 }
 
@@ -550,7 +558,7 @@ pub struct ReadParams {
     params(KeyParam, ReadParams),
     responses(
         (status = 200, description = "The pair", body = PairBody, headers(("ETag" = String, description = "The pair's entity tag, quoted: send it back in `If-Match`"))),
-        (status = 400, description = "`invalid_key`, or `invalid_query` (an unknown parameter, a malformed `min_version`, `timeout_ms` without `min_version`)", body = ErrorBody),
+        (status = 400, description = "`invalid_key`, or `invalid_query` (an unknown parameter, a malformed `min_version`)", body = ErrorBody),
         (status = 404, description = "`not_found`: no such pair (or it was deleted)", body = ErrorBody),
         (status = 503, description = "`version_not_here_yet`: this node did not reach `min_version` in time; `database_unavailable`", body = ErrorBody),
     )
@@ -561,19 +569,10 @@ pub async fn get(
     Q(p): Q<ReadParams>,
 ) -> Result<Response, ApiError> {
     let Some(min) = &p.min_version else {
-        if p.timeout_ms.is_some() {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                "timeout_ms needs min_version",
-            ));
-        }
         let pair = ctx.app.get(&key).await?;
         return Ok(pair_response(StatusCode::OK, &pair));
     };
-    let min: Version = min
-        .trim_matches('"')
-        .parse()
-        .map_err(|e| ApiError::bad_request("invalid_query", format!("min_version: {e}")))?;
+    let min = min_version(min)?;
     let timeout = wait_timeout(&ctx, p.timeout_ms);
     match ctx.app.get_at_least(&key, &min, timeout).await? {
         Some(pair) if pair.is_live() => Ok(pair_response(StatusCode::OK, &pair)),
