@@ -11,6 +11,7 @@ import { slowText, watchSlow } from './writes.js';
 import { countMatches, looksLikeGlob, matchesSearch as matchesKey } from './search.js';
 import { conflictList, mergeNotes, tallyText } from './conflicts.js';
 import { valueEditor } from './valueedit.js';
+import { holdAnchor, readingAnchor, sightTop, whereIs } from './offscreen.js';
 
 const PAGE_SIZE = 100; // the first page: shown quickly
 const MORE_SIZE = 500; // each page loaded as the list is scrolled
@@ -51,6 +52,8 @@ const el = {
   searchCase: $('#search-case'),
   folderSep: $('#folder-sep'),
   globHint: $('#glob-hint'),
+  changesAbove: $('#changes-above'),
+  changesBelow: $('#changes-below'),
   conflictCount: $('#conflict-count'),
   keyViewConflicts: $('#key-view-conflicts'),
   globUse: $('#glob-use'),
@@ -115,6 +118,9 @@ const state = {
   rows: new Map(), // key -> <tr>
   fading: new Set(), // <tr> elements on their way out
   flash: new Set(), // keys to highlight on the next render
+  touched: new Set(), // keys changed live since the last render: out of sight, they are counted
+  above: new Set(), // keys changed live above the screen, not seen since
+  below: new Set(), // and below it
   fade: new Set(), // keys deleted while shown: their rows fade out instead of vanishing
   nodeId: '',
   view: null, // the key shown on its own (?key=), or null for the list
@@ -476,6 +482,7 @@ function applyChange(change) {
       if (!known && state.total !== null) state.total += 1; // in the loaded slice: a new key
       setPair(key, pair);
       state.flash.add(key);
+      state.touched.add(key);
     } else {
       noteElsewhere();
     }
@@ -624,6 +631,42 @@ function visibleWindow() {
   return { start, end, above, below };
 }
 
+/** Counts live changes to rows out of sight; a row seen again is no longer counted. */
+function noteOutOfSight(win) {
+  const top = sightTop();
+  for (const key of state.touched) {
+    const i = orderIndex(key);
+    if (state.order[i] !== key || state.view !== null) continue;
+    const row = state.rows.get(key);
+    const where = row?.isConnected ? whereIs(row, top) : i < win.start ? 'above' : 'below';
+    if (where !== 'on') state[where].add(key);
+  }
+  state.touched.clear();
+  for (const side of ['above', 'below']) {
+    for (const key of state[side]) {
+      const row = state.rows.get(key);
+      if (!state.pairs.has(key) || (row?.isConnected && whereIs(row, top) === 'on')) state[side].delete(key);
+    }
+  }
+  for (const [side, button, arrow] of [['above', el.changesAbove, '↑'], ['below', el.changesBelow, '↓']]) {
+    const n = state[side].size;
+    button.hidden = n === 0 || state.view !== null;
+    button.textContent = `${arrow} ${plural(n, 'change', 'changes')} ${side}`;
+  }
+  el.changesAbove.style.top = `${top + 8}px`;
+}
+
+/** Brings the nearest row changed out of sight (on `side`) into sight. */
+function showChanged(side) {
+  const keys = [...state[side]].sort(cmpKeys);
+  const key = side === 'above' ? keys.at(-1) : keys[0];
+  if (key === undefined) return;
+  state[side].delete(key);
+  state.flash.add(key);
+  revealRow(key);
+  render();
+}
+
 /** Brings a row into sight (it may sort far below, not even in the page yet). */
 function revealRow(key) {
   const i = orderIndex(key);
@@ -645,6 +688,8 @@ function render() {
   renderQueued = false;
   if (padTop.parentNode !== el.body) el.body.prepend(padTop);
   if (padBottom.parentNode !== el.body) el.body.append(padBottom);
+  // What is read now stays where it is, whatever comes or goes above it.
+  const anchor = state.view === null ? readingAnchor(el.body) : null;
   const win = visibleWindow();
   const ordered = state.order.slice(win.start, win.end);
   const keys = new Set(ordered);
@@ -740,6 +785,8 @@ function render() {
     }
   }
 
+  holdAnchor(anchor);
+  noteOutOfSight(win);
   renderCount();
   if (state.loaded) settleSoon();
   el.loadMore.hidden = state.next === null;
@@ -1555,9 +1602,11 @@ el.loadMore.addEventListener('click', () => {
 el.elsewhere.addEventListener('click', () => reload({ flashChanges: true }));
 // Scrolling brings other rows into the window, and nears the end of the loaded ones.
 const onScroll = () => {
-  if (state.order.length > RENDER_ALL) scheduleRender();
+  if (state.order.length > RENDER_ALL || state.above.size || state.below.size) scheduleRender();
   else loadMoreIfNear();
 };
+el.changesAbove.addEventListener('click', () => showChanged('above'));
+el.changesBelow.addEventListener('click', () => showChanged('below'));
 window.addEventListener('scroll', onScroll, { passive: true });
 window.addEventListener('resize', onScroll, { passive: true });
 el.refresh.addEventListener('click', () => {

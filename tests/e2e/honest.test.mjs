@@ -259,6 +259,39 @@ describe('a web UI that never misleads', { concurrency: false }, () => {
     }
   });
 
+  test('rows inserted above the reading position do not move it, and live changes out of sight are counted', async () => {
+    const root = uniq('hold');
+    const k = (p, i) => `${root}/${p}${String(i).padStart(2, '0')}`;
+    await Promise.all(Array.from({ length: 60 }, (_, i) => api1.put(k('m', i), ['v'])));
+    const page = await openPage(`${node1.url}/?filter=${encodeURIComponent(root + '/')}`, { viewport: { width: 1000, height: 600 } });
+    try {
+      const target = page.locator(rowSel(k('m', 40)));
+      await waitForRow(page, k('m', 40), ['v']);
+      // Reading from m40, near the top of the screen.
+      await target.evaluate((r) => window.scrollBy(0, r.getBoundingClientRect().top - 150));
+      const before = await target.evaluate((r) => r.getBoundingClientRect().top);
+      await Promise.all(Array.from({ length: 20 }, (_, i) => api2.put(k('a', i), ['new'])));
+      await page.locator('#changes-above').filter({ hasText: /^↑ 20 changes above$/ }).waitFor({ timeout: LIVE_TIMEOUT });
+      await page.waitForFunction((n) => document.querySelectorAll('#pairs-body tr.pair-row').length >= n, 80, { timeout: LIVE_TIMEOUT });
+      const after = await target.evaluate((r) => r.getBoundingClientRect().top);
+      assert.ok(Math.abs(after - before) <= 2, `the row read moved from ${before} to ${after} px`);
+
+      // A change below the screen: counted, and a click brings it into sight.
+      await api2.put(k('m', 59), ['changed']);
+      const below = page.locator('#changes-below');
+      await below.filter({ hasText: /^↓ 1 change below$/ }).waitFor({ timeout: LIVE_TIMEOUT });
+      await below.click();
+      await waitForRow(page, k('m', 59), ['changed']);
+      await page.waitForFunction((sel) => {
+        const r = document.querySelector(sel)?.getBoundingClientRect();
+        return r && r.top >= 0 && r.bottom <= window.innerHeight + 1;
+      }, rowSel(k('m', 59)), { timeout: LIVE_TIMEOUT });
+      await below.waitFor({ state: 'hidden', timeout: LIVE_TIMEOUT });
+    } finally {
+      await page.context().close();
+    }
+  });
+
   test('eight tabs opened one after the other on one node all load and all show a change live', async (t) => {
     const context = await browser.newContext({ viewport: { width: 1000, height: 700 } });
     const key = uniq('tabs');
