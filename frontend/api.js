@@ -149,9 +149,10 @@ function earlyAnswer(method, path, token) {
  * `prompt: false` fails on a 401 instead of asking for a token (for background calls);
  * `timeoutMs` gives up on an answer that takes longer (a node that hangs answers nothing).
  */
-export async function request(method, path, { body, headers = {}, accept = [], attempt = 0, onText, prompt = true, timeoutMs = 0 } = {}) {
+export async function request(method, path, { body, raw, headers = {}, accept = [], attempt = 0, onText, prompt = true, timeoutMs = 0 } = {}) {
   const h = { Accept: 'application/json', ...headers };
   if (body !== undefined) h['Content-Type'] = 'application/json';
+  if (raw !== undefined) h['Content-Type'] = raw.type;
   const token = getToken();
   if (token) h.Authorization = `Bearer ${token}`;
 
@@ -167,7 +168,7 @@ export async function request(method, path, { body, headers = {}, accept = [], a
       res = await (earlyAnswer(method, path, token) ?? fetch(path, {
         method,
         headers: h,
-        body: body === undefined ? undefined : JSON.stringify(body),
+        body: raw !== undefined ? raw.text : body === undefined ? undefined : JSON.stringify(body),
         cache: 'no-store',
         signal: abort ? abort.signal : undefined,
       }));
@@ -199,11 +200,11 @@ export async function request(method, path, { body, headers = {}, accept = [], a
       if (stored && stored !== token) currentToken = stored;
       else await tokenPromptOnce(Boolean(token));
     }
-    return request(method, path, { body, headers, accept, attempt: attempt + 1, onText, prompt, timeoutMs });
+    return request(method, path, { body, raw, headers, accept, attempt: attempt + 1, onText, prompt, timeoutMs });
   }
 
   if (res.ok || accept.includes(res.status)) {
-    return { status: res.status, data, etag: res.headers.get('ETag') };
+    return { status: res.status, data, text, etag: res.headers.get('ETag') };
   }
   throw new ApiError(describe(res.status, data, text.slice(0, 200)), {
     status: res.status,
@@ -270,6 +271,12 @@ export const api = {
 
   /** The conflicts this node recorded for the key, oldest first. */
   conflicts: (key) => request('GET', keyPath(key) + '/conflicts', { prompt: false }).then((r) => r.data?.conflicts || []),
+
+  /** Every pair under `prefix` as exported JSON lines (GET /api/export), as text. */
+  exportText: (prefix = '') => request('GET', `api/export${prefix ? `?prefix=${encodeURIComponent(prefix)}` : ''}`, { headers: { Accept: 'application/x-ndjson' } }).then((r) => r.text),
+
+  /** Merges up to 1,000 exported lines (POST /api/import): { lines, changed, unchanged }. */
+  importLines: (text) => request('POST', 'api/import', { raw: { text, type: 'application/x-ndjson' } }).then((r) => r.data),
 
   /** Forgets the conflicts this node recorded for the key. */
   dismissConflicts: (key) => request('DELETE', keyPath(key) + '/conflicts').then(() => undefined),

@@ -12,6 +12,7 @@ import { countMatches, looksLikeGlob, matchesSearch as matchesKey } from './sear
 import { conflictList, mergeNotes, tallyText } from './conflicts.js';
 import { valueEditor } from './valueedit.js';
 import { holdAnchor, readingAnchor, sightTop, whereIs } from './offscreen.js';
+import { setupBulk } from './bulk.js';
 
 const PAGE_SIZE = 100; // the first page: shown quickly
 const MORE_SIZE = 500; // each page loaded as the list is scrolled
@@ -818,6 +819,7 @@ function renderCount() {
     }
   }
   renderFolders();
+  bulk.update(state.filter, Boolean(state.search.text));
   el.globHint.hidden = !looksLikeGlob({ text: el.search.value, glob: el.searchGlob.checked });
   const conflicts = tallyText(state.tally);
   el.conflictCount.hidden = !conflicts;
@@ -1615,6 +1617,7 @@ el.refresh.addEventListener('click', () => {
   reload({ flashChanges: true });
 });
 el.clear.addEventListener('click', clearAll);
+const bulk = setupBulk({ prefix: () => state.filter, done: () => reload({ flashChanges: true }) });
 
 function setFilter(filter, { push = true } = {}) {
   state.filter = filter;

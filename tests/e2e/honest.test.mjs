@@ -5,6 +5,7 @@
 // Run with scripts/e2e.sh, or: node --test --test-concurrency=1 tests/e2e/honest.test.mjs
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 
 import {
   LIVE_TIMEOUT,
@@ -287,6 +288,39 @@ describe('a web UI that never misleads', { concurrency: false }, () => {
         return r && r.top >= 0 && r.bottom <= window.innerHeight + 1;
       }, rowSel(k('m', 59)), { timeout: LIVE_TIMEOUT });
       await below.waitFor({ state: 'hidden', timeout: LIVE_TIMEOUT });
+    } finally {
+      await page.context().close();
+    }
+  });
+
+  test('every key under a prefix is deleted after a typed confirmation with the count; export and import from the page', async () => {
+    const root = uniq('bulk');
+    const keys = Array.from({ length: 30 }, (_, i) => `${root}/k${String(i).padStart(2, '0')}`);
+    await Promise.all(keys.map((k, i) => api1.put(k, [`v${i}`])));
+    const page = await openPage(`${node1.url}/?filter=${encodeURIComponent(root + '/')}`);
+    try {
+      await waitForRow(page, keys[29], ['v29']);
+      const [download] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Export', exact: true }).click()]);
+      const text = fs.readFileSync(await download.path(), 'utf8');
+      const lines = text.trim().split('\n').map((l) => JSON.parse(l));
+      assert.deepEqual(lines.map((l) => l.key), keys, 'the export holds the prefix\'s pairs');
+
+      await page.getByRole('button', { name: `Delete every key under ${root}/` }).click();
+      const dialog = page.locator('#prefix-dialog');
+      await dialog.getByText('30 pairs will be deleted on every node').waitFor({ timeout: LIVE_TIMEOUT });
+      assert.ok(await dialog.getByRole('button', { name: 'Delete 30 pairs' }).isDisabled(), 'not before "delete" is typed');
+      await dialog.getByLabel('Type delete to confirm').fill('delete');
+      await dialog.getByRole('button', { name: 'Delete 30 pairs' }).click();
+      await page.locator('#messages .msg-success').filter({ hasText: `Deleted 30 pairs under “${root}/”` }).waitFor({ timeout: 60_000 });
+      assert.equal((await api1.list(`?prefix=${encodeURIComponent(root + '/')}&count=true`)).json.total, 0);
+      await page.locator('#empty-state').filter({ hasText: 'No keys start with' }).waitFor({ timeout: LIVE_TIMEOUT });
+
+      // The export, under other keys, imported from the page.
+      const copy = lines.map((l) => JSON.stringify({ ...l, key: l.key.replace(`${root}/`, `${root}-copy/`) })).join('\n') + '\n';
+      await page.locator('#import-file').setInputFiles({ name: 'copy.ndjson', mimeType: 'application/x-ndjson', buffer: Buffer.from(copy) });
+      await page.locator('#messages .msg-success').filter({ hasText: 'Imported copy.ndjson: 30 pairs changed' }).waitFor({ timeout: 60_000 });
+      const back = await api1.list(`?prefix=${encodeURIComponent(root + '-copy/')}&limit=100`);
+      assert.deepEqual(back.json.pairs.map((p) => p.values[0]), keys.map((_, i) => `v${i}`));
     } finally {
       await page.context().close();
     }
