@@ -40,10 +40,15 @@ export class LiveConnection {
       this.away = false;
       this.open();
     });
-    this.port = sharedPort();
+    this.port = sharedPort(() => {
+      // The worker failed (e.g. no module workers here): the page holds its own stream.
+      this.port = null;
+      if (!this.away) this.open();
+    });
     if (this.port) {
       this.port.onmessage = (m) => this.fromWorker(m.data || {});
-      setInterval(() => this.port?.postMessage({ type: 'ping' }), PING_MS);
+      const port = this.port;
+      setInterval(() => port.postMessage({ type: 'ping' }), PING_MS);
     }
     this.open();
   }
@@ -117,10 +122,11 @@ export class LiveConnection {
 }
 
 /** A port to the shared worker, or null where there is none. */
-function sharedPort() {
+function sharedPort(onFail) {
   if (typeof SharedWorker !== 'function') return null;
   try {
     const worker = new SharedWorker(new URL('live-worker.js', import.meta.url), { type: 'module', name: 'kvsync-live' });
+    worker.addEventListener('error', onFail, { once: true });
     worker.port.start();
     window.addEventListener('pagehide', (ev) => {
       if (!ev.persisted) worker.port.postMessage({ type: 'bye' });
