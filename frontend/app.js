@@ -554,7 +554,9 @@ function applyConflict(note) {
 
 /**
  * Takes a pair from the node's answer to a request (a write, or a 412). The feed may have
- * brought a newer state meanwhile, so it counts only when its version is newer than the one shown.
+ * brought a newer state meanwhile: an older version never replaces what is shown. At the
+ * same version a merge may have changed the values, and the answer cannot tell whether it
+ * comes before or after that merge: the node is asked (`confirm`).
  */
 function adopt(key, pair, { show = state.pairs.has(key) || inView(key) } = {}) {
   const known = state.pairs.get(key);
@@ -566,8 +568,36 @@ function adopt(key, pair, { show = state.pairs.has(key) || inView(key) } = {}) {
     return;
   }
   if (!show || (known && !replaces(known, pair, pair.version))) return;
+  if (known && known.version === pair.version) {
+    confirm(key);
+    return;
+  }
   setPair(key, pair);
   state.flash.add(key);
+}
+
+/** Feed changes seen per key: an answer asked for before the latest of them may be older. */
+const fed = new Map();
+
+/**
+ * Asks the node for the key's state and shows it, unless the feed brought a change of the
+ * key meanwhile (the feed is in order: what it brought is as new or newer).
+ */
+function confirm(key) {
+  const seen = fed.get(key) ?? 0;
+  api.get(key).then((pair) => {
+    if ((fed.get(key) ?? 0) !== seen || !pair) return;
+    const known = state.pairs.get(key);
+    if (known && replaces(known, pair, pair.version)) {
+      setPair(key, pair);
+      state.flash.add(key);
+    }
+    if (key === state.view && replaces(state.viewPair, pair, pair.version)) {
+      state.viewPair = pair;
+      renderKeyView();
+    }
+    scheduleRender();
+  }, () => { /* the feed brings it */ });
 }
 
 // Changes that arrive together (a burst of events, a scroll) make one render per frame.
@@ -632,6 +662,11 @@ function visibleWindow() {
   return { start, end, above, below };
 }
 
+/** Sets an element's text only when it differs (each write is a change to lay out again). */
+function setText(node, text) {
+  if (node.textContent !== text) node.textContent = text;
+}
+
 /** Counts live changes to rows out of sight; a row seen again is no longer counted. */
 function noteOutOfSight(win) {
   const top = sightTop();
@@ -651,10 +686,12 @@ function noteOutOfSight(win) {
   }
   for (const [side, button, arrow] of [['above', el.changesAbove, '↑'], ['below', el.changesBelow, '↓']]) {
     const n = state[side].size;
-    button.hidden = n === 0 || state.view !== null;
-    button.textContent = `${arrow} ${plural(n, 'change', 'changes')} ${side}`;
+    // Written only when it changes: a render runs on every frame of a scroll.
+    const hidden = n === 0 || state.view !== null;
+    if (button.hidden !== hidden) button.hidden = hidden;
+    if (!hidden) setText(button, `${arrow} ${plural(n, 'change', 'changes')} ${side}`);
   }
-  el.changesAbove.style.top = `${top + 8}px`;
+  if (!el.changesAbove.hidden) el.changesAbove.style.top = `${top + 8}px`;
 }
 
 /** Brings the nearest row changed out of sight (on `side`) into sight. */
@@ -820,10 +857,11 @@ function renderCount() {
   }
   renderFolders();
   bulk.update(state.filter, Boolean(state.search.text));
-  el.globHint.hidden = !looksLikeGlob({ text: el.search.value, glob: el.searchGlob.checked });
+  const glob = looksLikeGlob({ text: el.search.value, glob: el.searchGlob.checked });
+  if (el.globHint.hidden === glob) el.globHint.hidden = !glob;
   const conflicts = tallyText(state.tally);
-  el.conflictCount.hidden = !conflicts;
-  el.conflictCount.textContent = conflicts ? `⚠ ${conflicts}` : '';
+  if (el.conflictCount.hidden === Boolean(conflicts)) el.conflictCount.hidden = !conflicts;
+  setText(el.conflictCount, conflicts ? `⚠ ${conflicts}` : '');
   el.elsewhere.hidden = state.elsewhere === 0;
   el.elsewhere.textContent = `${plural(state.elsewhere, 'change', 'changes')} elsewhere`;
   el.elsewhere.title = state.filter
@@ -1103,9 +1141,12 @@ function openKey(key, { push = true } = {}) {
   document.title = `${key} · kvsync`;
   renderKeyView();
   el.keyViewKey.closest('section').querySelector('h2').focus();
+  const seen = fed.get(key) ?? 0;
   api.get(key).then((pair) => {
     if (state.view !== key) return;
-    if (!pair || replaces(state.viewPair, pair, pair.version)) state.viewPair = pair;
+    // The feed's changes are in order: one that came meanwhile is as new or newer.
+    const overtaken = (fed.get(key) ?? 0) !== seen && state.viewPair;
+    if (!overtaken && (!pair || replaces(state.viewPair, pair, pair.version))) state.viewPair = pair;
     renderKeyView();
   }, (err) => notifyError(`Could not load “${key}”.`, err, { topic: 'load' }));
 }
@@ -1205,7 +1246,8 @@ function openValueEditor(key, id, seen, index) {
         throw new Error(res.current ? 'This value was changed elsewhere meanwhile, so yours was not saved. It shows the new one above; copy yours before you cancel.' : 'This key was deleted elsewhere.');
       }
       state.viewEditors.delete(id);
-      state.viewPair = res.pair;
+      if (!state.viewPair || olderThan(state.viewPair.version, res.pair.version)) state.viewPair = res.pair;
+      else if (!samePair(state.viewPair, res.pair)) confirm(key);
       adopt(key, res.pair);
       renderKeyView();
       scheduleRender();
@@ -1821,7 +1863,10 @@ const live = new LiveConnection({
     // (Re)load after the stream is up, so no change can fall between the list and the stream.
     reloadAfterCurrent({ flashChanges: reconnect });
   },
-  onChange: applyChange,
+  onChange(change) {
+    fed.set(change.key, (fed.get(change.key) ?? 0) + 1);
+    applyChange(change);
+  },
   onConflict: applyConflict,
   onResync() {
     reload({ flashChanges: true });

@@ -130,8 +130,10 @@ export function setupBulk({ prefix, done }) {
   return {
     /** Shows "Delete all under…" only for a prefix. */
     update(p, searching) {
-      el.del.hidden = !p || searching;
-      el.del.setAttribute('aria-label', p ? `Delete every key under ${p}` : 'Delete every key under the prefix');
+      const hidden = !p || searching;
+      if (el.del.hidden !== hidden) el.del.hidden = hidden;
+      const label = p ? `Delete every key under ${p}` : 'Delete every key under the prefix';
+      if (el.del.getAttribute('aria-label') !== label) el.del.setAttribute('aria-label', label);
     },
   };
 }
