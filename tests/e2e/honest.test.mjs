@@ -347,6 +347,49 @@ describe('a web UI that never misleads', { concurrency: false }, () => {
     }
   });
 
+  test('the tabs of one browser share one event stream, and let go of it when they go', async () => {
+    // A node that serves at most two event streams: with a stream per tab, the third tab
+    // would never be live.
+    const capped = await startCluster({ nodes: 1, nodeEnv: { KVSYNC_MAX_EVENT_STREAMS: '2' } });
+    const base = capped.info.nodes[0].url;
+    try {
+      const live = (page) => page.locator('#live-status[data-state="live"]').waitFor({ timeout: 30_000 });
+      const first = await browser.newContext();
+      for (let i = 0; i < 5; i++) {
+        const page = await first.newPage();
+        page.on('pageerror', (err) => errors.push(`shared ${i + 1}: ${err.message}`));
+        await page.goto(base + '/');
+        await live(page);
+      }
+      // Pages left and come back to: each lets go of its place and takes one again.
+      const roaming = first.pages()[0];
+      for (let i = 0; i < 3; i++) {
+        await roaming.goto('about:blank');
+        await roaming.goto(base + '/');
+        await live(roaming);
+      }
+      await first.close();
+      // Another browser profile: two streams are free again once the first one's tabs are gone.
+      const second = await browser.newContext();
+      try {
+        await eventually(async () => {
+          const page = await second.newPage();
+          await page.goto(base + '/');
+          try {
+            await live(page);
+            return true;
+          } finally {
+            await page.close();
+          }
+        }, { timeout: 60_000, what: 'a stream for a new browser profile' });
+      } finally {
+        await second.close();
+      }
+    } finally {
+      await capped.stop();
+    }
+  });
+
   test('the page of a stopped node stops saying "Live" within 15 s, a write there ends with a clear message and applies once', async (t) => {
     const page = await openPage(node2.url + '/');
     const key = uniq('frozen');
