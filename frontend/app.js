@@ -35,6 +35,7 @@ const el = {
   keyViewMeta: $('#key-view-meta'),
   keyViewValues: $('#key-view-values'),
   keyViewMissing: $('#key-view-missing'),
+  keyViewAdd: $('#key-view-add'),
   keyBack: $('#key-back'),
   copyKey: $('#copy-key'),
   addCard: $('#add-card'),
@@ -115,6 +116,7 @@ const state = {
   tally: new Map(), // key -> conflicts, of every key this page heard of (loaded or live): the header's count
   viewConflicts: [], // the conflicts of the key shown on its own
   viewEditors: new Map(), // value id -> its open editor in the key's own view (kept across renders)
+  viewAdding: null, // the editor of a value being added in the key's own view
   restoring: new Set(), // keys with a Restore under way
   rows: new Map(), // key -> <tr>
   fading: new Set(), // <tr> elements on their way out
@@ -1123,7 +1125,10 @@ function followUrl() {
 
 function openKey(key, { push = true } = {}) {
   if (push) history.pushState(null, '', linkTo({ key }));
-  if (state.view !== key) state.viewEditors.clear();
+  if (state.view !== key) {
+    state.viewEditors.clear();
+    state.viewAdding = null;
+  }
   state.view = key;
   state.viewPair = state.pairs.get(key);
   state.viewConflicts = state.tally.get(key) || [];
@@ -1155,6 +1160,7 @@ function closeKey() {
   if (state.view === null) return;
   state.view = null;
   state.viewEditors.clear();
+  state.viewAdding = null;
   el.keyView.hidden = true;
   el.addCard.hidden = false;
   el.pairsCard.hidden = false;
@@ -1195,6 +1201,7 @@ function renderKeyView() {
   el.keyViewConflicts.hidden = !notes.length;
   el.keyViewConflicts.replaceChildren(...(notes.length ? [conflictList(key, notes)] : []));
   if (!pair) {
+    el.keyViewAdd.replaceChildren();
     el.keyViewValues.replaceChildren();
     el.keyViewMeta.textContent = pair === undefined ? 'Loading…' : '';
     return;
@@ -1219,12 +1226,74 @@ function renderKeyView() {
     copy.addEventListener('click', () => copyText(v, `value ${i + 1}`));
     const edit = editor || !elementId ? null : h('button', { type: 'button', class: 'btn btn-small', 'aria-label': `Edit value ${i + 1}`, text: 'Edit' });
     edit?.addEventListener('click', () => openValueEditor(key, elementId, v, i));
+    const remove = editor || !elementId ? null : h('button', { type: 'button', class: 'btn btn-small btn-danger-ghost', 'aria-label': `Remove value ${i + 1}`, text: 'Remove' });
+    remove?.addEventListener('click', () => removeViewValue(key, elementId, v, i));
     return h('li', { class: 'key-value' },
       h('div', { class: 'key-value-head' },
         h('span', { text: `Value ${i + 1} · ${groupDigits(encoder.encode(v).length)} bytes` }),
-        h('span', { class: 'spacer' }), editor ? null : toggle, edit, copy),
+        h('span', { class: 'spacer' }), editor ? null : toggle, edit, copy, remove),
       editor || pre);
   }));
+  renderViewAdd(key, pair.values.length);
+}
+
+/** "+ Add value" under a key's values, or the editor of the value being added. */
+function renderViewAdd(key, count) {
+  if (state.viewAdding) {
+    if (!el.keyViewAdd.contains(state.viewAdding)) el.keyViewAdd.replaceChildren(state.viewAdding);
+    return;
+  }
+  const add = h('button', { type: 'button', class: 'btn btn-small btn-ghost', text: '+ Add value' });
+  add.addEventListener('click', () => {
+    const close = () => {
+      state.viewAdding = null;
+      renderKeyView();
+      el.keyViewAdd.querySelector('button')?.focus();
+    };
+    state.viewAdding = valueEditor('', count, {
+      onCancel: close,
+      async onSave(value) {
+        const pair = await watchSlow(api.append(key, value),
+          () => notify(`Adding to “${key}”: ${slowText()}`, 'error', { topic: `save:${key}` }));
+        state.viewAdding = null;
+        if (pair) {
+          if (!state.viewPair || olderThan(state.viewPair.version, pair.version)) state.viewPair = pair;
+          else confirm(key);
+          adopt(key, pair);
+        }
+        renderKeyView();
+        scheduleRender();
+        notify(`Added a value to “${key}”.`, 'success', { topic: `save:${key}` });
+      },
+    });
+    renderKeyView();
+    state.viewAdding._area.focus();
+  });
+  el.keyViewAdd.replaceChildren(add);
+}
+
+/** Removes one value of the key shown on its own, if it is still as shown. */
+async function removeViewValue(key, id, seen, index) {
+  const ok = await confirmAction({ title: `Remove value ${index + 1}?`, text: `${quoteValue(seen)} will be removed from “${key}” on every node.`, ok: 'Remove' });
+  if (!ok) return;
+  try {
+    const res = await watchSlow(writeOps(key, [{ id, seen, remove: true }], state.viewPair?.etag),
+      () => notify(`Removing from “${key}”: ${slowText()}`, 'error', { topic: `save:${key}` }));
+    const pair = res.pair ?? res.current;
+    if (state.view === key && pair && (!state.viewPair || !olderThan(pair.version, state.viewPair.version))) state.viewPair = pair;
+    adopt(key, pair);
+    renderKeyView();
+    scheduleRender();
+    if (res.pair) notify(`Removed value ${index + 1} of “${key}”.`, 'success', { topic: `save:${key}` });
+    else notify(`Value ${index + 1} of “${key}” was changed elsewhere meanwhile, so it was not removed.`, 'error', { topic: `save:${key}` });
+  } catch (err) {
+    notify(`Could not remove the value from “${key}”. ${messageOf(err)}`, 'error', { topic: `save:${key}` });
+  }
+}
+
+function quoteValue(value) {
+  const chars = [...value];
+  return `“${chars.length > 60 ? chars.slice(0, 59).join('') + '…' : value}”`;
 }
 
 /** Opens the editor of one value in the key's own view; a save writes that value only. */

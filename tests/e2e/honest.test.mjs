@@ -217,7 +217,7 @@ describe('a web UI that never misleads', { concurrency: false }, () => {
     }
   });
 
-  test('a key\'s view edits a value in place with a JSON check and Format; clipped values say so; an added key comes into sight', async () => {
+  test('a key\'s view edits, adds and removes values in place, with a JSON check and Format; clipped values say so; an added key comes into sight', async () => {
     const root = uniq('view');
     const key = `${root}/json`;
     const long = Array.from({ length: 12 }, (_, i) => `line ${i}`).join('\n');
@@ -255,6 +255,23 @@ describe('a web UI that never misleads', { concurrency: false }, () => {
       await eventually(async () => (await api1.get(key)).json.values[0] === pretty, { what: 'the save' });
       assert.deepEqual((await api1.get(key)).json.values, [pretty, long]);
       await page.locator('#key-view-values pre').first().filter({ hasText: '"b"' }).waitFor({ timeout: LIVE_TIMEOUT });
+
+      // Values are added and removed there too.
+      await page.locator('#key-view-add').getByRole('button', { name: '+ Add value' }).click();
+      const added = page.locator('#key-view-add').getByLabel('Value 3', { exact: true });
+      await added.focus();
+      await page.keyboard.type('added here');
+      await page.keyboard.press('Enter');
+      await page.keyboard.type('on two lines');
+      await page.keyboard.press('Control+Enter');
+      await eventually(async () => (await api1.get(key)).json.values.length === 3, { what: 'the add' });
+      assert.deepEqual((await api1.get(key)).json.values, [pretty, long, 'added here\non two lines']);
+      await page.getByRole('button', { name: 'Remove value 2' }).click();
+      await page.locator('#confirm-dialog').getByRole('button', { name: 'Remove' }).click();
+      await eventually(async () => (await api1.get(key)).json.values.length === 2, { what: 'the removal' });
+      assert.deepEqual((await api1.get(key)).json.values, [pretty, 'added here\non two lines']);
+      await page.locator('#key-view-values > li').nth(1).waitFor({ state: 'visible' });
+      await page.waitForFunction(() => document.querySelectorAll('#key-view-values > li').length === 2, null, { timeout: LIVE_TIMEOUT });
     } finally {
       await page.context().close();
     }
