@@ -300,10 +300,6 @@ function inView(key) {
   return state.next === null || cmpKeys(key, state.next) <= 0;
 }
 
-/**
- * Loads the list again: as far as it was loaded (page by page), so a refresh or reconnect
- * keeps every row loaded and the scroll position; the first load reads one short page.
- */
 /** Whether `key` matches the search, as the node does. */
 function matchesSearch(key) {
   return matchesKey(key, state.search);
@@ -328,6 +324,10 @@ function reloadAfterCurrent(opts) {
   else reload(opts);
 }
 
+/**
+ * Loads the list again: as far as it was loaded (page by page), so a refresh or reconnect
+ * keeps every row loaded and the scroll position; the first load reads one short page.
+ */
 async function reload({ flashChanges = false } = {}) {
   const seq = ++state.loadSeq;
   state.loading = true;
