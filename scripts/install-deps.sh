@@ -7,6 +7,7 @@
 #   scripts/install-deps.sh --compose  # also docker-compose (for validating compose files)
 #   scripts/install-deps.sh --peers    # also etcd and Redis from Debian (the benchmark's
 #                                      # peers: about 10 s on a fresh machine)
+#   scripts/install-deps.sh --contract # also schemathesis (the API contract run)
 set -euo pipefail
 
 TOOLS="${KVSYNC_TOOLS:-$HOME/.cache/kvsync-tools}"
@@ -15,17 +16,20 @@ CARGO_DENY_VERSION=0.20.2
 # Pinned: a fresh machine gets what the suite last passed with (override to try another).
 NX_VERSION="${NX_27017_VERSION:-0.8.1}"
 PLAYWRIGHT_VERSION="${PLAYWRIGHT_CORE_VERSION:-1.65.2}"
+SCHEMATHESIS_VERSION="${SCHEMATHESIS_VERSION:-4.32.5}"
 mkdir -p "$TOOLS"
 
 want_browser=0
 want_compose=0
 want_peers=0
+want_contract=0
 for arg in "$@"; do
   case "$arg" in
     --browser) want_browser=1 ;;
     --compose) want_compose=1 ;;
     --peers) want_peers=1 ;;
-    --all) want_browser=1; want_compose=1; want_peers=1 ;;
+    --contract) want_contract=1 ;;
+    --all) want_browser=1; want_compose=1; want_peers=1; want_contract=1 ;;
     *) echo "unknown flag: $arg" >&2; exit 2 ;;
   esac
 done
@@ -89,6 +93,13 @@ if [ $want_peers -eq 1 ]; then
   # Debian starts neither (no init system here, or policy-rc.d); the benchmark runs its own
   # on free loopback ports.
   apt_install etcd-server redis-server
+fi
+
+if [ $want_contract -eq 1 ] && [ ! -x "$TOOLS/schemathesis/bin/st" ]; then
+  # Its own environment: its dependencies must not move the MongoDB server's.
+  log "installing schemathesis $SCHEMATHESIS_VERSION into $TOOLS/schemathesis"
+  python3 -m venv "$TOOLS/schemathesis"
+  "$TOOLS/schemathesis/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
 log "ok: tools in $TOOLS"

@@ -241,6 +241,38 @@ async fn export(
     Ok(())
 }
 
+/// Sends `batch` (JSON lines) with `send`; when the node (or a gateway in front of it)
+/// answers that it was too large or too slow (413, 504), sends each half instead, down
+/// to one line. Importing a line twice changes nothing, so a timed-out request that was
+/// applied after all is safe to send again.
+async fn send_halving<F, Fut>(batch: &str, send: &F) -> Result<(u64, u64), Error>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(u64, u64), Error>>,
+{
+    let mut pending = vec![batch.to_owned()];
+    let (mut changed, mut unchanged) = (0, 0);
+    while let Some(part) = pending.pop() {
+        match send(part.clone()).await {
+            Ok((c, u)) => {
+                changed += c;
+                unchanged += u;
+            }
+            Err(Error::Api(a))
+                if matches!(a.status.as_u16(), 413 | 504) && part.lines().count() > 1 =>
+            {
+                let lines: Vec<&str> = part.lines().collect();
+                let (head, tail) = lines.split_at(lines.len() / 2);
+                // Last in, first out: the head goes first, keeping the file's order.
+                pending.push(tail.iter().map(|l| format!("{l}\n")).collect());
+                pending.push(head.iter().map(|l| format!("{l}\n")).collect());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((changed, unchanged))
+}
+
 async fn import(api: &Api, out: &Out, file: &std::path::Path) -> Result<(), Error> {
     use std::io::BufRead;
     let reader: Box<dyn BufRead> = if file.as_os_str() == "-" {
@@ -268,9 +300,15 @@ async fn import(api: &Api, out: &Out, file: &std::path::Path) -> Result<(), Erro
             lines += 1;
         }
         if lines > 0 && (last || lines == IMPORT_LINES || batch.len() >= IMPORT_BYTES) {
-            let (c, u) = api.import(&batch).await.map_err(|e| match e {
+            let first = sent + 1;
+            let (c, u) = send_halving(
+                &batch,
+                &|part: String| async move { api.import(&part).await },
+            )
+            .await
+            .map_err(|e| match e {
                 Error::Api(mut a) => {
-                    a.detail = format!("{} (lines {} to {})", a.detail, sent + 1, sent + lines);
+                    a.detail = format!("{} (lines {first} to {})", a.detail, sent + lines);
                     Error::Api(a)
                 }
                 other => other,
@@ -454,7 +492,63 @@ fn progress_so_far(body: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::progress_so_far;
+    use std::sync::Mutex;
+
+    use super::{progress_so_far, send_halving};
+    use crate::api::{ApiError, Error};
+
+    /// A node behind a gateway that times out (504) on requests over 3 lines: the
+    /// import halves until each request goes through, sends every line once, in order,
+    /// and adds up the answers.
+    #[tokio::test]
+    async fn an_import_too_slow_or_too_large_is_sent_again_in_halves() {
+        for status in [504u16, 413] {
+            let seen: Mutex<Vec<String>> = Mutex::default();
+            let send = |part: String| {
+                let seen = &seen;
+                async move {
+                    let n = part.lines().count() as u64;
+                    if n > 3 {
+                        return Err(Error::Api(Box::new(ApiError {
+                            key: None,
+                            status: reqwest::StatusCode::from_u16(status).unwrap(),
+                            code: "timeout".into(),
+                            detail: "too slow".into(),
+                            current: None,
+                        })));
+                    }
+                    seen.lock().unwrap().extend(part.lines().map(str::to_owned));
+                    Ok((n, 0))
+                }
+            };
+            let batch: String = (1..=10).map(|i| format!("line{i}\n")).collect();
+            assert_eq!(send_halving(&batch, &send).await.unwrap(), (10, 0));
+            let expected: Vec<String> = (1..=10).map(|i| format!("line{i}")).collect();
+            assert_eq!(*seen.lock().unwrap(), expected, "{status}");
+        }
+    }
+
+    /// Another error, or a single line still refused, ends the import with it.
+    #[tokio::test]
+    async fn other_errors_and_a_single_refused_line_are_not_retried() {
+        let calls = Mutex::new(0);
+        let send = |_part: String| {
+            let calls = &calls;
+            async move {
+                *calls.lock().unwrap() += 1;
+                Err::<(u64, u64), _>(Error::Api(Box::new(ApiError {
+                    key: None,
+                    status: reqwest::StatusCode::GATEWAY_TIMEOUT,
+                    code: "timeout".into(),
+                    detail: "too slow".into(),
+                    current: None,
+                })))
+            }
+        };
+        assert!(send_halving("one\ntwo\n", &send).await.is_err());
+        // Two lines, then the first half (one line) fails for good.
+        assert_eq!(*calls.lock().unwrap(), 2);
+    }
 
     #[test]
     fn progress_reads_only_whole_numbers() {

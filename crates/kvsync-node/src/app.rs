@@ -78,6 +78,8 @@ pub enum Precondition {
     Exists,
     /// No live pair may exist (`If-None-Match: *`).
     Absent,
+    /// Every one of these (`If-Match` and `If-None-Match` together).
+    All(Vec<Precondition>),
 }
 
 impl Precondition {
@@ -89,6 +91,7 @@ impl Precondition {
             }
             Precondition::Exists => live.is_some(),
             Precondition::Absent => live.is_none(),
+            Precondition::All(all) => all.iter().all(|p| p.check(live)),
         }
     }
 }

@@ -60,6 +60,11 @@ pub async fn events(
     headers: HeaderMap,
     Q(params): Q<EventsParams>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    // The prefix is the start of a key: the key rules apply, as on listings.
+    if !params.prefix.is_empty() {
+        kvsync_core::Key::parse(params.prefix.as_str())
+            .map_err(|e| ApiError::bad_request("invalid_query", format!("prefix: {e}")))?;
+    }
     let slot = ctx.limits.event_stream()?;
     // The header is what a browser sends on its own reconnects, with the query of the
     // stream's first request: the header is the newer.

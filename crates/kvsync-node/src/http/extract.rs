@@ -70,8 +70,8 @@ fn percent_decodes_to_utf8(query: &str) -> bool {
 }
 
 /// `If-Match` / `If-None-Match` as a [`Precondition`]. Entity tags are those this
-/// service issues (version and state digest, see `kvsync_core::etag`); weak tags never
-/// match (If-Match uses strong comparison), so they are refused outright.
+/// service issues (version and state digest, see `kvsync_core::etag`); any other tag,
+/// weak ones included (If-Match compares strongly), matches nothing.
 pub fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
     let text = |name: header::HeaderName| -> Result<Option<String>, ApiError> {
         let values: Vec<_> = headers.get_all(&name).iter().collect();
@@ -88,36 +88,38 @@ pub fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
             .join(",");
         Ok(Some(joined))
     };
-    match (text(header::IF_MATCH)?, text(header::IF_NONE_MATCH)?) {
-        (None, None) => Ok(Precondition::None),
-        (Some(_), Some(_)) => Err(ApiError::bad_request(
-            "invalid_precondition",
-            "send either If-Match or If-None-Match, not both",
-        )),
-        (None, Some(v)) if v.trim() == "*" => Ok(Precondition::Absent),
-        (None, Some(_)) => Err(ApiError::bad_request(
-            "invalid_precondition",
-            "only `If-None-Match: *` is supported on writes",
-        )),
-        (Some(v), None) if v.trim() == "*" => Ok(Precondition::Exists),
-        (Some(v), None) => v
-            .split(',')
-            .map(|tag| {
-                let tag = tag.trim();
-                let inner = tag
-                    .strip_prefix('"')
-                    .and_then(|t| t.strip_suffix('"'))
-                    .unwrap_or(tag);
-                inner.parse::<EntityTag>().map_err(|_| {
-                    ApiError::bad_request(
-                        "invalid_precondition",
-                        format!("If-Match: {tag:?} is not an entity tag this service issues (use the ETag of a GET, or a pair's `etag`)"),
-                    )
+    let if_none_match = match text(header::IF_NONE_MATCH)? {
+        None => None,
+        Some(v) if v.trim() == "*" => Some(Precondition::Absent),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_precondition",
+                "only `If-None-Match: *` is supported on writes",
+            ))
+        }
+    };
+    let if_match = text(header::IF_MATCH)?.map(|v| {
+        if v.trim() == "*" {
+            return Precondition::Exists;
+        }
+        // A tag this service never issued (malformed, weak, or of another format)
+        // matches no state: the precondition fails with 412, as RFC 9110 has it.
+        Precondition::IfMatch(
+            v.split(',')
+                .filter_map(|tag| {
+                    let tag = tag.trim();
+                    let inner = tag.strip_prefix('"').and_then(|t| t.strip_suffix('"'));
+                    inner.unwrap_or(tag).parse::<EntityTag>().ok()
                 })
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Precondition::IfMatch),
-    }
+                .collect(),
+        )
+    });
+    // Both: each must hold (RFC 9110 evaluates If-Match, then If-None-Match).
+    Ok(match (if_match, if_none_match) {
+        (None, None) => Precondition::None,
+        (Some(p), None) | (None, Some(p)) => p,
+        (Some(a), Some(b)) => Precondition::All(vec![a, b]),
+    })
 }
 
 #[cfg(test)]
@@ -169,14 +171,21 @@ mod tests {
             Precondition::Absent
         );
         // A bare version is no longer a tag: it cannot tell a merged-in value apart.
-        for bad in [
+        for never in [
             "\"nope\"",
             "W/\"0000019361a2b3c4-00000003-node1~0123456789abcdef\"",
             "\"0000019361a2b3c4-00000003-node1\"",
             "",
         ] {
-            assert!(precondition(&with(header::IF_MATCH, bad)).is_err(), "{bad}");
+            let p = precondition(&with(header::IF_MATCH, never)).unwrap();
+            assert_eq!(p, Precondition::IfMatch(vec![]), "{never}");
         }
         assert!(precondition(&with(header::IF_NONE_MATCH, "\"x\"")).is_err());
+        let mut both = with(header::IF_MATCH, "*");
+        both.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
+        assert_eq!(
+            precondition(&both).unwrap(),
+            Precondition::All(vec![Precondition::Exists, Precondition::Absent])
+        );
     }
 }

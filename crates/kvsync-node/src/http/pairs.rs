@@ -54,7 +54,8 @@ pub struct IdParam {
 #[allow(dead_code)] // Only its schema is used.
 pub struct Preconditions {
     /// Write only if the pair's entity tag is one of these ETags (or `*`: if it exists).
-    /// Weak tags are refused.
+    /// A tag this service did not issue (a weak tag too) matches nothing: 412. With
+    /// `If-None-Match` too, both must hold.
     #[param(rename = "If-Match")]
     if_match: Option<String>,
     /// Only `*`: write only if the pair does not exist.
@@ -169,7 +170,7 @@ pub struct WaitParams {
     wait: Option<String>,
     /// How long to wait (default 5000), capped below the request timeout. Without
     /// `wait` there is nothing to wait for, and it is ignored.
-    timeout_ms: Option<u64>,
+    timeout_ms: Option<u32>,
 }
 
 /// How long a write waits for its replication unless told otherwise.
@@ -197,12 +198,12 @@ impl WaitParams {
 }
 
 /// The wait asked for, kept within the request timeout (with room to answer).
-fn wait_timeout(ctx: &Ctx, asked_ms: Option<u64>) -> Duration {
+fn wait_timeout(ctx: &Ctx, asked_ms: Option<u32>) -> Duration {
     let cap = ctx
         .limits
         .request_timeout
         .saturating_sub(Duration::from_millis(250));
-    Duration::from_millis(asked_ms.unwrap_or(DEFAULT_WAIT_MS)).min(cap)
+    Duration::from_millis(asked_ms.map_or(DEFAULT_WAIT_MS, u64::from)).min(cap)
 }
 
 /// Waits, if asked, until the write's event has reached the peers.
@@ -313,7 +314,7 @@ pub struct ListParams {
 pub const SEARCH_SCAN: usize = 5000;
 /// Index reads a folder listing makes per request at most (one per folder skipped).
 const FOLDER_STEPS: usize = 200;
-const MAX_DELIMITER_BYTES: usize = 8;
+const MAX_DELIMITER_CHARS: usize = 8;
 
 /// One page of a search (`contains`/`glob`) or a folder listing (`delimiter`): scans at most
 /// [`SEARCH_SCAN`] live keys of the prefix's range, reading keys only, then the pairs found.
@@ -488,8 +489,10 @@ pub async fn list(State(ctx): State<Ctx>, Q(p): Q<ListParams>) -> Result<Respons
         matchers.push(KeyMatch::glob(pattern, p.ignore_case));
     }
     if let Some(d) = &p.delimiter {
-        if d.is_empty() || d.len() > MAX_DELIMITER_BYTES || d.chars().any(char::is_control) {
-            return bad("delimiter must be 1 to 8 bytes, without control characters");
+        // Characters, not bytes: what the API document can state.
+        let chars = d.chars().count();
+        if chars == 0 || chars > MAX_DELIMITER_CHARS || d.chars().any(char::is_control) {
+            return bad("delimiter must be 1 to 8 characters, without control characters");
         }
     }
     if !matchers.is_empty() || p.delimiter.is_some() {
@@ -547,7 +550,7 @@ pub struct ReadParams {
     min_version: Option<String>,
     /// How long to wait for `min_version` (default 5000), capped below the request
     /// timeout. Without `min_version` there is nothing to wait for, and it is ignored.
-    timeout_ms: Option<u64>,
+    timeout_ms: Option<u32>,
 }
 
 /// Reads one pair.
