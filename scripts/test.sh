@@ -35,5 +35,8 @@ cargo test --workspace --locked
 step "compose files"
 scripts/check-compose.sh
 
+step "API contract (schemathesis, with and without a token)"
+KVSYNC_E2E_SKIP_BUILD=1 scripts/contract.sh
+
 step "browser tests"
 scripts/e2e.sh
