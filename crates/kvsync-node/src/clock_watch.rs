@@ -184,6 +184,16 @@ impl ClockWatch {
         }
     }
 
+    /// How many peer events this node holds for clock reasons.
+    pub fn holding(&self) -> u64 {
+        self.held
+            .lock()
+            .expect("held lock")
+            .values()
+            .map(|h| h.events)
+            .sum()
+    }
+
     /// Why this node cannot be trusted to agree with its peers right now, if it cannot.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();

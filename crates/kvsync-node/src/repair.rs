@@ -503,41 +503,26 @@ impl Repair {
         let publisher = self.settings.publisher.clone();
         let topic = self.settings.control_topic.clone();
         self.snapshots.spawn(async move {
-            tracing::info!(peer = %requester, "publishing this node's state for a joining peer");
+            // The joiner starts reading the topic after this snapshot: an event held
+            // here (stamped too far ahead) is in neither, and would be lost to the
+            // joiner until a repair. So the state goes out once nothing is held, and
+            // again if something was held while it went out.
             let started = Instant::now();
             let mut until: BTreeMap<i32, i64> = BTreeMap::new();
-            let mut in_flight = JoinSet::new();
             let mut sent = 0u64;
-            let mut scan = app.store.scan_numbered(READ_PAGE);
-            while let Some(next) = scan.next().await {
-                let pair = match next {
-                    Ok(Scanned { pair: Ok(pair), .. }) => pair,
-                    Ok(_) => continue,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "snapshot for a joining peer stopped: the database failed; the peer asks again");
-                        return;
-                    }
-                };
-                if app.collectable(&pair) {
-                    continue;
-                }
-                let event = app.republish(pair);
-                // One key too large to publish must not stop the whole snapshot: it is
-                // reported, and the rest goes out.
-                if !app.fits(&event) {
-                    continue;
-                }
-                let publisher = publisher.clone();
-                in_flight.spawn(async move { publisher.publish(&event).await });
-                while in_flight.len() >= SNAPSHOT_IN_FLIGHT {
-                    if !absorb(in_flight.join_next().await, &mut until, &mut sent) {
-                        return;
+            loop {
+                if app.clock.holding() > 0 {
+                    tracing::info!(peer = %requester, held = app.clock.holding(), "a joining peer waits: this node holds events stamped ahead, which its state must include");
+                    while app.clock.holding() > 0 {
+                        tokio::time::sleep(HELD_POLL).await;
                     }
                 }
-            }
-            while let Some(r) = in_flight.join_next().await {
-                if !absorb(Some(r), &mut until, &mut sent) {
+                tracing::info!(peer = %requester, "publishing this node's state for a joining peer");
+                if !publish_state(&app, &publisher, &mut until, &mut sent).await {
                     return;
+                }
+                if app.clock.holding() == 0 {
+                    break;
                 }
             }
             app.metrics.snapshots_served.inc();
@@ -552,7 +537,55 @@ impl Repair {
             }
         });
     }
+}
 
+/// How often a snapshot waiting for held events looks again.
+const HELD_POLL: Duration = Duration::from_millis(200);
+
+/// Publishes every key this node holds (a snapshot's body); false if it had to stop.
+async fn publish_state(
+    app: &Arc<App>,
+    publisher: &Publisher,
+    until: &mut BTreeMap<i32, i64>,
+    sent: &mut u64,
+) -> bool {
+    let mut in_flight = JoinSet::new();
+    let mut scan = app.store.scan_numbered(READ_PAGE);
+    while let Some(next) = scan.next().await {
+        let pair = match next {
+            Ok(Scanned { pair: Ok(pair), .. }) => pair,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "snapshot for a joining peer stopped: the database failed; the peer asks again");
+                return false;
+            }
+        };
+        if app.collectable(&pair) {
+            continue;
+        }
+        let event = app.republish(pair);
+        // One key too large to publish must not stop the whole snapshot: it is
+        // reported, and the rest goes out.
+        if !app.fits(&event) {
+            continue;
+        }
+        let publisher = publisher.clone();
+        in_flight.spawn(async move { publisher.publish(&event).await });
+        while in_flight.len() >= SNAPSHOT_IN_FLIGHT {
+            if !absorb(in_flight.join_next().await, until, sent) {
+                return false;
+            }
+        }
+    }
+    while let Some(r) = in_flight.join_next().await {
+        if !absorb(Some(r), until, sent) {
+            return false;
+        }
+    }
+    true
+}
+
+impl Repair {
     /// Moves a join along: asks a live peer, falls back to replaying the topic when
     /// alone, asks another peer when one does not answer, and ends it once the state
     /// received is applied.

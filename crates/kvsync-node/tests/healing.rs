@@ -529,3 +529,57 @@ async fn shutdown_is_bounded_by_its_timeout_even_with_a_request_stuck() {
         "shutdown took {took:?} with a 1 s shutdown timeout"
     );
 }
+
+/// A node that joined while a peer held an event stamped ahead (a clock 10 minutes
+/// ahead) took that peer's state, which lacked the event, and started reading the
+/// topic after it: it lacked the event long after the clock was set right. A peer now
+/// publishes its state for a joiner only once it holds nothing back.
+#[tokio::test]
+async fn a_node_joining_while_a_peer_holds_events_stamped_ahead_gets_them() {
+    let _slot = SLOTS.acquire().await.unwrap();
+    let mut c = start(ClusterOptions {
+        nodes: 2,
+        movable_clocks: true,
+        // Repair would close the gap in time; this is about the join itself.
+        env: vec![("KVSYNC_REPAIR_INTERVAL_MS".into(), "600000".into())],
+        ..Default::default()
+    })
+    .await;
+    let (a, b) = (c.nodes[0].client(), c.nodes[1].client());
+    a.put("before", &["x"]).await.unwrap();
+    c.identical(T).await.unwrap();
+    c.clock(1).set(600_000).unwrap();
+    wait_sees_offset(&a, "node2", 600_000).await;
+    b.put("probe/n2", &["stamped ahead"]).await.unwrap();
+    wait_until(T, "node1 to hold node2's event", || async {
+        let info = a.node_info().await.unwrap_or_default();
+        info["clock"]["held"]["node2"]["events"].as_u64() > Some(0)
+    })
+    .await
+    .unwrap();
+
+    // node3 is new: it joins from a peer's state (node1, the first live peer, is asked),
+    // and says so until it has it.
+    c.start_node(&[]).await.unwrap();
+    let joiner = c.nodes[2].client();
+    wait_until(T, "node3 to join, or to say it is joining", || async {
+        let (_, body) = readyz(&joiner).await;
+        body["reasons"].to_string().contains("joining")
+            || joiner.get("before").await.ok().flatten().is_some()
+    })
+    .await
+    .unwrap();
+
+    c.clock(1).set(0).unwrap();
+    let fixed = Instant::now();
+    // The state it joins from has it (no repair round runs meanwhile).
+    joiner
+        .wait_for_values("probe/n2", Some(&["stamped ahead"]), T)
+        .await
+        .unwrap();
+    eprintln!(
+        "node3 held node2's event {:?} after the clock was set right",
+        fixed.elapsed()
+    );
+    c.identical(T).await.unwrap();
+}
