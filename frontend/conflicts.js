@@ -52,14 +52,22 @@ export function mergeNotes(pair, notes, busy) {
   });
   return h('div', { class: 'merge-notes' },
     h('ul', { class: 'merge-list' }, lines),
+    h('p', { class: 'merge-where', text: RECORDED_HERE }),
     h('button', { type: 'button', class: 'btn btn-small btn-ghost', dataset: { action: 'dismiss' }, disabled: busy, 'aria-label': `Dismiss the notice about ${pair.key}`, text: 'Dismiss' }));
 }
+
+/**
+ * Conflicts do not replicate: each node records those it settled itself (the merged
+ * values are the same everywhere), so another node may show none for the same key.
+ */
+export const RECORDED_HERE = 'Recorded by this node: other nodes may not list it.';
 
 /** The notes of one key, for its own view: what was lost, and Dismiss. */
 export function conflictList(key, notes) {
   return h('div', { class: 'merge-notes' },
     h('p', { class: 'merge-head' }, h('strong', { text: `${notes.length === 1 ? 'A concurrent edit' : `${groupDigits(notes.length)} concurrent edits`} lost here:` })),
     h('ul', { class: 'merge-list' }, notes.map((c) => h('li', { class: 'merge-note', text: conflictText(c) }))),
+    h('p', { class: 'merge-where', text: RECORDED_HERE }),
     h('button', { type: 'button', class: 'btn btn-small btn-ghost', dataset: { action: 'dismiss-view' }, 'aria-label': `Dismiss the notice about ${key}`, text: 'Dismiss' }));
 }
 

@@ -204,6 +204,8 @@ describe('a web UI that never misleads', { concurrency: false }, () => {
       try {
         const notes = fresh.locator('#key-view-conflicts');
         await notes.filter({ hasText: 'A concurrent edit from' }).waitFor({ timeout: LIVE_TIMEOUT });
+        // Conflicts are each node's own record: the page says so where it shows them.
+        await notes.filter({ hasText: 'Recorded by this node' }).waitFor({ timeout: LIVE_TIMEOUT });
         await fresh.locator('#conflict-count').filter({ hasText: '1 conflict' }).waitFor({ timeout: LIVE_TIMEOUT });
         await notes.getByRole('button', { name: `Dismiss the notice about ${key}` }).click();
         await notes.waitFor({ state: 'hidden', timeout: LIVE_TIMEOUT });

@@ -723,7 +723,15 @@ impl Repair {
 /// A key written or merged very recently: replication is likely still carrying it.
 fn settling(pair: &StoredPair) -> bool {
     pair.version()
-        .is_some_and(|v| now_ms().saturating_sub(v.ts.wall_ms) < SETTLING.as_millis() as u64)
+        .is_some_and(|v| settling_at(v.ts.wall_ms, now_ms()))
+}
+
+/// Whether a version stamped at `stamp_ms` is recent at `now_ms`. A stamp ahead of this
+/// clock (a peer's clock was ahead) says nothing of when the key changed: counted as
+/// recent, it kept the key from repair until real time reached it (10 minutes for a
+/// clock 10 minutes ahead), so a peer that lacked it stayed without it.
+fn settling_at(stamp_ms: u64, now_ms: u64) -> bool {
+    stamp_ms <= now_ms && now_ms - stamp_ms < SETTLING.as_millis() as u64
 }
 
 type Published = Result<Result<(i32, i64), kvsync_kafka::BusError>, tokio::task::JoinError>;
@@ -746,5 +754,18 @@ fn absorb(result: Option<Published>, until: &mut BTreeMap<i32, i64>, sent: &mut 
             false
         }
         None => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_stamped_ahead_does_not_keep_its_key_from_repair() {
+        let now = 1_800_000_000_000;
+        assert!(settling_at(now - 100, now), "just written");
+        assert!(!settling_at(now - 60_000, now), "a minute ago");
+        assert!(!settling_at(now + 600_000, now), "stamped 10 minutes ahead");
     }
 }
