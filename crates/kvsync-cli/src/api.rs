@@ -124,9 +124,12 @@ impl fmt::Display for ApiError {
         )?;
         match &self.current {
             Some(Value::Null) => write!(f, "; the pair does not exist now"),
-            Some(p) => match p.get("version").and_then(Value::as_str) {
-                Some(v) => write!(f, "; its version now is {v}"),
-                None => Ok(()),
+            // The tag to write over it with (`--if-match`); the version from an
+            // older node that sends none.
+            Some(p) => match (p.get("etag"), p.get("version")) {
+                (Some(Value::String(t)), _) => write!(f, "; its ETag now is {t}"),
+                (_, Some(Value::String(v))) => write!(f, "; its version now is {v}"),
+                _ => Ok(()),
             },
             None => Ok(()),
         }
@@ -167,6 +170,9 @@ pub struct Pair {
     pub key: String,
     pub values: Vec<String>,
     pub version: String,
+    /// What `--if-match` takes: the version and a digest of the values.
+    #[serde(default)]
+    pub etag: String,
     pub updated_at: String,
     pub origin: String,
 }
@@ -466,17 +472,17 @@ mod tests {
     }
 
     #[test]
-    fn precondition_failed_names_the_current_version() {
+    fn precondition_failed_names_the_current_tag() {
         let e = ApiError {
             key: Some("k".into()),
             status: StatusCode::PRECONDITION_FAILED,
             code: "precondition_failed".into(),
             detail: "changed".into(),
-            current: Some(serde_json::json!({ "version": "v2" })),
+            current: Some(serde_json::json!({ "version": "v2", "etag": "v2~ab" })),
         };
         assert_eq!(
             e.to_string(),
-            "k: changed (precondition_failed, HTTP 412); its version now is v2"
+            "k: changed (precondition_failed, HTTP 412); its ETag now is v2~ab"
         );
         assert_eq!(Error::from(e).exit_code(), exit::PRECONDITION_FAILED);
     }
