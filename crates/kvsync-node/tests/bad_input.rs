@@ -326,7 +326,8 @@ fn cases(other_tag: &str) -> Vec<Case> {
         put("If-None-Match with a tag", k, 400, "invalid_precondition")
             .json(ok_put.clone())
             .header(IF_NONE_MATCH, &format!("\"{other_tag}\"")),
-        put("If-Match and If-None-Match", k, 400, "invalid_precondition")
+        // Both must hold (RFC 9110), and `*` and `*` never do.
+        put("If-Match and If-None-Match", k, 412, "precondition_failed")
             .json(ok_put.clone())
             .header(IF_MATCH, "*")
             .header(IF_NONE_MATCH, "*"),
@@ -334,8 +335,8 @@ fn cases(other_tag: &str) -> Vec<Case> {
             "DELETE If-Match garbage",
             Method::DELETE,
             &pair_path(k),
-            400,
-            "invalid_precondition",
+            412,
+            "precondition_failed",
         )
         .header(IF_MATCH, "garbage"),
         case(
@@ -370,7 +371,7 @@ fn cases(other_tag: &str) -> Vec<Case> {
             "precondition_failed",
         )
         .header(IF_MATCH, "*"),
-        append("append If-Match garbage", k, 400, "invalid_precondition")
+        append("append If-Match garbage", k, 412, "precondition_failed")
             .json(r#"{"value":"a"}"#)
             .header(IF_MATCH, "garbage"),
         append(
@@ -908,7 +909,7 @@ async fn conditional_appends_and_deletes() {
     .await
     .expect("cluster starts");
     let a = c.nodes[0].client();
-    let v1 = a.put("k", &["1"]).await.unwrap().version;
+    let v1 = a.put("k", &["1"]).await.unwrap().etag;
     let append = |key: &str, header: HeaderName, value: String| {
         a.request(Method::POST, &format!("{}/values", a.pair_url(key)))
             .header(header, value)
@@ -917,12 +918,12 @@ async fn conditional_appends_and_deletes() {
     };
     let r = append("k", IF_MATCH, format!("\"{v1}\"")).await.unwrap();
     assert_eq!(r.status(), 200);
-    let v2 = r.json::<Pair>().await.unwrap().version;
-    // The version read before is stale now: refused, and the answer shows the pair.
+    let v2 = r.json::<Pair>().await.unwrap().etag;
+    // The tag read before is stale now: refused, and the answer shows the pair.
     let r = append("k", IF_MATCH, format!("\"{v1}\"")).await.unwrap();
     assert_eq!(r.status(), 412);
     let body: Value = r.json().await.unwrap();
-    assert_eq!(body["current"]["version"], v2.as_str());
+    assert_eq!(body["current"]["etag"], v2.as_str());
     assert_eq!(a.get("k").await.unwrap().unwrap().values, ["1", "x"]);
     // If-None-Match: * creates once.
     let r = append("new", IF_NONE_MATCH, "*".into()).await.unwrap();
