@@ -125,10 +125,16 @@ impl ClockWatch {
     }
 
     fn offset_of(&self, peer: &NodeId) -> Option<i64> {
+        self.offset_heard_since(peer, None)
+    }
+
+    /// A live peer's offset; with `since`, only if it was last heard at or after it.
+    fn offset_heard_since(&self, peer: &NodeId, since: Option<Instant>) -> Option<i64> {
         let peers = self.peers.lock().expect("peers lock");
         peers
             .get(peer)
             .filter(|p| p.last_heard.elapsed() <= self.settings.away_after)
+            .filter(|p| since.is_none_or(|s| p.last_heard >= s))
             .and_then(Peer::offset)
     }
 
@@ -148,19 +154,11 @@ impl ClockWatch {
     /// heartbeat tells the peers, and those events must be held, not trusted on the
     /// strength of an older heartbeat.
     fn admit_at(&self, event: &Event, received: Instant, local_ms: u64) -> Admission {
-        let offset = {
-            let peers = self.peers.lock().expect("peers lock");
-            peers
-                .get(&event.origin)
-                .filter(|p| p.last_heard.elapsed() <= self.settings.away_after)
-                .filter(|p| p.last_heard >= received)
-                .and_then(Peer::offset)
-        };
         admit(
             event.version.ts.wall_ms,
             local_ms,
             self.settings.max_skew_ms,
-            offset,
+            self.offset_heard_since(&event.origin, Some(received)),
             self.settings.max_jump_ms,
         )
     }
@@ -302,12 +300,17 @@ mod tests {
         w.heard_at(&hb, at, T0);
     }
 
-    fn stamped_ahead() -> Event {
+    /// node3's event stamped `ahead_ms` past this node's clock.
+    fn stamped(ahead_ms: u64) -> Event {
         let version = Version::new(
-            Timestamp::new(T0 + AHEAD, 0),
+            Timestamp::new(T0 + ahead_ms, 0),
             NodeId::parse("node3").unwrap(),
         );
         Event::new(Key::parse("k").unwrap(), version, Op::Delete)
+    }
+
+    fn stamped_ahead() -> Event {
+        stamped(AHEAD)
     }
 
     #[test]
@@ -342,11 +345,9 @@ mod tests {
     #[test]
     fn a_stamp_within_the_bound_needs_no_heartbeat() {
         let w = watch();
-        let version = Version::new(
-            Timestamp::new(T0 + 1_000, 0),
-            NodeId::parse("node3").unwrap(),
+        assert_eq!(
+            w.admit_at(&stamped(1_000), Instant::now(), T0),
+            Admission::Apply
         );
-        let event = Event::new(Key::parse("k").unwrap(), version, Op::Delete);
-        assert_eq!(w.admit_at(&event, Instant::now(), T0), Admission::Apply);
     }
 }

@@ -13,6 +13,8 @@ use serde_json::{json, Map, Value};
 /// characters, so `maxLength` is the byte limit, and a key of multi-byte characters may
 /// reach the byte limit first (its description says so).
 const KEY_PATTERN: &str = r"^[^\u0000-\u001f\u007f-\u009f]+$";
+/// The same rule for a prefix, which may be empty.
+const PREFIX_PATTERN: &str = r"^[^\u0000-\u001f\u007f-\u009f]*$";
 const VERSION: &str = r"[0-9a-fA-F]{16}-[0-9a-fA-F]{8}-[A-Za-z0-9._-]{1,64}";
 
 fn key_schema() -> Value {
@@ -87,7 +89,7 @@ fn refine_parameters(op: &mut Value) {
             ("query", "prefix") => json!({
                 "type": "string",
                 "maxLength": kvsync_core::key::MAX_KEY_BYTES,
-                "pattern": r"^[^\u0000-\u001f\u007f-\u009f]*$",
+                "pattern": PREFIX_PATTERN,
             }),
             ("query", "contains" | "glob") => json!({
                 "type": "string",
@@ -98,7 +100,7 @@ fn refine_parameters(op: &mut Value) {
                 "type": "string",
                 "minLength": 1,
                 "maxLength": 8,
-                "pattern": r"^[^\u0000-\u001f\u007f-\u009f]+$",
+                "pattern": KEY_PATTERN,
             }),
             ("path", "id") => json!({
                 "type": "string",

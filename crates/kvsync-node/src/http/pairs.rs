@@ -123,17 +123,20 @@ impl From<&StoredPair> for PairBody {
     }
 }
 
-/// Sets the `ETag` header of a response showing `pair` (none when it is deleted).
-fn set_etag(response: &mut Response, pair: &StoredPair) {
-    if let Some(tag) = EntityTag::of(&pair.state) {
-        let value = HeaderValue::from_str(&format!("\"{tag}\"")).expect("tags are ASCII");
+/// Sets the `ETag` header from the `etag` of the pair shown (none when it is deleted),
+/// so the digest is computed once per answer.
+fn set_etag(response: &mut Response, etag: &str) {
+    if !etag.is_empty() {
+        let value = HeaderValue::from_str(&format!("\"{etag}\"")).expect("tags are ASCII");
         response.headers_mut().insert(header::ETAG, value);
     }
 }
 
 fn pair_response(status: StatusCode, pair: &StoredPair) -> Response {
-    let mut response = (status, Json(PairBody::from(pair))).into_response();
-    set_etag(&mut response, pair);
+    let body = PairBody::from(pair);
+    let etag = body.etag.clone();
+    let mut response = (status, Json(body)).into_response();
+    set_etag(&mut response, &etag);
     response
 }
 
@@ -275,8 +278,9 @@ async fn answer(ctx: &Ctx, w: Written, wait: Option<(WaitFor, Duration)>) -> Res
         pair: PairBody::from(&w.pair),
         replication: Some(r.clone()),
     };
+    let etag = body.pair.etag.clone();
     let mut response = (status, Json(body)).into_response();
-    set_etag(&mut response, &w.pair);
+    set_etag(&mut response, &etag);
     replicated_header(&mut response, &r);
     response
 }
